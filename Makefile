@@ -1,0 +1,39 @@
+# ftwin-migrate — see README.md.
+#   make demo    the main job (today: a lab smoke run; the Kafka twin demo arrives with issue 4)
+#   make test    everything, real containerd + CRIU + Kafka (installs what it needs first)
+#   make unit    the fast tests: no root, no daemons
+SHELL := /bin/bash
+GO ?= go
+BIN := bin
+export GOFLAGS ?= -mod=mod
+
+.PHONY: all install build demo test unit vet clean lab-down
+
+all: build
+
+install:
+	bash hack/install.sh
+
+build:
+	$(GO) build -o $(BIN)/ftwin-migrate ./cmd/ftwin-migrate
+	CGO_ENABLED=0 $(GO) build -o $(BIN)/counter ./test/workloads/counter
+
+demo: install build
+	$(BIN)/ftwin-migrate lab smoke
+
+vet:
+	$(GO) vet ./...
+
+unit:
+	$(GO) test -short -count=1 ./...
+
+# Packages run one at a time (-p 1): the integration tests bring up labs and daemons, and the
+# machine has 2 cores.
+test: install build vet
+	$(GO) test -p 1 -count=1 -timeout 40m ./...
+
+lab-down:
+	$(BIN)/ftwin-migrate lab down
+
+clean:
+	rm -rf $(BIN)

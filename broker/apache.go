@@ -1,0 +1,217 @@
+package broker
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"time"
+)
+
+// DefaultKafkaHome is where hack/install.sh assembles the broker's classpath.
+const DefaultKafkaHome = "/opt/ftwin-migrate/kafka-4.1.1"
+
+// ApacheConfig describes a real Apache Kafka broker in KRaft combined mode (broker and
+// controller in one JVM), with replication factor 1 for its internal topics.
+type ApacheConfig struct {
+	// Home holds libs/ with the broker's jars. Default: $FTWIN_KAFKA_HOME or DefaultKafkaHome.
+	Home string
+	// Dir holds server.properties, the log dirs and the broker's own log. Required.
+	Dir string
+	// Addr is the client listener, host:port, also the advertised address.
+	Addr string
+	// ControllerPort is the KRaft controller's port on the same host. Default: client port + 1.
+	ControllerPort int
+	// HeapMB caps the JVM heap. Default 512.
+	HeapMB int
+	// StartTimeout bounds the wait for the broker to answer. Default 90s.
+	StartTimeout time.Duration
+	// Properties are added to (and override) server.properties.
+	Properties map[string]string
+}
+
+// ApacheBroker is a running Apache Kafka process.
+type ApacheBroker struct {
+	cfg ApacheConfig
+	cmd *exec.Cmd
+}
+
+// StartApache formats the broker's storage and starts it, returning once it answers.
+func StartApache(ctx context.Context, cfg ApacheConfig) (*ApacheBroker, error) {
+	if cfg.Dir == "" || cfg.Addr == "" {
+		return nil, errors.New("broker: ApacheConfig needs Dir and Addr")
+	}
+	if cfg.Home == "" {
+		cfg.Home = os.Getenv("FTWIN_KAFKA_HOME")
+	}
+	if cfg.Home == "" {
+		cfg.Home = DefaultKafkaHome
+	}
+	if _, err := os.Stat(filepath.Join(cfg.Home, "libs")); err != nil {
+		return nil, fmt.Errorf("broker: Apache Kafka jars not found in %s/libs (run `make install`): %w", cfg.Home, err)
+	}
+	java, err := exec.LookPath("java")
+	if err != nil {
+		return nil, fmt.Errorf("broker: java not found (run `make install`): %w", err)
+	}
+	host, portStr, err := net.SplitHostPort(cfg.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("broker: bad address %q: %w", cfg.Addr, err)
+	}
+	port, _ := strconv.Atoi(portStr)
+	if cfg.ControllerPort == 0 {
+		cfg.ControllerPort = port + 1
+	}
+	if cfg.HeapMB == 0 {
+		cfg.HeapMB = 512
+	}
+	if cfg.StartTimeout == 0 {
+		cfg.StartTimeout = 90 * time.Second
+	}
+	logDir := filepath.Join(cfg.Dir, "data")
+	if err := os.MkdirAll(logDir, 0o755); err != nil {
+		return nil, fmt.Errorf("broker: create %s: %w", logDir, err)
+	}
+	ctrl := net.JoinHostPort(host, strconv.Itoa(cfg.ControllerPort))
+	props := map[string]string{
+		"process.roles":                            "broker,controller",
+		"node.id":                                  "1",
+		"controller.quorum.bootstrap.servers":      ctrl,
+		"listeners":                                "PLAINTEXT://" + cfg.Addr + ",CONTROLLER://" + ctrl,
+		"advertised.listeners":                     "PLAINTEXT://" + cfg.Addr,
+		"controller.listener.names":                "CONTROLLER",
+		"listener.security.protocol.map":           "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+		"inter.broker.listener.name":               "PLAINTEXT",
+		"log.dirs":                                 logDir,
+		"num.partitions":                           "1",
+		"offsets.topic.replication.factor":         "1",
+		"transaction.state.log.replication.factor": "1",
+		"transaction.state.log.min.isr":            "1",
+		"share.coordinator.state.topic.replication.factor": "1",
+		"share.coordinator.state.topic.min.isr":            "1",
+		"group.initial.rebalance.delay.ms":                 "0",
+		"auto.create.topics.enable":                        "true",
+	}
+	for k, v := range cfg.Properties {
+		props[k] = v
+	}
+	propsPath := filepath.Join(cfg.Dir, "server.properties")
+	if err := writeProperties(propsPath, props); err != nil {
+		return nil, err
+	}
+	log4j := filepath.Join(cfg.Dir, "log4j2.properties")
+	if err := os.WriteFile(log4j, []byte(log4jConfig), 0o644); err != nil {
+		return nil, fmt.Errorf("broker: write %s: %w", log4j, err)
+	}
+	logPath := filepath.Join(cfg.Dir, "broker.log")
+	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("broker: open %s: %w", logPath, err)
+	}
+	defer logf.Close()
+
+	classpath := filepath.Join(cfg.Home, "libs") + "/*"
+	jvm := []string{"-Xmx" + strconv.Itoa(cfg.HeapMB) + "m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
+		"-Dlog4j2.configurationFile=" + log4j, "-cp", classpath}
+
+	if _, err := os.Stat(filepath.Join(logDir, "meta.properties")); err != nil {
+		format := exec.CommandContext(ctx, java, append(jvm, "kafka.tools.StorageTool", "format", "--standalone",
+			"-t", newClusterID(), "-c", propsPath)...)
+		format.Stdout, format.Stderr = logf, logf
+		if err := format.Run(); err != nil {
+			return nil, fmt.Errorf("broker: format KRaft storage in %s: %w (see %s)", logDir, err, logPath)
+		}
+	}
+	cmd := exec.Command(java, append(jvm, "kafka.Kafka", propsPath)...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("broker: start Apache Kafka: %w", err)
+	}
+	b := &ApacheBroker{cfg: cfg, cmd: cmd}
+	if err := os.WriteFile(filepath.Join(cfg.Dir, "broker.pid"), []byte(strconv.Itoa(cmd.Process.Pid)), 0o644); err != nil {
+		_ = b.Close()
+		return nil, fmt.Errorf("broker: write pid file: %w", err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	wctx, cancel := context.WithTimeout(ctx, cfg.StartTimeout)
+	defer cancel()
+	ready := make(chan error, 1)
+	go func() { ready <- WaitReady(wctx, cfg.Addr) }()
+	select {
+	case err := <-ready:
+		if err != nil {
+			_ = b.Close()
+			return nil, fmt.Errorf("broker: Apache Kafka did not become ready (see %s): %w", logPath, err)
+		}
+		return b, nil
+	case err := <-exited:
+		cancel()
+		return nil, fmt.Errorf("broker: Apache Kafka exited during startup: %v (see %s)", err, logPath)
+	}
+}
+
+func (b *ApacheBroker) Kind() Kind   { return Apache }
+func (b *ApacheBroker) Addr() string { return b.cfg.Addr }
+
+// Close stops the broker (SIGTERM, then SIGKILL after 10s).
+func (b *ApacheBroker) Close() error {
+	if b.cmd.Process == nil {
+		return nil
+	}
+	_ = b.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() {
+		for b.cmd.ProcessState == nil && syscall.Kill(b.cmd.Process.Pid, 0) == nil {
+			time.Sleep(50 * time.Millisecond)
+		}
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		_ = b.cmd.Process.Kill()
+	}
+	_ = os.Remove(filepath.Join(b.cfg.Dir, "broker.pid"))
+	return nil
+}
+
+func writeProperties(path string, props map[string]string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return fmt.Errorf("broker: write %s: %w", path, err)
+	}
+	defer f.Close()
+	for k, v := range props {
+		if _, err := fmt.Fprintf(f, "%s=%s\n", k, v); err != nil {
+			return fmt.Errorf("broker: write %s: %w", path, err)
+		}
+	}
+	return f.Close()
+}
+
+// newClusterID returns a KRaft cluster id: 16 random bytes, base64url without padding.
+func newClusterID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return base64.RawURLEncoding.EncodeToString(b[:])
+}
+
+const log4jConfig = `status = warn
+appender.console.type = Console
+appender.console.name = STDOUT
+appender.console.layout.type = PatternLayout
+appender.console.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = WARN
+rootLogger.appenderRef.stdout.ref = STDOUT
+logger.kafka.name = kafka.server.KafkaRaftServer
+logger.kafka.level = INFO
+`

@@ -1,0 +1,281 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/ftwin-migrate/ftwin-migrate/broker"
+	"github.com/ftwin-migrate/ftwin-migrate/lab"
+	"github.com/ftwin-migrate/ftwin-migrate/test/workloads/counter/state"
+)
+
+var labFlags = []cli.Flag{
+	&cli.StringFlag{Name: "name", Value: "ftwin", Usage: "lab name (1-8 of [a-z0-9])"},
+	&cli.StringFlag{Name: "base-dir", Value: lab.DefaultBaseDir, Usage: "parent directory of the lab's directory"},
+}
+
+func labCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "lab",
+		Usage: "simulated cloud/fog hosts on this machine: one network namespace, mount namespace and containerd each",
+		Subcommands: []*cli.Command{
+			{
+				Name:  "up",
+				Usage: "bring up a lab",
+				Flags: append([]cli.Flag{
+					&cli.StringSliceFlag{Name: "hosts", Value: cli.NewStringSlice("cloud", "fog"), Usage: "host names"},
+					&cli.StringFlag{Name: "broker", Value: "kfake", Usage: "Kafka broker on the lab bridge: none, kfake (embedded) or apache (real Kafka 4.x)"},
+					&cli.IntFlag{Name: "uplink-mbit", Usage: "throttle every host's link to this rate (0: unthrottled)"},
+					&cli.StringFlag{Name: "subnet", Value: "10.231.0.0/24", Usage: "the lab's IPv4 /24"},
+				}, labFlags...),
+				Action: labUp,
+			},
+			{
+				Name:   "down",
+				Usage:  "remove a lab, or the leftovers of a crashed one",
+				Flags:  labFlags,
+				Action: labDown,
+			},
+			{
+				Name:   "status",
+				Usage:  "show a lab's hosts and anything of it still present on this machine",
+				Flags:  append([]cli.Flag{&cli.BoolFlag{Name: "json"}}, labFlags...),
+				Action: labStatus,
+			},
+			{
+				Name:  "smoke",
+				Usage: "bring up a lab, move a stateful workload cloud→fog→cloud with CRIU, check it continued, tear down",
+				Flags: append([]cli.Flag{
+					&cli.StringFlag{Name: "workload", Usage: "static binary of the counter workload (default: counter beside this executable)"},
+					&cli.IntFlag{Name: "mem-mib", Value: 64, Usage: "memory the workload keeps and checks"},
+				}, labFlags...),
+				Action: labSmoke,
+			},
+			{
+				Name:   "serve-kfake",
+				Hidden: true,
+				Usage:  "serve an embedded Kafka (kfake) for a lab until killed",
+				Flags: []cli.Flag{
+					&cli.StringFlag{Name: "addr", Required: true},
+					&cli.StringFlag{Name: "lab-dir", Required: true, Usage: "names the process for teardown"},
+				},
+				Action: func(c *cli.Context) error {
+					b, err := broker.StartEmbedded(c.String("addr"))
+					if err != nil {
+						return err
+					}
+					defer b.Close()
+					ctx, stop := signal.NotifyContext(c.Context, syscall.SIGTERM, os.Interrupt)
+					defer stop()
+					<-ctx.Done()
+					return nil
+				},
+			},
+		},
+	}
+}
+
+func labUp(c *cli.Context) error {
+	kind, err := broker.ParseKind(c.String("broker"))
+	if err != nil {
+		return err
+	}
+	cfg := lab.Config{
+		Name: c.String("name"), BaseDir: c.String("base-dir"), Hosts: c.StringSlice("hosts"),
+		Subnet: c.String("subnet"), UplinkMbit: c.Int("uplink-mbit"), Broker: kind,
+	}
+	if kind == broker.Embedded {
+		cfg.Broker = broker.None // served by a process of its own below, so it outlives this command
+	}
+	l, err := lab.Up(c.Context, cfg)
+	if err != nil {
+		return err
+	}
+	if kind == broker.Embedded {
+		if err := startDetachedKfake(c.Context, l); err != nil {
+			_ = l.Down(context.WithoutCancel(c.Context))
+			return err
+		}
+	}
+	return printLab(l)
+}
+
+func startDetachedKfake(ctx context.Context, l *lab.Lab) error {
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	addr := fmt.Sprintf("%s:%d", l.BridgeIP, lab.BrokerPort)
+	dir := filepath.Join(l.Dir, "kfake")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	logf, err := os.Create(filepath.Join(dir, "kfake.log"))
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	cmd := exec.Command(exe, "lab", "serve-kfake", "--addr", addr, "--lab-dir", l.Dir+"/")
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start embedded Kafka: %w", err)
+	}
+	_ = cmd.Process.Release()
+	wctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	if err := broker.WaitReady(wctx, addr); err != nil {
+		return fmt.Errorf("embedded Kafka (see %s): %w", logf.Name(), err)
+	}
+	return l.AttachBroker(broker.Embedded, addr)
+}
+
+func printLab(l *lab.Lab) error {
+	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(w, "lab %s\tbridge %s %s\tbroker %s %s\n", l.Name, l.Bridge, l.BridgeIP, l.BrokerKind, l.BrokerAddr)
+	fmt.Fprintln(w, "HOST\tADDRESS\tNETNS\tCONTAINERD")
+	for _, h := range l.Hosts {
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", h.Name, h.IP, h.NetNS, h.Address())
+	}
+	return w.Flush()
+}
+
+func labDown(c *cli.Context) error {
+	name, base := c.String("name"), c.String("base-dir")
+	if left := lab.Find(base, name); left.Empty() {
+		fmt.Printf("lab %s: nothing to remove\n", name)
+		return nil
+	}
+	if err := lab.Teardown(c.Context, base, name); err != nil {
+		return err
+	}
+	fmt.Printf("lab %s: removed\n", name)
+	return nil
+}
+
+func labStatus(c *cli.Context) error {
+	name, base := c.String("name"), c.String("base-dir")
+	left := lab.Find(base, name)
+	l, loadErr := lab.Load(base, name)
+	if c.Bool("json") {
+		return json.NewEncoder(os.Stdout).Encode(map[string]any{"lab": l, "present": left})
+	}
+	if loadErr == nil {
+		if err := printLab(l); err != nil {
+			return err
+		}
+	} else {
+		fmt.Printf("lab %s: not up\n", name)
+	}
+	if !left.Empty() {
+		fmt.Printf("present on this machine: %s\n", left)
+		if loadErr != nil {
+			fmt.Printf("these are leftovers of a crashed run: `ftwin-migrate lab down --name %s` removes them\n", name)
+		}
+	}
+	return nil
+}
+
+func labSmoke(c *cli.Context) error {
+	bin := c.String("workload")
+	if bin == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return err
+		}
+		bin = filepath.Join(filepath.Dir(exe), "counter")
+	}
+	if _, err := os.Stat(bin); err != nil {
+		return fmt.Errorf("workload binary: %w (build it with `make build`, or pass --workload)", err)
+	}
+	ctx := c.Context
+	l, err := lab.Up(ctx, lab.Config{Name: c.String("name"), BaseDir: c.String("base-dir")})
+	if err != nil {
+		return err
+	}
+	defer func() { _ = l.Down(context.WithoutCancel(ctx)) }()
+	if err := printLab(l); err != nil {
+		return err
+	}
+	const id = "counter"
+	w := lab.Workload{ID: id, Binary: bin, Args: []string{"-mem-mib", fmt.Sprint(c.Int("mem-mib")), "-interval", "50ms"}}
+	for _, h := range l.Hosts {
+		if _, err := h.ImportImage(ctx, w); err != nil {
+			return err
+		}
+	}
+	cloud, fog := l.Hosts[0], l.Hosts[1]
+	if err := cloud.Run(ctx, w); err != nil {
+		return err
+	}
+	time.Sleep(time.Second)
+	fmt.Println()
+	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "MOVE\tCHECKPOINT\tTRANSFER\tSENT\tSKIPPED\tRESTORE\tDOWNTIME\tLAST TICK BEFORE\tFIRST TICK AFTER\tMEMORY\t")
+	for _, hop := range [][2]*lab.Host{{cloud, fog}, {fog, cloud}} {
+		from, to := hop[0], hop[1]
+		rep, err := lab.Move(ctx, from, to, id)
+		if err != nil {
+			return err
+		}
+		before, err := state.Last(from.LogPath(id))
+		if err != nil {
+			return err
+		}
+		after, err := waitNext(ctx, to.LogPath(id), before)
+		if err != nil {
+			return err
+		}
+		mem := "intact"
+		if !after.MemOK {
+			mem = "CORRUPT"
+		}
+		fmt.Fprintf(tw, "%s→%s\t%v\t%v\t%.1f MiB\t%.1f MiB\t%v\t%v\t%d\t%d\t%s\t\n", from.Name, to.Name,
+			rep.Checkpoint.Round(time.Millisecond), rep.Transfer.Duration.Round(time.Millisecond),
+			float64(rep.Transfer.BytesSent)/(1<<20), float64(rep.Transfer.BytesSkipped)/(1<<20),
+			rep.Restore.Round(time.Millisecond), rep.Downtime.Round(time.Millisecond), before.Tick, after.Tick, mem)
+		if after.Tick != before.Tick+1 || !after.MemOK || after.StartNS != before.StartNS {
+			tw.Flush()
+			return fmt.Errorf("the workload did not continue from its state on %s: before %+v, after %+v", to.Name, before, after)
+		}
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if err := l.Down(ctx); err != nil {
+		return err
+	}
+	if left := lab.Find(c.String("base-dir"), l.Name); !left.Empty() {
+		return fmt.Errorf("teardown left %s", left)
+	}
+	fmt.Println("\nsmoke: the workload continued from its state after each move; lab removed, nothing left behind")
+	return nil
+}
+
+// waitNext waits for the first state in path that continues prev (same process start, later tick).
+func waitNext(ctx context.Context, path string, prev state.State) (state.State, error) {
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		if f, err := os.Open(path); err == nil {
+			states, _ := state.ParseLines(f)
+			f.Close()
+			for _, s := range states {
+				if s.StartNS == prev.StartNS && s.Tick > prev.Tick {
+					return s, nil
+				}
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return state.State{}, fmt.Errorf("no output continuing tick %d appeared in %s", prev.Tick, path)
+}

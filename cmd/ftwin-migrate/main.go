@@ -1,0 +1,40 @@
+// Command ftwin-migrate live-migrates stateful Kafka consumers running as containerd
+// containers between hosts. It is a thin layer over the project's library packages.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/urfave/cli/v2"
+)
+
+// exitError carries an exit status without printing anything more.
+type exitError struct{ code int }
+
+func (e exitError) Error() string { return fmt.Sprintf("exit status %d", e.code) }
+
+func main() {
+	app := &cli.App{
+		Name:  "ftwin-migrate",
+		Usage: "live-migrate stateful stream processors (containerd containers) between cloud and fog hosts",
+		Commands: []*cli.Command{
+			doctorCommand(),
+			labCommand(),
+		},
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := app.RunContext(ctx, os.Args); err != nil {
+		var ee exitError
+		if errors.As(err, &ee) {
+			os.Exit(ee.code)
+		}
+		fmt.Fprintln(os.Stderr, "ftwin-migrate:", err)
+		os.Exit(1)
+	}
+}

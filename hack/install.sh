@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# hack/install.sh — installs everything ftwin-migrate needs on a Debian 12 host, idempotently.
+#
+#   criu >= 4.2      (Debian forky; bookworm's 3.17 and trixie's 4.1 cannot run here, see
+#                     ../shared/ENVIRONMENT.md)
+#   containerd 1.7, runc (Debian trixie)
+#   iptables         (CRIU's network lock), iproute2 (lab networking), util-linux (nsenter/unshare)
+#   Apache Kafka 4.x (KRaft broker classpath assembled from Maven Central into $FTWIN_KAFKA_HOME)
+#
+# A rerun changes nothing and takes seconds: each step checks what is there first.
+# Exit status is non-zero, with a line naming what is missing, when a check fails after install.
+set -euo pipefail
+
+CRIU_MIN="4.2"
+CONTAINERD_SERIES="1.7"
+KAFKA_VERSION="$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$(dirname "$0")/kafka/pom.xml")"
+FTWIN_KAFKA_HOME="${FTWIN_KAFKA_HOME:-/opt/ftwin-migrate/kafka-${KAFKA_VERSION}}"
+HERE="$(cd "$(dirname "$0")" && pwd)"
+
+log()  { printf 'install: %s\n' "$*" >&2; }
+die()  { printf 'install: FAILED: %s\n' "$*" >&2; exit 1; }
+# version_ge A B: true when version A >= version B.
+version_ge() { [ "$(printf '%s\n%s\n' "$2" "$1" | sort -V | head -n1)" = "$2" ]; }
+
+[ "$(id -u)" = 0 ] || die "must run as root (installs Debian packages)"
+
+criu_version()       { criu --version 2>/dev/null | sed -n 's/^Version: *//p' | head -n1; }
+containerd_version() { containerd --version 2>/dev/null | awk '{print $3}' | sed 's/^v//'; }
+
+APT_UPDATED=0
+apt_update_once() {
+  if [ "$APT_UPDATED" = 0 ]; then
+    log "apt-get update"
+    apt-get update -qq >/dev/null
+    APT_UPDATED=1
+  fi
+}
+apt_install() { # apt_install [-t SUITE] PKG...
+  apt_update_once
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "$@" >/dev/null
+}
+
+# 1. Debian suites trixie and forky, pinned low so nothing is taken from them unless asked for.
+SOURCES=/etc/apt/sources.list.d/ftwin-migrate.sources
+PREFS=/etc/apt/preferences.d/ftwin-migrate
+if [ ! -f "$SOURCES" ]; then
+  mirror="$(sed -n 's/^URIs: *\(http[^ ]*debian\)\/\?$/\1/p' /etc/apt/sources.list.d/*.sources 2>/dev/null | head -n1)"
+  mirror="${mirror:-http://deb.debian.org/debian}"
+  log "adding Debian suites trixie and forky from $mirror (pinned at priority 100)"
+  cat >"$SOURCES" <<SRC
+Types: deb
+URIs: $mirror
+Suites: trixie forky
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+  APT_UPDATED=0
+fi
+if [ ! -f "$PREFS" ]; then
+  cat >"$PREFS" <<PIN
+Package: *
+Pin: release n=trixie
+Pin-Priority: 100
+
+Package: *
+Pin: release n=forky
+Pin-Priority: 100
+PIN
+fi
+
+# 2. Plain tools from the machine's own suite.
+need=()
+command -v iptables-restore >/dev/null || need+=(iptables)
+command -v ip >/dev/null       || need+=(iproute2)
+command -v tc >/dev/null       || need+=(iproute2)
+command -v nsenter >/dev/null  || need+=(util-linux)
+command -v zstd >/dev/null     || need+=(zstd)
+if [ ${#need[@]} -gt 0 ]; then log "installing ${need[*]}"; apt_install "${need[@]}"; fi
+
+# 3. CRIU >= 4.2: trixie first (brings libc6 2.41 that forky's criu needs), then forky.
+v="$(criu_version || true)"
+if [ -z "$v" ] || ! version_ge "$v" "$CRIU_MIN"; then
+  log "installing criu >= $CRIU_MIN (found: ${v:-none})"
+  apt_install -t trixie criu
+  apt_install -t forky criu
+fi
+
+# 4. containerd 1.7 and runc from trixie.
+v="$(containerd_version || true)"
+case "$v" in
+  "$CONTAINERD_SERIES".*) ;;
+  *) log "installing containerd $CONTAINERD_SERIES and runc (found: ${v:-none})"
+     apt_install -t trixie containerd runc ;;
+esac
+command -v runc >/dev/null || { log "installing runc"; apt_install -t trixie runc; }
+# The Debian package may start a system containerd; the lab runs its own daemons and needs none.
+if [ -n "${FTWIN_STOP_SYSTEM_CONTAINERD:-1}" ] && [ -S /run/containerd/containerd.sock ]; then
+  if command -v systemctl >/dev/null && systemctl is-active -q containerd 2>/dev/null; then
+    systemctl stop containerd || true
+  fi
+fi
+
+# 5. Apache Kafka broker classpath from Maven Central.
+if [ ! -f "$FTWIN_KAFKA_HOME/.complete" ]; then
+  command -v mvn >/dev/null || apt_install maven
+  command -v java >/dev/null || apt_install openjdk-17-jre-headless
+  log "assembling Apache Kafka $KAFKA_VERSION into $FTWIN_KAFKA_HOME (Maven Central)"
+  mkdir -p "$FTWIN_KAFKA_HOME/libs"
+  mvn -q -B -f "$HERE/kafka/pom.xml" dependency:copy-dependencies \
+      -DoutputDirectory="$FTWIN_KAFKA_HOME/libs" -DincludeScope=runtime >&2 \
+    || die "could not fetch org.apache.kafka:kafka_2.13:$KAFKA_VERSION from Maven Central"
+  echo "$KAFKA_VERSION" >"$FTWIN_KAFKA_HOME/.complete"
+fi
+
+# 6. Check what is there now; name whatever is missing.
+fail=0
+check() { if eval "$2"; then log "ok: $1"; else printf 'install: MISSING: %s\n' "$1" >&2; fail=1; fi; }
+v="$(criu_version || true)"
+check "criu >= $CRIU_MIN (have ${v:-none})" '[ -n "$v" ] && version_ge "$v" "$CRIU_MIN"'
+v="$(containerd_version || true)"
+check "containerd $CONTAINERD_SERIES.x (have ${v:-none})" '[[ "$v" == "$CONTAINERD_SERIES".* ]]'
+check "runc ($(runc --version 2>/dev/null | head -n1 || echo none))" 'command -v runc >/dev/null'
+check "containerd-shim-runc-v2" 'command -v containerd-shim-runc-v2 >/dev/null'
+check "iptables-restore" 'command -v iptables-restore >/dev/null'
+check "tc, ip, nsenter, unshare" 'command -v tc >/dev/null && command -v ip >/dev/null && command -v nsenter >/dev/null && command -v unshare >/dev/null'
+check "java >= 17" 'java -version 2>&1 | grep -Eq "version \"(1[7-9]|[2-9][0-9])"'
+check "kafka_2.13-$KAFKA_VERSION.jar in $FTWIN_KAFKA_HOME/libs" '[ -f "$FTWIN_KAFKA_HOME/libs/kafka_2.13-$KAFKA_VERSION.jar" ]'
+[ "$fail" = 0 ] || die "see MISSING lines above"
+log "all dependencies present"

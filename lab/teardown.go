@@ -1,0 +1,132 @@
+package lab
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/ftwin-migrate/ftwin-migrate/ctrd"
+)
+
+// Leftovers is what exists of a lab, found by its names and paths.
+type Leftovers struct {
+	NetNS     []string // network namespaces ftl-NAME-*
+	Links     []string // ftb-NAME and ftv-NAME-*
+	Processes []int    // processes whose command line names the lab's directory, and container inits
+	Mounts    []string // mount points under the lab's directory
+	Dir       string   // the lab's directory, if it exists
+}
+
+// Empty reports whether nothing of the lab is left.
+func (f Leftovers) Empty() bool {
+	return len(f.NetNS)+len(f.Links)+len(f.Processes)+len(f.Mounts) == 0 && f.Dir == ""
+}
+
+func (f Leftovers) String() string {
+	var parts []string
+	add := func(what string, n int, items string) {
+		if n > 0 {
+			parts = append(parts, fmt.Sprintf("%d %s (%s)", n, what, items))
+		}
+	}
+	add("network namespaces", len(f.NetNS), strings.Join(f.NetNS, " "))
+	add("links", len(f.Links), strings.Join(f.Links, " "))
+	add("processes", len(f.Processes), strings.Trim(fmt.Sprint(f.Processes), "[]"))
+	add("mounts", len(f.Mounts), strings.Join(f.Mounts, " "))
+	if f.Dir != "" {
+		parts = append(parts, "directory "+f.Dir)
+	}
+	if len(parts) == 0 {
+		return "nothing"
+	}
+	return strings.Join(parts, "; ")
+}
+
+// Find lists what exists of lab name under baseDir, running or left by a crashed run.
+func Find(baseDir, name string) Leftovers {
+	dir := Dir(baseDir, name)
+	var f Leftovers
+	if entries, err := os.ReadDir("/run/netns"); err == nil {
+		for _, e := range entries {
+			if strings.HasPrefix(e.Name(), "ftl-"+name+"-") {
+				f.NetNS = append(f.NetNS, e.Name())
+			}
+		}
+	}
+	if ifs, err := net.Interfaces(); err == nil {
+		for _, i := range ifs {
+			if i.Name == "ftb-"+name || strings.HasPrefix(i.Name, "ftv-"+name+"-") {
+				f.Links = append(f.Links, i.Name)
+			}
+		}
+	}
+	f.Processes = append(containerInits(dir), ctrd.PidsMentioning(dir+"/")...)
+	f.Mounts = ctrd.MountsUnder(dir)
+	if _, err := os.Stat(dir); err == nil {
+		f.Dir = dir
+	}
+	return f
+}
+
+func containerInits(dir string) []int {
+	var pids []int
+	hosts, _ := filepath.Glob(filepath.Join(dir, "hosts", "*"))
+	for _, h := range hosts {
+		pids = append(pids, ctrd.ContainerInits(h)...)
+	}
+	return pids
+}
+
+// Teardown removes everything of lab name under baseDir: processes (containers, shims,
+// daemons, brokers), mounts, network namespaces, links and the lab's directory. It works on a
+// running lab and on the leftovers of a crashed one, and is a no-op when nothing is left.
+func Teardown(ctx context.Context, baseDir, name string) error {
+	if !nameRE.MatchString(name) {
+		return fmt.Errorf("lab: name %q: want 1 to 8 characters of [a-z0-9]", name)
+	}
+	dir := Dir(baseDir, name)
+	var errs []error
+	hosts, _ := filepath.Glob(filepath.Join(dir, "hosts", "*"))
+	for _, h := range hosts {
+		if err := ctrd.Kill(ctx, h); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	// Brokers and anything else started with the lab's directory on its command line.
+	for _, pid := range ctrd.PidsMentioning(dir + "/") {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for len(ctrd.PidsMentioning(dir+"/")) > 0 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	for _, m := range ctrd.MountsUnder(dir) {
+		if err := syscall.Unmount(m, syscall.MNT_DETACH); err != nil {
+			errs = append(errs, fmt.Errorf("lab: unmount %s: %w", m, err))
+		}
+	}
+	f := Find(baseDir, name)
+	for _, ns := range f.NetNS {
+		if err := run(ctx, "ip", "netns", "delete", ns); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, link := range Find(baseDir, name).Links { // veths vanished with their namespaces
+		if err := run(ctx, "ip", "link", "delete", link); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		errs = append(errs, fmt.Errorf("lab: remove %s: %w", dir, err))
+	}
+	if left := Find(baseDir, name); !left.Empty() {
+		errs = append(errs, fmt.Errorf("lab: after teardown of %q still present: %s", name, left))
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,134 @@
+package lab
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/containerd/containerd"
+	"github.com/containerd/containerd/cio"
+	"github.com/containerd/containerd/namespaces"
+	"github.com/containerd/containerd/oci"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/ftwin-migrate/ftwin-migrate/ociimage"
+)
+
+// Namespace is the containerd namespace lab workloads live in.
+const Namespace = "ftwin"
+
+// Context returns ctx in the lab's containerd namespace.
+func Context(ctx context.Context) context.Context { return namespaces.WithNamespace(ctx, Namespace) }
+
+// Workload is a container to run on a lab host from a static binary.
+type Workload struct {
+	// ID is the container id.
+	ID string
+	// Binary is a static executable; it becomes the image's only file, /bin/BASENAME.
+	Binary string
+	// Image is the image reference. Default: "ftwin.local/BASENAME:latest".
+	Image string
+	// Args follow the binary on the command line.
+	Args []string
+}
+
+// LogPath is where the stdout and stderr of container id on this host go.
+func (h *Host) LogPath(id string) string { return filepath.Join(h.Dir, "logs", id+".log") }
+
+// LogIO returns the stdio for container id: its log file on this host.
+func (h *Host) LogIO(id string) (cio.Creator, error) {
+	p := h.LogPath(id)
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		return nil, fmt.Errorf("lab: create log directory: %w", err)
+	}
+	return cio.LogFile(p), nil
+}
+
+// ImportImage builds the workload's image into the host's containerd (a no-op when present).
+func (h *Host) ImportImage(ctx context.Context, w Workload) (string, error) {
+	ref := w.imageRef()
+	client, err := h.Client()
+	if err != nil {
+		return "", err
+	}
+	defer client.Close()
+	if _, err := ociimage.Build(Context(ctx), client, ref, w.Binary); err != nil {
+		return "", fmt.Errorf("lab: host %s: %w", h.Name, err)
+	}
+	return ref, nil
+}
+
+func (w Workload) imageRef() string {
+	if w.Image != "" {
+		return w.Image
+	}
+	return "ftwin.local/" + filepath.Base(w.Binary) + ":latest"
+}
+
+// Run starts w as a container on the host, in the host's network namespace, its output in
+// LogPath(w.ID). The image is built and imported first if needed.
+func (h *Host) Run(ctx context.Context, w Workload) error {
+	ref, err := h.ImportImage(ctx, w)
+	if err != nil {
+		return err
+	}
+	client, err := h.Client()
+	if err != nil {
+		return err
+	}
+	defer client.Close()
+	ctx = Context(ctx)
+	img, err := client.GetImage(ctx, ref)
+	if err != nil {
+		return fmt.Errorf("lab: host %s: image %s: %w", h.Name, ref, err)
+	}
+	args := append([]string{"/bin/" + filepath.Base(w.Binary)}, w.Args...)
+	c, err := client.NewContainer(ctx, w.ID,
+		containerd.WithImage(img),
+		containerd.WithNewSnapshot(w.ID+"-rootfs", img),
+		containerd.WithNewSpec(oci.WithImageConfig(img), oci.WithProcessArgs(args...),
+			oci.WithHostNamespace(specs.NetworkNamespace), oci.WithCgroup(h.CgroupsPath(Namespace, w.ID))),
+	)
+	if err != nil {
+		return fmt.Errorf("lab: host %s: create container %s: %w", h.Name, w.ID, err)
+	}
+	io, err := h.LogIO(w.ID)
+	if err != nil {
+		return err
+	}
+	task, err := c.NewTask(ctx, io)
+	if err != nil {
+		_ = c.Delete(ctx, containerd.WithSnapshotCleanup)
+		return fmt.Errorf("lab: host %s: create task %s: %w", h.Name, w.ID, err)
+	}
+	if err := task.Start(ctx); err != nil {
+		_, _ = task.Delete(ctx, containerd.WithProcessKill)
+		_ = c.Delete(ctx, containerd.WithSnapshotCleanup)
+		return fmt.Errorf("lab: host %s: start %s: %w", h.Name, w.ID, err)
+	}
+	return nil
+}
+
+// Remove kills container id's task (if any) and deletes the container with its snapshot.
+func (h *Host) Remove(ctx context.Context, id string) error {
+	client, err := h.Client()
+	if err != nil {
+		return err
+	}
+	defer client.Close()
+	ctx = Context(ctx)
+	c, err := client.LoadContainer(ctx, id)
+	if err != nil {
+		return fmt.Errorf("lab: host %s: container %s: %w", h.Name, id, err)
+	}
+	if task, err := c.Task(ctx, nil); err == nil {
+		if _, err := task.Delete(ctx, containerd.WithProcessKill); err != nil {
+			return fmt.Errorf("lab: host %s: delete task %s: %w", h.Name, id, err)
+		}
+	}
+	if err := c.Delete(ctx, containerd.WithSnapshotCleanup); err != nil {
+		return fmt.Errorf("lab: host %s: delete container %s: %w", h.Name, id, err)
+	}
+	return nil
+}

@@ -1,0 +1,155 @@
+// Package restore starts containers from checkpoint images made by package checkpoint.
+//
+// The base image named in the checkpoint must be present in the target containerd (package
+// transfer sends it along with the checkpoint when it is not). A failed restore removes what
+// it created: the container record, its snapshot and any task.
+package restore
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/containerd/containerd"
+	"github.com/containerd/containerd/cio"
+	"github.com/containerd/containerd/containers"
+	"github.com/containerd/containerd/content"
+	"github.com/containerd/containerd/errdefs"
+	"github.com/containerd/typeurl/v2"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
+
+// Result describes a restored container.
+type Result struct {
+	Container containerd.Container
+	Task      containerd.Task
+	// Duration is the wall time from container creation to the task running.
+	Duration time.Duration
+}
+
+type config struct {
+	io        cio.Creator
+	specEdits []func(*specs.Spec) error
+	noRW      bool
+}
+
+// Opt configures Restore.
+type Opt func(*config)
+
+// WithIO sets the restored task's stdio. Default: discard (cio.NullIO).
+// Log paths must be visible in the target daemon's mount namespace.
+func WithIO(c cio.Creator) Opt { return func(cfg *config) { cfg.io = c } }
+
+// WithSpecEdit changes the container's OCI spec (as checkpointed) before the container is created.
+func WithSpecEdit(edit func(*specs.Spec) error) Opt {
+	return func(cfg *config) { cfg.specEdits = append(cfg.specEdits, edit) }
+}
+
+// WithCgroupsPath puts the restored container at path in the cgroup hierarchy instead of the
+// source's path (needed when source and target share a machine, as simulated hosts do).
+func WithCgroupsPath(path string) Opt {
+	return WithSpecEdit(func(s *specs.Spec) error {
+		if s.Linux == nil {
+			s.Linux = &specs.Linux{}
+		}
+		s.Linux.CgroupsPath = path
+		return nil
+	})
+}
+
+// WithoutRW skips re-applying the checkpointed read-write layer.
+func WithoutRW() Opt { return func(cfg *config) { cfg.noRW = true } }
+
+// Restore creates container id on client from checkpoint image ref and starts its task from
+// the CRIU image. The checkpoint image must already be in client's containerd.
+func Restore(ctx context.Context, client *containerd.Client, id, ref string, opts ...Opt) (res *Result, err error) {
+	cfg := config{io: cio.NullIO}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	start := time.Now()
+	ckpt, err := client.GetImage(ctx, ref)
+	if err != nil {
+		return nil, fmt.Errorf("restore: checkpoint image %q: %w", ref, err)
+	}
+	index, err := readIndex(ctx, client, ckpt)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := client.LoadContainer(ctx, id); err == nil {
+		return nil, fmt.Errorf("restore: container %q already exists on the target: %w", id, errdefs.ErrAlreadyExists)
+	}
+	copts := []containerd.RestoreOpts{containerd.WithRestoreImage, containerd.WithRestoreSpec, containerd.WithRestoreRuntime}
+	if len(cfg.specEdits) > 0 {
+		copts = append(copts, editSpec(cfg.specEdits))
+	}
+	if !cfg.noRW {
+		if _, err := containerd.GetIndexByMediaType(index, ocispec.MediaTypeImageLayerGzip); err == nil {
+			copts = append(copts, containerd.WithRestoreRW)
+		}
+	}
+	c, err := client.Restore(ctx, id, ckpt, copts...)
+	if err != nil {
+		// WithRestoreImage may have prepared the snapshot before a later option failed.
+		_ = client.SnapshotService(index.Annotations["io.containerd.checkpoint.snapshotter"]).Remove(ctx, id)
+		return nil, fmt.Errorf("restore: create container %q from %s: %w", id, ref, err)
+	}
+	defer func() {
+		if err != nil {
+			_ = c.Delete(context.WithoutCancel(ctx), containerd.WithSnapshotCleanup)
+		}
+	}()
+	task, err := c.NewTask(ctx, cfg.io, containerd.WithTaskCheckpoint(ckpt))
+	if err != nil {
+		return nil, fmt.Errorf("restore: CRIU restore of %q: %w", id, err)
+	}
+	if err := task.Start(ctx); err != nil {
+		_, _ = task.Delete(context.WithoutCancel(ctx), containerd.WithProcessKill)
+		return nil, fmt.Errorf("restore: start restored task of %q: %w", id, err)
+	}
+	return &Result{Container: c, Task: task, Duration: time.Since(start)}, nil
+}
+
+func readIndex(ctx context.Context, client *containerd.Client, ckpt containerd.Image) (*ocispec.Index, error) {
+	var index ocispec.Index
+	b, err := content.ReadBlob(ctx, client.ContentStore(), ckpt.Target())
+	if err != nil {
+		return nil, fmt.Errorf("restore: read checkpoint index %s: %w", ckpt.Target().Digest, err)
+	}
+	if err := json.Unmarshal(b, &index); err != nil {
+		return nil, fmt.Errorf("restore: parse checkpoint index %s: %w", ckpt.Target().Digest, err)
+	}
+	return &index, nil
+}
+
+func editSpec(edits []func(*specs.Spec) error) containerd.RestoreOpts {
+	return func(context.Context, string, *containerd.Client, containerd.Image, *ocispec.Index) containerd.NewContainerOpts {
+		return func(_ context.Context, _ *containerd.Client, c *containers.Container) error {
+			return applySpecEdits(c, edits)
+		}
+	}
+}
+
+func applySpecEdits(c *containers.Container, edits []func(*specs.Spec) error) error {
+	v, err := typeurl.UnmarshalAny(c.Spec)
+	if err != nil {
+		return fmt.Errorf("decode checkpointed spec: %w", err)
+	}
+	s, ok := v.(*specs.Spec)
+	if !ok {
+		return fmt.Errorf("checkpointed spec is %T, not an OCI runtime spec", v)
+	}
+	for _, e := range edits {
+		if err := e(s); err != nil {
+			return err
+		}
+	}
+	a, err := typeurl.MarshalAny(s)
+	if err != nil {
+		return fmt.Errorf("encode spec: %w", err)
+	}
+	c.Spec = a
+	return nil
+}

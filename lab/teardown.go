@@ -117,8 +117,9 @@ func Teardown(ctx context.Context, baseDir, name string) error {
 			errs = append(errs, err)
 		}
 	}
-	for _, link := range Find(baseDir, name).Links { // veths vanished with their namespaces
-		if err := run(ctx, "ip", "link", "delete", link); err != nil {
+	// A veth goes with its peer's namespace, asynchronously: one may vanish under us.
+	for _, link := range Find(baseDir, name).Links {
+		if err := run(ctx, "ip", "link", "delete", link); err != nil && !strings.Contains(err.Error(), "Cannot find device") {
 			errs = append(errs, err)
 		}
 	}

@@ -80,7 +80,8 @@ func Checkpoint(ctx context.Context, client *containerd.Client, id string, opts 
 	if err != nil {
 		return nil, fmt.Errorf("checkpoint: status of %q: %w", id, err)
 	}
-	if st.Status != containerd.Running {
+	// A paused task can be dumped too (the migrator freezes before it dumps); it stays paused.
+	if st.Status != containerd.Running && st.Status != containerd.Paused {
 		return nil, fmt.Errorf("checkpoint: task of %q is %s, not running", id, st.Status)
 	}
 

@@ -2,7 +2,9 @@ package doctor
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -51,10 +53,10 @@ func containerdDaemonCheck(ctx context.Context, addr string, requested bool) Che
 	case err == nil:
 		row.Status, row.Detail = OK, fmt.Sprintf("%s: containerd %s (revision %s)", addr, v.Version, v.Revision)
 	case requested:
-		row.Status, row.Detail = Fail, err.Error()
+		row.Status, row.Detail = Fail, fmt.Sprintf("no daemon at %s (%v)", addr, err)
 		row.Fix = "start containerd there (`containerd --address " + addr + "`) or give the address of the one that runs"
 	default:
-		row.Status, row.Detail = Warn, fmt.Sprintf("no daemon at %s; the lab starts its own (%v)", addr, err)
+		row.Status, row.Detail = Warn, fmt.Sprintf("no daemon at %s (%v); the lab starts its own", addr, err)
 		row.Fix = "nothing for the lab; on a real host start containerd (`systemctl start containerd`) or name its socket"
 	}
 	return row
@@ -62,19 +64,19 @@ func containerdDaemonCheck(ctx context.Context, addr string, requested bool) Che
 
 func containerdVersion(ctx context.Context, addr string) (containerd.Version, error) {
 	// Without a socket the client would retry until its timeout.
-	if _, err := os.Stat(addr); err != nil {
-		return containerd.Version{}, fmt.Errorf("containerd at %s: %w", addr, err)
+	if _, err := os.Stat(addr); errors.Is(err, fs.ErrNotExist) {
+		return containerd.Version{}, errors.New("no socket")
 	}
 	client, err := containerd.New(addr, containerd.WithTimeout(containerdTimeout))
 	if err != nil {
-		return containerd.Version{}, fmt.Errorf("containerd at %s: %w", addr, err)
+		return containerd.Version{}, err
 	}
 	defer client.Close()
 	ctx, cancel := context.WithTimeout(ctx, containerdTimeout)
 	defer cancel()
 	v, err := client.Version(ctx)
 	if err != nil {
-		return containerd.Version{}, fmt.Errorf("containerd at %s: version: %w", addr, err)
+		return containerd.Version{}, fmt.Errorf("version: %w", err)
 	}
 	return v, nil
 }

@@ -20,7 +20,7 @@ var minCRIU = version{4, 2, 0}
 // Both were measured on this project's hosts (see ENVIRONMENT.md).
 var kernelCRIUConflicts = []struct {
 	kernel, criu version // a kernel >= kernel needs CRIU >= criu
-	why              string
+	why          string
 }{
 	{version{6, 16, 0}, version{4, 2, 0}, "Linux 6.16 restricted SO_PASSCRED/SO_PASSSEC to AF_UNIX and netlink " +
 		"sockets: CRIU older than 4.2 cannot dump a process that owns an inet socket"},
@@ -31,60 +31,46 @@ var kernelCRIUConflicts = []struct {
 // criuFeature is an optional CRIU capability that migration can use.
 type criuFeature struct {
 	name      string // as `criu check --feature NAME` knows it
-	enables   string // what the host can do with it
-	lacking   string // what the host cannot do without it
-	fixLacked string
+	available string // what the host can do with it
+	missing   string // what the host cannot do without it
+	fix       string // what to do when it is missing
 }
 
 var criuFeatures = []criuFeature{{
 	name:      "mem_dirty_track",
-	enables:   "pre-copy (iterative pre-dump) possible",
-	lacking:   "pre-copy unavailable: soft-dirty memory tracking is off in this kernel",
-	fixLacked: "use a kernel built with CONFIG_MEM_SOFT_DIRTY (most distribution kernels are); until then containers migrate by stop-and-copy",
+	available: "pre-copy (iterative pre-dump) possible",
+	missing:   "pre-copy unavailable: soft-dirty memory tracking is off in this kernel",
+	fix:       "use a kernel built with CONFIG_MEM_SOFT_DIRTY (most distribution kernels are); until then containers migrate by stop-and-copy",
 }, {
 	name:      "uffd-noncoop",
-	enables:   "post-copy (lazy pages) possible",
-	lacking:   "post-copy unavailable: the kernel lacks non-cooperative userfaultfd",
-	fixLacked: "use a kernel built with CONFIG_USERFAULTFD (Linux >= 4.11); until then containers migrate without lazy pages",
+	available: "post-copy (lazy pages) possible",
+	missing:   "post-copy unavailable: the kernel lacks non-cooperative userfaultfd",
+	fix:       "use a kernel built with CONFIG_USERFAULTFD (Linux >= 4.11); until then containers migrate without lazy pages",
 }, {
 	name:      "tcp_half_closed",
-	enables:   "half-closed TCP connections can be checkpointed",
-	lacking:   "a container holding a half-closed TCP connection cannot be dumped with --tcp-established",
-	fixLacked: "use Linux >= 4.11 (TCP repair of FIN states), or make sure the workload closes connections fully",
+	available: "half-closed TCP connections can be checkpointed",
+	missing:   "a container holding a half-closed TCP connection cannot be dumped with --tcp-established",
+	fix:       "use Linux >= 4.11 (TCP repair of FIN states), or make sure the workload closes connections fully",
 }}
 
 // checkCRIU adds the kernel row, the CRIU version and `criu check` rows and a row per
 // optional feature, and fills in r.CRIUVersion and r.Features.
 func (r *Report) checkCRIU(ctx context.Context) {
-	var uts unix.Utsname
 	release := "unknown"
+	var uts unix.Utsname
 	if err := unix.Uname(&uts); err == nil {
 		release = unix.ByteSliceToString(uts.Release[:])
 	}
-
-	path, err := exec.LookPath("criu")
-	if err != nil {
-		r.Checks = append(r.Checks, kernelCheck(release, nil),
-			Check{Name: "criu", Status: Fail, Detail: "criu not found in PATH", Fix: fixInstall})
-		return
-	}
-	out, err := command(ctx, path, "--version")
-	if err == nil {
-		r.CRIUVersion, err = parseCRIUVersion(out)
-	}
+	path, installed, err := r.findCRIU(ctx)
 	if err != nil {
 		r.Checks = append(r.Checks, kernelCheck(release, nil),
 			Check{Name: "criu", Status: Fail, Detail: err.Error(), Fix: fixInstall})
 		return
 	}
-	installed, err := parseVersion(r.CRIUVersion)
-	if err != nil {
-		r.Checks = append(r.Checks, kernelCheck(release, nil),
-			Check{Name: "criu", Status: Fail, Detail: fmt.Sprintf("%s at %s: %v", r.CRIUVersion, path, err), Fix: fixInstall})
-		return
-	}
-	r.Checks = append(r.Checks, kernelCheck(release, &installed), criuVersionCheck(path, r.CRIUVersion, installed))
-	r.Checks = append(r.Checks, criuCheck(ctx, path))
+	r.Checks = append(r.Checks,
+		kernelCheck(release, &installed),
+		criuVersionCheck(path, r.CRIUVersion, installed),
+		criuCheck(ctx, path))
 
 	r.Features = make(map[string]bool)
 	for _, f := range criuFeatures {
@@ -92,16 +78,37 @@ func (r *Report) checkCRIU(ctx context.Context) {
 		row := Check{Name: "criu feature " + f.name}
 		switch {
 		case err != nil:
-			row.Status, row.Detail, row.Fix = Warn, err.Error(), "run `criu check --feature "+f.name+"` by hand and see what it says"
+			row.Status, row.Detail = Warn, err.Error()
+			row.Fix = "run `criu check --feature " + f.name + "` by hand and see what it says"
 		case ok:
 			r.Features[f.name] = true
-			row.Status, row.Detail = OK, f.enables
+			row.Status, row.Detail = OK, f.available
 		default:
 			r.Features[f.name] = false
-			row.Status, row.Detail, row.Fix = Warn, f.lacking, f.fixLacked
+			row.Status, row.Detail, row.Fix = Warn, f.missing, f.fix
 		}
 		r.Checks = append(r.Checks, row)
 	}
+}
+
+// findCRIU looks CRIU up in PATH and asks its version, which it records in r.CRIUVersion.
+func (r *Report) findCRIU(ctx context.Context) (path string, installed version, err error) {
+	if path, err = exec.LookPath("criu"); err != nil {
+		return "", version{}, errors.New("criu not found in PATH")
+	}
+	out, err := command(ctx, path, "--version")
+	if err != nil {
+		return "", version{}, err
+	}
+	release, err := parseCRIUVersion(out)
+	if err != nil {
+		return "", version{}, fmt.Errorf("criu at %s: %w", path, err)
+	}
+	if installed, err = parseVersion(release); err != nil {
+		return "", version{}, fmt.Errorf("criu at %s: %w", path, err)
+	}
+	r.CRIUVersion = release
+	return path, installed, nil
 }
 
 // kernelCheck reports the running kernel and whether the installed CRIU (nil when unknown)
@@ -145,8 +152,8 @@ func criuCheck(ctx context.Context, path string) Check {
 	out, err := command(ctx, path, "check")
 	if err != nil {
 		row.Status, row.Detail = Fail, err.Error()
-		row.Fix = "the kernel lacks something CRIU always needs: run `criu check` and use a kernel " +
-			"(CONFIG_CHECKPOINT_RESTORE and the features it names) or a CRIU release that supports it"
+		row.Fix = "run `criu check` to see what is wrong; use a kernel built with CONFIG_CHECKPOINT_RESTORE " +
+			"and the features it names, or a CRIU release that knows this kernel (" + fixInstall + ")"
 		return row
 	}
 	row.Status, row.Detail = OK, strings.TrimSpace(out)

@@ -1,4 +1,4 @@
-// Package doctor checks what a host offers and lacks for checkpoint/restore and live
+// Package doctor checks what a Linux host offers and lacks for checkpoint/restore and live
 // migration of containerd containers with CRIU.
 //
 // Run returns a Report: one Check per row, each OK, WARN or FAIL, with a Fix that tells the

@@ -23,18 +23,23 @@ func CRIUFaultEnv() ([]string, error) {
 func (r *Report) checkHWBreakpoints() {
 	ok, err := HWBreakpointsWork()
 	r.HWBreakpoints = ok
+	r.Checks = append(r.Checks, hwBreakpointsCheck(ok, err))
+}
+
+// hwBreakpointsCheck turns the outcome of HWBreakpointsWork into a row.
+func hwBreakpointsCheck(ok bool, err error) Check {
 	row := Check{Name: "hardware breakpoints"}
 	switch {
 	case err != nil:
 		row.Status, row.Detail = Warn, err.Error()
-		row.Fix = "run CRIU with " + criuFaultNoBreakpoints + " to be safe (it only slows CRIU a little where breakpoints work)"
+		row.Fix = "run CRIU with " + criuFaultNoBreakpoints + " to be safe (where breakpoints work it only slows CRIU a little)"
 	case ok:
-		row.Status, row.Detail = OK, "fire"
+		row.Status, row.Detail = OK, "yes: a probe breakpoint fired, CRIU can stop its parasite with them"
 	default:
 		row.Status = Warn
 		row.Detail = "no → CRIU must run with " + criuFaultNoBreakpoints + " (ftwin-migrate sets it for the daemons it starts)"
 		row.Fix = "nothing for the daemons ftwin-migrate starts; give " + criuFaultNoBreakpoints +
 			" to any containerd you start yourself (e.g. Environment= in its systemd unit), or `criu dump` hangs"
 	}
-	r.Checks = append(r.Checks, row)
+	return row
 }

@@ -42,7 +42,8 @@ const (
 // instruction breakpoint, plays no part.
 //
 // `criu check --feature breakpoints` is no substitute: it only tests that the debug
-// registers can be written, which they can in a PVM guest, where they never fire.
+// registers can be written, and so does CRIU before it relies on them. Where they can be
+// written but do not fire (as seen in a PVM guest), `criu dump` hangs.
 func HWBreakpointsWork() (bool, error) {
 	ok, err := probeHWBreakpoint()
 	if err != nil {

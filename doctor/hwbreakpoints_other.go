@@ -1,4 +1,4 @@
-//go:build !(linux && amd64)
+//go:build linux && !amd64
 
 package doctor
 
@@ -11,5 +11,5 @@ import (
 // HWBreakpointsWork reports whether hardware breakpoints fire on this host. The probe is
 // written for linux/amd64 only.
 func HWBreakpointsWork() (bool, error) {
-	return false, fmt.Errorf("doctor: hardware breakpoint probe on %s/%s: %w", runtime.GOOS, runtime.GOARCH, errors.ErrUnsupported)
+	return false, fmt.Errorf("doctor: hardware breakpoint probe on %s: %w", runtime.GOARCH, errors.ErrUnsupported)
 }

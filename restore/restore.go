@@ -59,6 +59,12 @@ func WithCgroupsPath(path string) Opt {
 	})
 }
 
+// WithLogFile sends the restored task's stdout and stderr to path (created if needed), which
+// must be visible in the target daemon's mount namespace.
+func WithLogFile(path string) Opt {
+	return func(cfg *config) { cfg.io = cio.LogFile(path) }
+}
+
 // WithoutRW skips re-applying the checkpointed read-write layer.
 func WithoutRW() Opt { return func(cfg *config) { cfg.noRW = true } }
 

@@ -1,0 +1,92 @@
+// Package agent is the receiving side of a migration: an HTTPS service (mutual TLS, see
+// package pki) on the target host that takes blobs, restores the container in its containerd,
+// verifies it and commits or aborts, and the client the migrator uses to drive it.
+//
+// The protocol is versioned: every request carries the header Ftwin-Protocol, and a peer
+// speaking another version gets 400 with an error that names both versions. A migration is a
+// session: blobs written for it live under a containerd lease of its own, so an abort (or a
+// session left idle past its timeout, as when the migrator dies) removes every trace of it.
+//
+//	GET  /v1/hello                      Hello
+//	POST /v1/cpuinfo/check              body: CRIU cpuinfo.img of the source; 409 if incompatible
+//	POST /v1/sessions                   SessionRequest → Session
+//	POST /v1/sessions/{id}/missing      []Descriptor → []Descriptor (blobs the target lacks)
+//	PUT  /v1/sessions/{id}/blobs?digest=&size=&mediatype=   body: zstd stream of the blob
+//	POST /v1/sessions/{id}/restore      RestoreRequest → RestoreResult
+//	POST /v1/sessions/{id}/verify       → VerifyResult
+//	POST /v1/sessions/{id}/commit
+//	POST /v1/sessions/{id}/abort
+package agent
+
+import (
+	"time"
+
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+)
+
+// ProtocolVersion is the version of the agent protocol this build speaks.
+const ProtocolVersion = 1
+
+// ProtocolHeader carries the protocol version on every request and response.
+const ProtocolHeader = "Ftwin-Protocol"
+
+// Hello describes the agent and its host.
+type Hello struct {
+	Protocol          int    `json:"protocol"`
+	Host              string `json:"host"`
+	ContainerdVersion string `json:"containerd_version"`
+	CRIUVersion       string `json:"criu_version"`
+	Arch              string `json:"arch"`
+	FreeBytes         uint64 `json:"free_bytes"` // free space where the agent keeps CRIU images
+}
+
+// Network modes for the restored container's TCP connections.
+const (
+	// TCPClose restores established connections closed: the application sees an error and
+	// reconnects (the target host has another address). The default.
+	TCPClose = "close"
+	// TCPEstablished restores them open; only for a target that takes over the source's address.
+	TCPEstablished = "established"
+)
+
+// SessionRequest opens a migration session.
+type SessionRequest struct {
+	Namespace string `json:"namespace"`
+	Container string `json:"container"`
+	// CheckpointRef is the name the checkpoint image will have on the target.
+	CheckpointRef string `json:"checkpoint_ref"`
+	// TCP is TCPClose or TCPEstablished.
+	TCP string `json:"tcp"`
+	// Probe, if set, is an http:// URL the agent GETs from the target host to verify the
+	// restored container (2xx is healthy).
+	Probe string `json:"probe,omitempty"`
+	// SourceHost names the source, for the agent's logs.
+	SourceHost string `json:"source_host"`
+}
+
+// Session is an open migration session.
+type Session struct {
+	ID      string        `json:"id"`
+	Timeout time.Duration `json:"timeout_ns"` // idle time after which the agent aborts it
+}
+
+// RestoreRequest asks the agent to restore the container from the checkpoint index it received.
+type RestoreRequest struct {
+	Index ocispec.Descriptor `json:"index"`
+}
+
+// RestoreResult says how the restore went.
+type RestoreResult struct {
+	Duration time.Duration `json:"duration_ns"`
+	Pid      uint32        `json:"pid"`
+}
+
+// VerifyResult says whether the restored container is healthy.
+type VerifyResult struct {
+	Running bool   `json:"running"`
+	Probe   string `json:"probe,omitempty"` // outcome of the health probe, if any
+}
+
+type errorBody struct {
+	Error string `json:"error"`
+}

@@ -1,0 +1,493 @@
+package agent
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/containerd/containerd"
+	"github.com/containerd/containerd/images"
+	"github.com/containerd/containerd/leases"
+	"github.com/containerd/containerd/namespaces"
+	"github.com/containerd/errdefs"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+
+	"github.com/ftwin-migrate/ftwin-migrate/pki"
+	"github.com/ftwin-migrate/ftwin-migrate/restore"
+	"github.com/ftwin-migrate/ftwin-migrate/transfer"
+)
+
+// Config configures an agent.
+type Config struct {
+	// Host names this host in reports and logs.
+	Host string
+	// Client is the containerd of this host.
+	Client *containerd.Client
+	// WorkDir holds CRIU config files, cpuinfo checks and restored containers' logs.
+	WorkDir string
+	// RestoreOpts returns extra restore options for a session (the lab sets a per-host cgroup
+	// path here; tests inject failures).
+	RestoreOpts func(SessionRequest) []restore.Opt
+	// LogPath says where a restored container's stdout and stderr go.
+	// Default: WORKDIR/logs/NAMESPACE-ID.log.
+	LogPath func(namespace, id string) string
+	// Dial is used by health probes. Default: net.Dialer.
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// SessionTimeout aborts a session idle this long. Default 2 minutes.
+	SessionTimeout time.Duration
+	// Log receives the agent's log. Default: slog.Default().
+	Log *slog.Logger
+}
+
+// Agent serves the receiving side of migrations.
+type Agent struct {
+	cfg      Config
+	mu       sync.Mutex
+	sessions map[string]*session
+	stop     chan struct{}
+	stopOnce sync.Once
+}
+
+type session struct {
+	SessionRequest
+	id       string
+	lease    string
+	lastUsed time.Time
+	restored bool
+	mu       sync.Mutex // one request of a session at a time
+}
+
+// New returns an agent. Close it to stop its janitor.
+func New(cfg Config) (*Agent, error) {
+	if cfg.Client == nil {
+		return nil, errors.New("agent: Config.Client is nil")
+	}
+	if cfg.WorkDir == "" {
+		return nil, errors.New("agent: Config.WorkDir is empty")
+	}
+	if err := os.MkdirAll(filepath.Join(cfg.WorkDir, "logs"), 0o755); err != nil {
+		return nil, fmt.Errorf("agent: work dir: %w", err)
+	}
+	if cfg.Host == "" {
+		cfg.Host, _ = os.Hostname()
+	}
+	if cfg.SessionTimeout == 0 {
+		cfg.SessionTimeout = 2 * time.Minute
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	if cfg.Dial == nil {
+		var d net.Dialer
+		cfg.Dial = d.DialContext
+	}
+	a := &Agent{cfg: cfg, sessions: map[string]*session{}, stop: make(chan struct{})}
+	go a.janitor()
+	return a, nil
+}
+
+// Close stops the janitor. Open sessions are aborted.
+func (a *Agent) Close() {
+	a.stopOnce.Do(func() { close(a.stop) })
+	a.mu.Lock()
+	ids := make([]string, 0, len(a.sessions))
+	for id := range a.sessions {
+		ids = append(ids, id)
+	}
+	a.mu.Unlock()
+	for _, id := range ids {
+		a.abort(context.Background(), id, "agent shutting down")
+	}
+}
+
+// LogPath is where the restored container's stdout and stderr go.
+func (a *Agent) LogPath(namespace, id string) string {
+	if a.cfg.LogPath != nil {
+		return a.cfg.LogPath(namespace, id)
+	}
+	return filepath.Join(a.cfg.WorkDir, "logs", namespace+"-"+id+".log")
+}
+
+// Handler returns the agent's HTTP handler. Serve it over mutual TLS (pki.ServerConfig).
+func (a *Agent) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/hello", a.hello)
+	mux.HandleFunc("POST /v1/cpuinfo/check", a.cpuinfoCheck)
+	mux.HandleFunc("POST /v1/sessions", a.open)
+	mux.HandleFunc("POST /v1/sessions/{id}/missing", a.withSession(a.missing))
+	mux.HandleFunc("PUT /v1/sessions/{id}/blobs", a.withSession(a.putBlob))
+	mux.HandleFunc("POST /v1/sessions/{id}/restore", a.withSession(a.restore))
+	mux.HandleFunc("POST /v1/sessions/{id}/verify", a.withSession(a.verify))
+	mux.HandleFunc("POST /v1/sessions/{id}/commit", a.withSession(a.commit))
+	mux.HandleFunc("POST /v1/sessions/{id}/abort", func(w http.ResponseWriter, r *http.Request) {
+		a.abort(r.Context(), r.PathValue("id"), "aborted by the migrator")
+		w.WriteHeader(http.StatusNoContent)
+	})
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set(ProtocolHeader, strconv.Itoa(ProtocolVersion))
+		if v := r.Header.Get(ProtocolHeader); v != strconv.Itoa(ProtocolVersion) {
+			writeError(w, http.StatusBadRequest, fmt.Errorf("protocol version mismatch: agent %s speaks %d, the migrator speaks %q: run the same ftwin-migrate version on both hosts", a.cfg.Host, ProtocolVersion, v))
+			return
+		}
+		if r.TLS != nil {
+			a.cfg.Log.Debug("request", "peer", pki.PeerName(r.TLS), "method", r.Method, "path", r.URL.Path)
+		}
+		mux.ServeHTTP(w, r)
+	})
+}
+
+func (a *Agent) hello(w http.ResponseWriter, r *http.Request) {
+	h := Hello{Protocol: ProtocolVersion, Host: a.cfg.Host, Arch: runtime.GOARCH}
+	if v, err := a.cfg.Client.Version(r.Context()); err == nil {
+		h.ContainerdVersion = v.Version
+	}
+	if out, err := exec.CommandContext(r.Context(), "criu", "--version").Output(); err == nil {
+		for _, l := range strings.Split(string(out), "\n") {
+			if v, ok := strings.CutPrefix(l, "Version: "); ok {
+				h.CRIUVersion = strings.TrimSpace(v)
+			}
+		}
+	}
+	var st unix.Statfs_t
+	if unix.Statfs(a.cfg.WorkDir, &st) == nil {
+		h.FreeBytes = st.Bavail * uint64(st.Bsize)
+	}
+	writeJSON(w, h)
+}
+
+// cpuinfoCheck runs `criu cpuinfo check` against the source's cpuinfo.img.
+func (a *Agent) cpuinfoCheck(w http.ResponseWriter, r *http.Request) {
+	dir, err := os.MkdirTemp(a.cfg.WorkDir, "cpuinfo-")
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, err)
+		return
+	}
+	defer os.RemoveAll(dir)
+	f, err := os.Create(filepath.Join(dir, "cpuinfo.img"))
+	if err == nil {
+		_, err = io.Copy(f, io.LimitReader(r.Body, 1<<20))
+		f.Close()
+	}
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, fmt.Errorf("store cpuinfo: %w", err))
+		return
+	}
+	out, err := exec.CommandContext(r.Context(), "criu", "cpuinfo", "check", "-D", dir, "-v1").CombinedOutput()
+	if err != nil {
+		writeError(w, http.StatusConflict, fmt.Errorf("CPU of %s cannot run the source's CRIU image (criu cpuinfo check: %v): %s", a.cfg.Host, err, strings.TrimSpace(string(out))))
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (a *Agent) open(w http.ResponseWriter, r *http.Request) {
+	var req SessionRequest
+	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+		writeError(w, http.StatusBadRequest, fmt.Errorf("bad session request: %w", err))
+		return
+	}
+	if req.Namespace == "" || req.Container == "" || req.CheckpointRef == "" {
+		writeError(w, http.StatusBadRequest, errors.New("session request needs namespace, container and checkpoint_ref"))
+		return
+	}
+	switch req.TCP {
+	case "":
+		req.TCP = TCPClose
+	case TCPClose, TCPEstablished:
+	default:
+		writeError(w, http.StatusBadRequest, fmt.Errorf("tcp mode %q: want %q or %q", req.TCP, TCPClose, TCPEstablished))
+		return
+	}
+	ctx := namespaces.WithNamespace(r.Context(), req.Namespace)
+	if _, err := a.cfg.Client.LoadContainer(ctx, req.Container); err == nil {
+		writeError(w, http.StatusConflict, fmt.Errorf("container %q already exists on %s in namespace %s", req.Container, a.cfg.Host, req.Namespace))
+		return
+	}
+	l, err := a.cfg.Client.LeasesService().Create(ctx, leases.WithRandomID(), leases.WithExpiration(a.cfg.SessionTimeout+time.Hour))
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, fmt.Errorf("take a containerd lease: %w", err))
+		return
+	}
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	s := &session{SessionRequest: req, id: hex.EncodeToString(b[:]), lease: l.ID, lastUsed: time.Now()}
+	a.mu.Lock()
+	a.sessions[s.id] = s
+	a.mu.Unlock()
+	a.cfg.Log.Info("session opened", "session", s.id, "container", req.Container, "from", req.SourceHost)
+	writeJSON(w, Session{ID: s.id, Timeout: a.cfg.SessionTimeout})
+}
+
+func (a *Agent) withSession(h func(context.Context, *session, http.ResponseWriter, *http.Request)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		a.mu.Lock()
+		s := a.sessions[r.PathValue("id")]
+		a.mu.Unlock()
+		if s == nil {
+			writeError(w, http.StatusNotFound, fmt.Errorf("no session %q on %s (aborted, timed out or never opened)", r.PathValue("id"), a.cfg.Host))
+			return
+		}
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		s.lastUsed = time.Now()
+		defer func() { s.lastUsed = time.Now() }()
+		ctx := leases.WithLease(namespaces.WithNamespace(r.Context(), s.Namespace), s.lease)
+		h(ctx, s, w, r)
+	}
+}
+
+func (a *Agent) missing(ctx context.Context, _ *session, w http.ResponseWriter, r *http.Request) {
+	var want []ocispec.Descriptor
+	if err := json.NewDecoder(r.Body).Decode(&want); err != nil {
+		writeError(w, http.StatusBadRequest, err)
+		return
+	}
+	cs := a.cfg.Client.ContentStore()
+	missing := []ocispec.Descriptor{}
+	for _, d := range want {
+		if _, err := cs.Info(ctx, d.Digest); errdefs.IsNotFound(err) {
+			missing = append(missing, d)
+		} else if err != nil {
+			writeError(w, http.StatusInternalServerError, err)
+			return
+		} else {
+			// Present already: make sure this session's lease holds it too.
+			_ = a.cfg.Client.LeasesService().AddResource(ctx, leases.Lease{ID: leaseOf(ctx)}, leases.Resource{ID: d.Digest.String(), Type: "content"})
+		}
+	}
+	writeJSON(w, missing)
+}
+
+func leaseOf(ctx context.Context) string { id, _ := leases.FromContext(ctx); return id }
+
+func (a *Agent) putBlob(ctx context.Context, _ *session, w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	dgst, err := digest.Parse(q.Get("digest"))
+	if err != nil {
+		writeError(w, http.StatusBadRequest, fmt.Errorf("bad digest: %w", err))
+		return
+	}
+	size, err := strconv.ParseInt(q.Get("size"), 10, 64)
+	if err != nil || size < 0 {
+		writeError(w, http.StatusBadRequest, fmt.Errorf("bad size %q", q.Get("size")))
+		return
+	}
+	desc := ocispec.Descriptor{Digest: dgst, Size: size, MediaType: q.Get("mediatype")}
+	if err := transfer.Receive(ctx, a.cfg.Client.ContentStore(), desc, r.Body); err != nil {
+		status := http.StatusInternalServerError
+		if errdefs.IsFailedPrecondition(err) || strings.Contains(err.Error(), "unexpected commit digest") || strings.Contains(err.Error(), "unexpected commit size") || strings.Contains(err.Error(), "zstd") {
+			status = http.StatusUnprocessableEntity
+		}
+		writeError(w, status, fmt.Errorf("blob %s rejected: %w", dgst, err))
+		return
+	}
+	w.WriteHeader(http.StatusCreated)
+}
+
+func (a *Agent) restore(ctx context.Context, s *session, w http.ResponseWriter, r *http.Request) {
+	var req RestoreRequest
+	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+		writeError(w, http.StatusBadRequest, err)
+		return
+	}
+	is := a.cfg.Client.ImageService()
+	img := images.Image{Name: s.CheckpointRef, Target: req.Index}
+	if _, err := is.Create(ctx, img); errdefs.IsAlreadyExists(err) {
+		_, err = is.Update(ctx, img)
+		if err != nil {
+			writeError(w, http.StatusInternalServerError, err)
+			return
+		}
+	} else if err != nil {
+		writeError(w, http.StatusInternalServerError, fmt.Errorf("register checkpoint image: %w", err))
+		return
+	}
+	criuConf := filepath.Join(a.cfg.WorkDir, "criu-tcp-"+s.TCP+".conf")
+	opt := "tcp-close"
+	if s.TCP == TCPEstablished {
+		opt = "tcp-established"
+	}
+	if err := os.WriteFile(criuConf, []byte(opt+"\n"), 0o644); err != nil {
+		writeError(w, http.StatusInternalServerError, err)
+		return
+	}
+	opts := []restore.Opt{
+		restore.WithLogFile(a.LogPath(s.Namespace, s.Container)),
+		// runc has no --tcp-close: CRIU options it lacks go through this annotation.
+		restore.WithSpecEdit(func(sp *specs.Spec) error {
+			if sp.Annotations == nil {
+				sp.Annotations = map[string]string{}
+			}
+			sp.Annotations["org.criu.config"] = criuConf
+			return nil
+		}),
+	}
+	if a.cfg.RestoreOpts != nil {
+		opts = append(opts, a.cfg.RestoreOpts(s.SessionRequest)...)
+	}
+	res, err := restore.Restore(ctx, a.cfg.Client, s.Container, s.CheckpointRef, opts...)
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, err)
+		return
+	}
+	s.restored = true
+	a.cfg.Log.Info("restored", "session", s.id, "container", s.Container, "in", res.Duration)
+	writeJSON(w, RestoreResult{Duration: res.Duration, Pid: res.Task.Pid()})
+}
+
+func (a *Agent) verify(ctx context.Context, s *session, w http.ResponseWriter, r *http.Request) {
+	var res VerifyResult
+	c, err := a.cfg.Client.LoadContainer(ctx, s.Container)
+	if err == nil {
+		var t containerd.Task
+		if t, err = c.Task(ctx, nil); err == nil {
+			var st containerd.Status
+			if st, err = t.Status(ctx); err == nil {
+				res.Running = st.Status == containerd.Running
+			}
+		}
+	}
+	if err != nil || !res.Running {
+		writeError(w, http.StatusConflict, fmt.Errorf("restored container %s is not running on %s (%v)", s.Container, a.cfg.Host, err))
+		return
+	}
+	if s.Probe != "" {
+		if err := a.probe(ctx, s.Probe); err != nil {
+			writeError(w, http.StatusConflict, fmt.Errorf("health probe %s on %s failed: %w", s.Probe, a.cfg.Host, err))
+			return
+		}
+		res.Probe = "ok"
+	}
+	writeJSON(w, res)
+}
+
+// probe GETs url until it answers 2xx, for at most 10 seconds.
+func (a *Agent) probe(ctx context.Context, url string) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	hc := &http.Client{Transport: &http.Transport{DialContext: a.cfg.Dial}, Timeout: 2 * time.Second}
+	var last error
+	for {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		resp, err := hc.Do(req)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode/100 == 2 {
+				return nil
+			}
+			err = fmt.Errorf("status %s", resp.Status)
+		}
+		last = err
+		select {
+		case <-ctx.Done():
+			return last
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func (a *Agent) commit(ctx context.Context, s *session, w http.ResponseWriter, r *http.Request) {
+	if !s.restored {
+		writeError(w, http.StatusConflict, errors.New("nothing to commit: the container was not restored"))
+		return
+	}
+	a.mu.Lock()
+	delete(a.sessions, s.id)
+	a.mu.Unlock()
+	// The container holds its snapshot; the CRIU image is no longer needed.
+	bg := namespaces.WithNamespace(context.WithoutCancel(ctx), s.Namespace)
+	_ = a.cfg.Client.ImageService().Delete(bg, s.CheckpointRef)
+	_ = a.cfg.Client.LeasesService().Delete(bg, leases.Lease{ID: s.lease})
+	a.cfg.Log.Info("committed", "session", s.id, "container", s.Container)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// abort removes everything session id made: the restored container and task, the checkpoint
+// image and (through the lease) every blob received.
+func (a *Agent) abort(ctx context.Context, id, why string) {
+	a.mu.Lock()
+	s := a.sessions[id]
+	delete(a.sessions, id)
+	a.mu.Unlock()
+	if s == nil {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ctx = namespaces.WithNamespace(context.WithoutCancel(ctx), s.Namespace)
+	if c, err := a.cfg.Client.LoadContainer(ctx, s.Container); err == nil && s.restored {
+		if t, err := c.Task(ctx, nil); err == nil {
+			_, _ = t.Delete(ctx, containerd.WithProcessKill)
+		}
+		_ = c.Delete(ctx, containerd.WithSnapshotCleanup)
+	}
+	_ = a.cfg.Client.ImageService().Delete(ctx, s.CheckpointRef)
+	_ = a.cfg.Client.LeasesService().Delete(ctx, leases.Lease{ID: s.lease}, leases.SynchronousDelete)
+	a.cfg.Log.Info("session aborted", "session", id, "container", s.Container, "why", why)
+}
+
+func (a *Agent) janitor() {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-a.stop:
+			return
+		case <-t.C:
+		}
+		var idle []string
+		a.mu.Lock()
+		for id, s := range a.sessions {
+			if s.mu.TryLock() {
+				if time.Since(s.lastUsed) > a.cfg.SessionTimeout {
+					idle = append(idle, id)
+				}
+				s.mu.Unlock()
+			}
+		}
+		a.mu.Unlock()
+		for _, id := range idle {
+			a.abort(context.Background(), id, "idle past the session timeout")
+		}
+	}
+}
+
+// Sessions returns the ids of open sessions.
+func (a *Agent) Sessions() []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	ids := make([]string, 0, len(a.sessions))
+	for id := range a.sessions {
+		ids = append(ids, id)
+	}
+	return ids
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, status int, err error) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(errorBody{Error: err.Error()})
+}

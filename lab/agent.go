@@ -1,0 +1,86 @@
+package lab
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"path/filepath"
+	"time"
+
+	"github.com/containerd/containerd"
+
+	"github.com/ftwin-migrate/ftwin-migrate/agent"
+	"github.com/ftwin-migrate/ftwin-migrate/pki"
+	"github.com/ftwin-migrate/ftwin-migrate/restore"
+)
+
+// AgentPort is where a lab host's migration agent listens, on the host's address.
+const AgentPort = 7443
+
+// RunningAgent is a migration agent served in this process from inside a host's network
+// namespace.
+type RunningAgent struct {
+	*agent.Agent
+	Addr   string
+	srv    *http.Server
+	client *containerd.Client
+}
+
+// AgentConfig returns the agent configuration a lab host needs: its containerd, a per-host
+// cgroup path for restored containers, logs where LogPath says and probes dialled from the host.
+func (h *Host) AgentConfig(client *containerd.Client) agent.Config {
+	return agent.Config{
+		Host:    h.Name,
+		Client:  client,
+		WorkDir: filepath.Join(h.Dir, "agent"),
+		LogPath: func(_, id string) string { return h.LogPath(id) },
+		RestoreOpts: func(r agent.SessionRequest) []restore.Opt {
+			return []restore.Opt{restore.WithCgroupsPath(h.CgroupsPath(r.Namespace, r.Container))}
+		},
+		Dial: h.DialContext,
+	}
+}
+
+// StartAgent serves a migration agent for the host on HOSTIP:AgentPort, with its certificate
+// from pkiDir (see pki.Init). Stop it with Close.
+func (h *Host) StartAgent(ctx context.Context, pkiDir string, edit func(*agent.Config)) (*RunningAgent, error) {
+	tlsCfg, err := pki.ServerConfig(pkiDir, h.Name)
+	if err != nil {
+		return nil, err
+	}
+	client, err := h.Client()
+	if err != nil {
+		return nil, err
+	}
+	cfg := h.AgentConfig(client)
+	cfg.Log = slog.New(slog.DiscardHandler)
+	if edit != nil {
+		edit(&cfg)
+	}
+	a, err := agent.New(cfg)
+	if err != nil {
+		client.Close()
+		return nil, err
+	}
+	addr := net.JoinHostPort(h.IP, fmt.Sprint(AgentPort))
+	ln, err := h.Listen("tcp", addr)
+	if err != nil {
+		a.Close()
+		client.Close()
+		return nil, fmt.Errorf("lab: agent of host %s: %w", h.Name, err)
+	}
+	srv := &http.Server{Handler: a.Handler(), TLSConfig: tlsCfg, ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = srv.Serve(tls.NewListener(ln, tlsCfg)) }()
+	return &RunningAgent{Agent: a, Addr: addr, srv: srv, client: client}, nil
+}
+
+// Close stops serving (cutting open connections, as a killed agent would) and aborts open sessions.
+func (r *RunningAgent) Close() error {
+	err := r.srv.Close()
+	r.Agent.Close()
+	return errors.Join(err, r.client.Close())
+}

@@ -1,0 +1,372 @@
+// Package migrate live-migrates a running containerd container to another host's agent
+// (package agent), as a pipeline of named phases:
+//
+//	preflight   the agent is reachable, authenticated, speaks our protocol, its CPU can run
+//	            our CRIU image (criu cpuinfo), it has room, and the container is free there
+//	quiesce     the application's hook (if any) reaches a safe boundary (see Hook)
+//	checkpoint  the task is frozen and dumped with CRIU through containerd; it stays frozen
+//	transfer    the checkpoint (and any base image blob the target lacks) streams over mTLS
+//	restore     the agent restores the container in its containerd
+//	verify      the restored task runs and passes its health probe
+//	commit      the target keeps it; the frozen source is removed
+//
+// Any failure before commit rolls back: the agent removes whatever it made and the source is
+// thawed (and its hook told to carry on), so that after every migration exactly one copy runs.
+package migrate
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"time"
+
+	"github.com/containerd/containerd"
+	"github.com/containerd/containerd/namespaces"
+
+	"github.com/ftwin-migrate/ftwin-migrate/agent"
+	"github.com/ftwin-migrate/ftwin-migrate/checkpoint"
+	"github.com/ftwin-migrate/ftwin-migrate/transfer"
+)
+
+// Phase names a step of the pipeline.
+type Phase string
+
+// The phases, in order. Rollback runs instead of Commit after a failure.
+const (
+	Preflight  Phase = "preflight"
+	Quiesce    Phase = "quiesce"
+	Checkpoint Phase = "checkpoint"
+	Transfer   Phase = "transfer"
+	Restore    Phase = "restore"
+	Verify     Phase = "verify"
+	Commit     Phase = "commit"
+	Rollback   Phase = "rollback"
+)
+
+// Hook lets the application inside the container take part (package kafkahooks implements it
+// for Kafka consumers). Nil means an application without hooks: it is frozen as it is.
+type Hook interface {
+	// Prepare brings the application to a boundary it can resume from, before the freeze.
+	// What it returns is recorded in the report (for Kafka: group, member, offsets).
+	Prepare(ctx context.Context) (boundary any, err error)
+	// Resume tells the restored copy to continue from the boundary.
+	Resume(ctx context.Context) error
+	// Abort tells the source, thawed after a rollback, to carry on as if nothing happened.
+	Abort(ctx context.Context) error
+}
+
+// Options describe one migration.
+type Options struct {
+	// Namespace is the containerd namespace of the container. Default "default".
+	Namespace string
+	// Container is the container id (the same on the target).
+	Container string
+	// Target is the agent's address, host:port.
+	Target string
+	// TLS is the migrator's mutual-TLS client configuration (pki.ClientConfig).
+	TLS *tls.Config
+	// SourceHost names this host in the agent's logs and the report.
+	SourceHost string
+	// TCP is agent.TCPClose (default) or agent.TCPEstablished.
+	TCP string
+	// Probe is an http:// URL the agent checks on the target before commit (optional).
+	Probe string
+	// Hook is the application's migration hook (optional).
+	Hook Hook
+	// PhaseTimeout bounds each phase. Default 2 minutes.
+	PhaseTimeout time.Duration
+	// Progress receives transfer progress (optional).
+	Progress transfer.Progress
+	// AgentOpts configure the agent client (tests cut or corrupt the traffic here).
+	AgentOpts []agent.ClientOpt
+	// WorkDir is where the CRIU work directory of the dump is kept for its statistics. It must
+	// be visible to the source's containerd. Default: a temporary directory, removed after.
+	WorkDir string
+}
+
+// Migrate moves the container and returns its report. The report is returned on failure too,
+// saying which phase failed and how the rollback went.
+func Migrate(ctx context.Context, client *containerd.Client, o Options) (*Report, error) {
+	if o.Namespace == "" {
+		o.Namespace = "default"
+	}
+	if o.PhaseTimeout == 0 {
+		o.PhaseTimeout = 2 * time.Minute
+	}
+	if o.TCP == "" {
+		o.TCP = agent.TCPClose
+	}
+	if o.SourceHost == "" {
+		o.SourceHost, _ = os.Hostname()
+	}
+	ctx = namespaces.WithNamespace(ctx, o.Namespace)
+	m := &run{o: o, client: client, rep: &Report{Container: o.Container, From: o.SourceHost, To: o.Target, Started: time.Now()}}
+	err := m.pipeline(ctx)
+	m.rep.Total = time.Since(m.rep.Started)
+	if err != nil {
+		m.rep.Result, m.rep.Error = "rolled back", err.Error()
+		return m.rep, err
+	}
+	m.rep.Result = "committed"
+	return m.rep, nil
+}
+
+type run struct {
+	o      Options
+	client *containerd.Client
+	rep    *Report
+
+	agent    *agent.Client
+	session  *agent.SessionClient
+	task     containerd.Task
+	frozenAt time.Time
+	paused   bool
+	prepared bool
+	ckptRef  string
+	workDir  string
+}
+
+// phase runs fn as phase p under the phase timeout and records it in the report.
+func (m *run) phase(ctx context.Context, p Phase, fn func(context.Context) error) error {
+	pctx, cancel := context.WithTimeout(ctx, m.o.PhaseTimeout)
+	defer cancel()
+	start := time.Now()
+	err := fn(pctx)
+	if err != nil && pctx.Err() != nil && ctx.Err() == nil {
+		err = fmt.Errorf("%w (phase timeout %s)", err, m.o.PhaseTimeout)
+	}
+	pr := PhaseReport{Name: p, Start: start.Sub(m.rep.Started), Duration: time.Since(start)}
+	if err != nil {
+		pr.Error = err.Error()
+		err = &PhaseError{Phase: p, Err: err}
+	}
+	m.rep.Phases = append(m.rep.Phases, pr)
+	return err
+}
+
+func (m *run) pipeline(ctx context.Context) (err error) {
+	defer func() {
+		if err != nil {
+			if rerr := m.phase(context.WithoutCancel(ctx), Rollback, m.rollback); rerr != nil {
+				err = fmt.Errorf("%w; rollback: %v", err, rerr)
+			}
+		}
+		m.cleanup(context.WithoutCancel(ctx))
+	}()
+	for _, step := range []struct {
+		p  Phase
+		fn func(context.Context) error
+	}{
+		{Preflight, m.preflight}, {Quiesce, m.quiesce}, {Checkpoint, m.checkpoint},
+		{Transfer, m.transfer}, {Restore, m.restore}, {Verify, m.verify},
+	} {
+		if err := m.phase(ctx, step.p, step.fn); err != nil {
+			return err
+		}
+	}
+	// Past this point the target runs the workload: a failure of commit must not roll back.
+	if err := m.phase(context.WithoutCancel(ctx), Commit, m.commit); err != nil {
+		m.rep.Warnings = append(m.rep.Warnings, err.Error())
+	}
+	return nil
+}
+
+func (m *run) preflight(ctx context.Context) error {
+	c, err := m.client.LoadContainer(ctx, m.o.Container)
+	if err != nil {
+		return fmt.Errorf("container %q in namespace %s: %w", m.o.Container, m.o.Namespace, err)
+	}
+	if m.task, err = c.Task(ctx, nil); err != nil {
+		return fmt.Errorf("container %q has no task to migrate: %w", m.o.Container, err)
+	}
+	st, err := m.task.Status(ctx)
+	if err != nil {
+		return fmt.Errorf("status of %q: %w", m.o.Container, err)
+	}
+	if st.Status != containerd.Running {
+		return fmt.Errorf("task of %q is %s, not running", m.o.Container, st.Status)
+	}
+	if m.o.TLS == nil {
+		return errors.New("no TLS configuration: the agent only speaks mutual TLS (see `ftwin-migrate certs init`)")
+	}
+	m.agent = agent.NewClient(m.o.Target, m.o.TLS, m.o.AgentOpts...)
+	hello, err := m.agent.Hello(ctx)
+	if err != nil {
+		return err
+	}
+	m.rep.To = hello.Host
+	m.rep.Target = &hello
+	if hello.FreeBytes < 64<<20 {
+		return fmt.Errorf("target %s has %d MiB free for CRIU images: free some space", hello.Host, hello.FreeBytes>>20)
+	}
+	cpuinfo, err := dumpCPUInfo(ctx)
+	if err != nil {
+		return err
+	}
+	if err := m.agent.CheckCPU(ctx, cpuinfo); err != nil {
+		return err
+	}
+	m.ckptRef = fmt.Sprintf("ftwin-migrate/checkpoint/%s:%d", m.o.Container, time.Now().UnixNano())
+	m.session, err = m.agent.Open(ctx, agent.SessionRequest{
+		Namespace: m.o.Namespace, Container: m.o.Container, CheckpointRef: m.ckptRef,
+		TCP: m.o.TCP, Probe: m.o.Probe, SourceHost: m.o.SourceHost,
+	})
+	return err
+}
+
+// dumpCPUInfo runs `criu cpuinfo dump` and returns cpuinfo.img.
+func dumpCPUInfo(ctx context.Context) ([]byte, error) {
+	dir, err := os.MkdirTemp("", "ftwin-cpuinfo-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	if out, err := exec.CommandContext(ctx, "criu", "cpuinfo", "dump", "-D", dir).CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("criu cpuinfo dump: %w: %s", err, out)
+	}
+	return os.ReadFile(filepath.Join(dir, "cpuinfo.img"))
+}
+
+func (m *run) quiesce(ctx context.Context) error {
+	if m.o.Hook == nil {
+		m.rep.Boundary = nil
+		m.rep.Warnings = append(m.rep.Warnings, "no application hook: no boundary was taken; the application is frozen as it is")
+		return nil
+	}
+	b, err := m.o.Hook.Prepare(ctx)
+	m.prepared = err == nil
+	m.rep.Boundary = b
+	return err
+}
+
+func (m *run) checkpoint(ctx context.Context) error {
+	// Freeze first and keep the source frozen until commit or rollback: a rollback is then a
+	// thaw, which cannot fail the way a restore can.
+	m.frozenAt = time.Now()
+	if err := m.task.Pause(ctx); err != nil {
+		return fmt.Errorf("freeze %s: %w", m.o.Container, err)
+	}
+	m.paused = true
+	var err error
+	if m.o.WorkDir != "" {
+		m.workDir, err = os.MkdirTemp(m.o.WorkDir, "criu-work-")
+	} else {
+		m.workDir, err = os.MkdirTemp("", "ftwin-criu-work-")
+	}
+	if err != nil {
+		return err
+	}
+	res, err := checkpoint.Checkpoint(ctx, m.client, m.o.Container,
+		checkpoint.WithRef(m.ckptRef), checkpoint.WithTCPEstablished(), checkpoint.WithWorkPath(m.workDir))
+	if err != nil {
+		return err
+	}
+	m.rep.CheckpointIndex = res.Target.Digest.String()
+	if st, err := dumpStats(ctx, m.client, res.Target, m.workDir); err == nil {
+		m.rep.CRIU = st
+	} else {
+		m.rep.Warnings = append(m.rep.Warnings, "CRIU dump statistics unavailable: "+err.Error())
+	}
+	return nil
+}
+
+func (m *run) transfer(ctx context.Context) error {
+	img, err := m.client.ImageService().Get(ctx, m.ckptRef)
+	if err != nil {
+		return err
+	}
+	st, err := transfer.Push(ctx, m.client.ContentStore(), img.Target, m.session, m.o.Progress)
+	m.rep.Transfer = st
+	m.rep.CompressionRatio = st.CompressionRatio()
+	return err
+}
+
+func (m *run) restore(ctx context.Context) error {
+	img, err := m.client.ImageService().Get(ctx, m.ckptRef)
+	if err != nil {
+		return err
+	}
+	res, err := m.session.Restore(ctx, img.Target)
+	if err != nil {
+		return err
+	}
+	m.rep.RestoreTime = res.Duration
+	m.rep.Downtime = time.Since(m.frozenAt)
+	return nil
+}
+
+func (m *run) verify(ctx context.Context) error {
+	if _, err := m.session.Verify(ctx); err != nil {
+		return err
+	}
+	if m.o.Hook != nil {
+		if err := m.o.Hook.Resume(ctx); err != nil {
+			return fmt.Errorf("resume the restored application: %w", err)
+		}
+	}
+	return nil
+}
+
+func (m *run) commit(ctx context.Context) error {
+	if err := m.session.Commit(ctx); err != nil {
+		return fmt.Errorf("the target runs the container but did not confirm the commit: %w", err)
+	}
+	// The source stays frozen until it is gone: it must never run beside the target.
+	if _, err := m.task.Delete(ctx, containerd.WithProcessKill); err != nil {
+		return fmt.Errorf("remove the frozen source task (it stays frozen; remove it by hand): %w", err)
+	}
+	m.paused = false
+	c, err := m.client.LoadContainer(ctx, m.o.Container)
+	if err == nil {
+		err = c.Delete(ctx, containerd.WithSnapshotCleanup)
+	}
+	if err != nil {
+		return fmt.Errorf("remove the source container record: %w", err)
+	}
+	return nil
+}
+
+func (m *run) rollback(ctx context.Context) error {
+	var errs []error
+	if m.session != nil {
+		if err := m.session.Abort(ctx); err != nil {
+			// An unreachable agent aborts the session itself once it idles past its timeout.
+			m.rep.Warnings = append(m.rep.Warnings, fmt.Sprintf("the agent did not confirm the abort (it drops the session after %s idle): %v", m.session.Timeout, err))
+		}
+	}
+	if m.paused {
+		if err := m.task.Resume(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("thaw the source: %w", err))
+		} else {
+			m.paused = false
+		}
+	}
+	if m.prepared {
+		if err := m.o.Hook.Abort(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("tell the source application to carry on: %w", err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (m *run) cleanup(ctx context.Context) {
+	if m.ckptRef != "" {
+		_ = m.client.ImageService().Delete(ctx, m.ckptRef)
+	}
+	if m.workDir != "" {
+		_ = os.RemoveAll(m.workDir)
+	}
+}
+
+// PhaseError says which phase failed.
+type PhaseError struct {
+	Phase Phase
+	Err   error
+}
+
+func (e *PhaseError) Error() string { return fmt.Sprintf("%s: %v", e.Phase, e.Err) }
+func (e *PhaseError) Unwrap() error { return e.Err }

@@ -1,0 +1,164 @@
+package migrate
+
+import (
+	"archive/tar"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/checkpoint-restore/go-criu/v7/stats"
+	"github.com/containerd/containerd"
+	"github.com/containerd/containerd/content"
+	"github.com/containerd/containerd/images"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/ftwin-migrate/ftwin-migrate/agent"
+	"github.com/ftwin-migrate/ftwin-migrate/transfer"
+)
+
+// Report is what a migration did and where its time went.
+type Report struct {
+	Container string    `json:"container"`
+	From      string    `json:"from"`
+	To        string    `json:"to"`
+	Result    string    `json:"result"` // "committed" or "rolled back"
+	Error     string    `json:"error,omitempty"`
+	Started   time.Time `json:"started"`
+	// Phases in the order they ran; Start is relative to Started.
+	Phases []PhaseReport `json:"phases"`
+	// Downtime runs from the source's freeze to the restored task running on the target.
+	Downtime time.Duration `json:"downtime_ns"`
+	Total    time.Duration `json:"total_ns"`
+	// CRIU holds CRIU's dump statistics under its own (and Podman's --print-stats) names:
+	// freezing_time, frozen_time, memdump_time, memwrite_time (µs), pages_scanned, pages_written.
+	CRIU *stats.DumpStatsEntry `json:"criu_dump_statistics,omitempty"`
+	// RestoreTime is the agent's wall time for the restore (container creation + CRIU restore).
+	RestoreTime      time.Duration      `json:"restore_time_ns"`
+	Transfer         transfer.PushStats `json:"transfer"`
+	CompressionRatio float64            `json:"compression_ratio"`
+	CheckpointIndex  string             `json:"checkpoint_index,omitempty"`
+	// Boundary is what the application's hook reported in the quiesce phase (nil: no hook).
+	Boundary any          `json:"boundary"`
+	Target   *agent.Hello `json:"target,omitempty"`
+	Warnings []string     `json:"warnings,omitempty"`
+}
+
+// PhaseReport is one phase's timing.
+type PhaseReport struct {
+	Name     Phase         `json:"name"`
+	Start    time.Duration `json:"start_ns"`
+	Duration time.Duration `json:"duration_ns"`
+	Error    string        `json:"error,omitempty"`
+}
+
+// WriteSummary prints the report for a person.
+func (r *Report) WriteSummary(w io.Writer) error {
+	fmt.Fprintf(w, "migration of %s from %s to %s: %s\n", r.Container, r.From, r.To, strings.ToUpper(r.Result))
+	if r.Error != "" {
+		fmt.Fprintf(w, "  error: %s\n", r.Error)
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "  PHASE\tSTART\tDURATION\t")
+	for _, p := range r.Phases {
+		status := ""
+		if p.Error != "" {
+			status = "FAILED: " + p.Error
+		}
+		fmt.Fprintf(tw, "  %s\t+%v\t%v\t%s\n", p.Name, p.Start.Round(time.Millisecond), p.Duration.Round(time.Millisecond), status)
+	}
+	tw.Flush()
+	if r.Result == "committed" {
+		fmt.Fprintf(w, "  downtime %v (frozen → running on %s); total %v\n", r.Downtime.Round(time.Millisecond), r.To, r.Total.Round(time.Millisecond))
+	}
+	if r.CRIU != nil {
+		fmt.Fprintf(w, "  CRIU: frozen %v, memdump %v, memwrite %v, %d pages written\n",
+			time.Duration(r.CRIU.GetFrozenTime())*time.Microsecond, time.Duration(r.CRIU.GetMemdumpTime())*time.Microsecond,
+			time.Duration(r.CRIU.GetMemwriteTime())*time.Microsecond, r.CRIU.GetPagesWritten())
+	}
+	if r.Transfer.BlobsSent+r.Transfer.BlobsSkipped > 0 {
+		fmt.Fprintf(w, "  transfer: %d blobs sent (%.1f MiB, %.1f MiB on the wire, ratio %.2f), %d already on the target (%.1f MiB)\n",
+			r.Transfer.BlobsSent, mib(r.Transfer.BytesSent), mib(r.Transfer.WireBytes), r.CompressionRatio,
+			r.Transfer.BlobsSkipped, mib(r.Transfer.BytesSkipped))
+	}
+	if r.Boundary == nil {
+		fmt.Fprintln(w, "  boundary: none taken (no application hook)")
+	} else {
+		fmt.Fprintf(w, "  boundary: %v\n", r.Boundary)
+	}
+	for _, warn := range r.Warnings {
+		fmt.Fprintf(w, "  warning: %s\n", warn)
+	}
+	return nil
+}
+
+func mib(n int64) float64 { return float64(n) / (1 << 20) }
+
+// dumpStats reads CRIU's stats-dump from CRIU's work directory, or else from the checkpoint's
+// CRIU image.
+func dumpStats(ctx context.Context, client *containerd.Client, index ocispec.Descriptor, workDir string) (*stats.DumpStatsEntry, error) {
+	if f, err := os.Open(workDir); err == nil {
+		defer f.Close()
+		if st, err := stats.CriuGetDumpStats(f); err == nil {
+			return st, nil
+		}
+	}
+	cs := client.ContentStore()
+	var idx ocispec.Index
+	if err := readJSON(ctx, cs, index, &idx); err != nil {
+		return nil, err
+	}
+	d, err := containerd.GetIndexByMediaType(&idx, images.MediaTypeContainerd1Checkpoint)
+	if err != nil {
+		return nil, fmt.Errorf("no CRIU image in the checkpoint: %w", err)
+	}
+	ra, err := cs.ReaderAt(ctx, *d)
+	if err != nil {
+		return nil, err
+	}
+	defer ra.Close()
+	tr := tar.NewReader(content.NewReader(ra))
+	for {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			return nil, errors.New("stats-dump not in the CRIU image")
+		} else if err != nil {
+			return nil, err
+		}
+		if filepath.Base(h.Name) != stats.StatsDump {
+			continue
+		}
+		dir, err := os.MkdirTemp("", "ftwin-stats-")
+		if err != nil {
+			return nil, err
+		}
+		defer os.RemoveAll(dir)
+		b, err := io.ReadAll(tr)
+		if err != nil {
+			return nil, err
+		}
+		if err := os.WriteFile(filepath.Join(dir, stats.StatsDump), b, 0o600); err != nil {
+			return nil, err
+		}
+		f, err := os.Open(dir)
+		if err != nil {
+			return nil, err
+		}
+		defer f.Close()
+		return stats.CriuGetDumpStats(f)
+	}
+}
+
+func readJSON(ctx context.Context, cs content.Provider, d ocispec.Descriptor, v any) error {
+	b, err := content.ReadBlob(ctx, cs, d)
+	if err != nil {
+		return err
+	}
+	return json.Unmarshal(b, v)
+}

@@ -100,8 +100,39 @@ func New(cfg Config) (*Agent, error) {
 		cfg.Dial = d.DialContext
 	}
 	a := &Agent{cfg: cfg, sessions: map[string]*session{}, stop: make(chan struct{})}
+	if err := a.dropStaleSessions(context.Background()); err != nil {
+		return nil, err
+	}
 	go a.janitor()
 	return a, nil
+}
+
+// sessionLabel marks the containerd leases of migration sessions.
+const sessionLabel = "ftwin-migrate/session"
+
+// dropStaleSessions removes what sessions of an earlier agent process left (one killed
+// mid-transfer, say): their leases, and with them every blob received for them. A container
+// is only created at restore, after the session's last blob, and such a session's abort or
+// commit removed it; none is touched here.
+func (a *Agent) dropStaleSessions(ctx context.Context) error {
+	nss, err := a.cfg.Client.NamespaceService().List(ctx)
+	if err != nil {
+		return fmt.Errorf("agent: list containerd namespaces: %w", err)
+	}
+	for _, ns := range nss {
+		nctx := namespaces.WithNamespace(ctx, ns)
+		ls, err := a.cfg.Client.LeasesService().List(nctx, "labels.\""+sessionLabel+"\"")
+		if err != nil {
+			return fmt.Errorf("agent: list leases in %s: %w", ns, err)
+		}
+		for _, l := range ls {
+			if err := a.cfg.Client.LeasesService().Delete(nctx, l, leases.SynchronousDelete); err != nil {
+				return fmt.Errorf("agent: remove stale session lease %s: %w", l.ID, err)
+			}
+			a.cfg.Log.Info("removed a stale session", "namespace", ns, "lease", l.ID, "container", l.Labels[sessionLabel])
+		}
+	}
+	return nil
 }
 
 // Close stops the janitor. Open sessions are aborted.
@@ -221,7 +252,8 @@ func (a *Agent) open(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusConflict, fmt.Errorf("container %q already exists on %s in namespace %s", req.Container, a.cfg.Host, req.Namespace))
 		return
 	}
-	l, err := a.cfg.Client.LeasesService().Create(ctx, leases.WithRandomID(), leases.WithExpiration(a.cfg.SessionTimeout+time.Hour))
+	l, err := a.cfg.Client.LeasesService().Create(ctx, leases.WithRandomID(), leases.WithExpiration(a.cfg.SessionTimeout+time.Hour),
+		leases.WithLabels(map[string]string{sessionLabel: req.Container}))
 	if err != nil {
 		writeError(w, http.StatusInternalServerError, fmt.Errorf("take a containerd lease: %w", err))
 		return

@@ -78,6 +78,10 @@ func (h *Host) StartAgent(ctx context.Context, pkiDir string, edit func(*agent.C
 	return &RunningAgent{Agent: a, Addr: addr, srv: srv, client: client}, nil
 }
 
+// Kill stops serving at once, as a killed agent process would: connections are cut and open
+// sessions are left as they are.
+func (r *RunningAgent) Kill() error { return errors.Join(r.srv.Close(), r.client.Close()) }
+
 // Close stops serving (cutting open connections, as a killed agent would) and aborts open sessions.
 func (r *RunningAgent) Close() error {
 	err := r.srv.Close()

@@ -20,6 +20,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -266,11 +267,14 @@ func (h *Host) Command(ctx context.Context, name string, args ...string) *exec.C
 	return exec.CommandContext(ctx, "nsenter", append([]string{"--net=" + h.NetNSPath(), "--", name}, args...)...)
 }
 
+// CgroupParent is the parent of this host's containers in the machine's cgroup hierarchy.
+func (h *Host) CgroupParent() string { return fmt.Sprintf("/ftwin-lab/%s/%s", h.lab, h.Name) }
+
 // CgroupsPath returns a cgroups path for a container of this host. Simulated hosts share the
 // machine's cgroup hierarchy, so two hosts must not put containers at the same path (a checkpointed
 // source and its restored copy would share, and a freeze or delete of one would hit the other).
 func (h *Host) CgroupsPath(namespace, id string) string {
-	return fmt.Sprintf("/ftwin-lab/%s/%s/%s/%s", h.lab, h.Name, namespace, id)
+	return path.Join(h.CgroupParent(), namespace, id)
 }
 
 // SetUplink throttles the host's link to mbit Mbit/s in both directions (0 removes the limit).

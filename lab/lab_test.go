@@ -176,6 +176,7 @@ func TestTeardownAfterKilledRun(t *testing.T) {
 	}
 	_ = child.Process.Signal(syscall.SIGKILL)
 	_ = child.Wait()
+	t.Cleanup(func() { _ = lab.Teardown(context.Background(), base, name) }) // if an assertion below fails
 
 	left := lab.Find(base, name)
 	if len(left.NetNS) != 2 || len(left.Links) != 3 || len(left.Processes) < 4 || left.Dir == "" {

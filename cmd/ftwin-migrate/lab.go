@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/ftwin-migrate/ftwin-migrate/broker"
 	"github.com/ftwin-migrate/ftwin-migrate/lab"
+	"github.com/ftwin-migrate/ftwin-migrate/pki"
 	"github.com/ftwin-migrate/ftwin-migrate/test/workloads/counter/state"
 )
 
@@ -39,6 +41,15 @@ func labCommand() *cli.Command {
 					&cli.StringFlag{Name: "subnet", Value: "10.231.0.0/24", Usage: "the lab's IPv4 /24"},
 				}, labFlags...),
 				Action: labUp,
+			},
+			{
+				Name:      "run",
+				Usage:     "run a static binary (default: the counter workload) as container ID on HOST",
+				ArgsUsage: "HOST ID [ARGS...]",
+				Flags: append([]cli.Flag{
+					&cli.StringFlag{Name: "workload", Usage: "static binary (default: counter beside this executable)"},
+				}, labFlags...),
+				Action: labRun,
 			},
 			{
 				Name:   "down",
@@ -107,7 +118,119 @@ func labUp(c *cli.Context) error {
 			return err
 		}
 	}
-	return printLab(l)
+	if err := startAgents(c.Context, l); err != nil {
+		_ = l.Down(context.WithoutCancel(c.Context))
+		return err
+	}
+	if err := printLab(l); err != nil {
+		return err
+	}
+	a, b := l.Hosts[0], l.Hosts[len(l.Hosts)-1]
+	fmt.Printf("\nagents listen on HOST:%d; certificates in %s. To move a container %s→%s:\n", lab.AgentPort, labPKI(l), a.Name, b.Name)
+	fmt.Printf("  ftwin-migrate migrate --to %s:%d --address %s --namespace %s --pki %s --host %s ID\n",
+		b.IP, lab.AgentPort, a.Address(), lab.Namespace, labPKI(l), a.Name)
+	return nil
+}
+
+func labPKI(l *lab.Lab) string { return filepath.Join(l.Dir, "pki") }
+
+// startAgents creates the lab's certificates and starts `ftwin-migrate receive` in each
+// host's network namespace, its command line naming the lab's directory (for teardown).
+func startAgents(ctx context.Context, l *lab.Lab) error {
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	var hosts []pki.Host
+	for _, h := range l.Hosts {
+		hosts = append(hosts, pki.Host{Name: h.Name, IPs: []net.IP{net.ParseIP(h.IP)}})
+	}
+	if err := pki.Init(labPKI(l), hosts); err != nil {
+		return err
+	}
+	for _, h := range l.Hosts {
+		logf, err := os.Create(filepath.Join(h.Dir, "agent.log"))
+		if err != nil {
+			return err
+		}
+		addr := net.JoinHostPort(h.IP, fmt.Sprint(lab.AgentPort))
+		cmd := h.Command(context.Background(), exe, "receive", "--listen", addr, "--address", h.Address(),
+			"--pki", labPKI(l), "--host", h.Name, "--work-dir", filepath.Join(h.Dir, "agent"), "--cgroup-parent", h.CgroupParent())
+		cmd.Stdout, cmd.Stderr = logf, logf
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+		err = cmd.Start()
+		logf.Close()
+		if err != nil {
+			return fmt.Errorf("start the agent of host %s: %w", h.Name, err)
+		}
+		_ = cmd.Process.Release()
+		if err := waitListening(ctx, addr); err != nil {
+			return fmt.Errorf("agent of host %s (see %s): %w", h.Name, logf.Name(), err)
+		}
+	}
+	return nil
+}
+
+func waitListening(ctx context.Context, addr string) error {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			return c.Close()
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return fmt.Errorf("nothing listens on %s: %w", addr, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func labRun(c *cli.Context) error {
+	if c.NArg() < 2 {
+		return fmt.Errorf("lab run takes HOST and ID, then the workload's arguments (got %d arguments)", c.NArg())
+	}
+	l, err := lab.Load(c.String("base-dir"), c.String("name"))
+	if err != nil {
+		return err
+	}
+	h, err := l.Host(c.Args().Get(0))
+	if err != nil {
+		return err
+	}
+	bin, err := workloadBinary(c)
+	if err != nil {
+		return err
+	}
+	args := c.Args().Slice()[2:]
+	if len(args) > 0 && args[0] == "--" { // flag parsing stopped at HOST, so "--" arrives as an argument
+		args = args[1:]
+	}
+	w := lab.Workload{ID: c.Args().Get(1), Binary: bin, Args: args}
+	for _, other := range l.Hosts { // every host holds the base image, as from a registry
+		if _, err := other.ImportImage(c.Context, w); err != nil {
+			return err
+		}
+	}
+	if err := h.Run(c.Context, w); err != nil {
+		return err
+	}
+	fmt.Printf("%s runs on %s (namespace %s); output in %s\n", w.ID, h.Name, lab.Namespace, h.LogPath(w.ID))
+	return nil
+}
+
+func workloadBinary(c *cli.Context) (string, error) {
+	bin := c.String("workload")
+	if bin == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return "", err
+		}
+		bin = filepath.Join(filepath.Dir(exe), "counter")
+	}
+	if _, err := os.Stat(bin); err != nil {
+		return "", fmt.Errorf("workload binary: %w (build it with `make build`, or pass --workload)", err)
+	}
+	return bin, nil
 }
 
 func startDetachedKfake(ctx context.Context, l *lab.Lab) error {
@@ -187,16 +310,9 @@ func labStatus(c *cli.Context) error {
 }
 
 func labSmoke(c *cli.Context) error {
-	bin := c.String("workload")
-	if bin == "" {
-		exe, err := os.Executable()
-		if err != nil {
-			return err
-		}
-		bin = filepath.Join(filepath.Dir(exe), "counter")
-	}
-	if _, err := os.Stat(bin); err != nil {
-		return fmt.Errorf("workload binary: %w (build it with `make build`, or pass --workload)", err)
+	bin, err := workloadBinary(c)
+	if err != nil {
+		return err
 	}
 	ctx := c.Context
 	l, err := lab.Up(ctx, lab.Config{Name: c.String("name"), BaseDir: c.String("base-dir")})

@@ -25,6 +25,9 @@ func main() {
 		Commands: []*cli.Command{
 			doctorCommand(),
 			labCommand(),
+			certsCommand(),
+			receiveCommand(),
+			migrateCommand(),
 		},
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

@@ -1,0 +1,206 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path"
+	"strings"
+	"time"
+
+	"github.com/containerd/containerd"
+	"github.com/schollz/progressbar/v3"
+	"github.com/urfave/cli/v2"
+	"golang.org/x/term"
+
+	"github.com/ftwin-migrate/ftwin-migrate/agent"
+	"github.com/ftwin-migrate/ftwin-migrate/migrate"
+	"github.com/ftwin-migrate/ftwin-migrate/pki"
+	"github.com/ftwin-migrate/ftwin-migrate/restore"
+)
+
+// Flags shared with ctr: --address and --namespace.
+var containerdFlags = []cli.Flag{
+	&cli.StringFlag{Name: "address", Aliases: []string{"a"}, Value: "/run/containerd/containerd.sock", Usage: "containerd socket", EnvVars: []string{"CONTAINERD_ADDRESS"}},
+	&cli.StringFlag{Name: "namespace", Aliases: []string{"n"}, Value: "default", Usage: "containerd namespace", EnvVars: []string{"CONTAINERD_NAMESPACE"}},
+}
+
+var pkiFlags = []cli.Flag{
+	&cli.StringFlag{Name: "pki", Value: "/etc/ftwin-migrate/pki", Usage: "directory with ca.crt and this host's HOST.crt/HOST.key (see `certs init`)"},
+	&cli.StringFlag{Name: "host", Usage: "this host's name in the PKI (default: hostname)"},
+}
+
+func hostName(c *cli.Context) string {
+	if h := c.String("host"); h != "" {
+		return h
+	}
+	h, _ := os.Hostname()
+	return h
+}
+
+func connect(c *cli.Context) (*containerd.Client, error) {
+	client, err := containerd.New(c.String("address"), containerd.WithTimeout(5*time.Second))
+	if err != nil {
+		return nil, fmt.Errorf("connect to containerd at %s (is it running? --address): %w", c.String("address"), err)
+	}
+	return client, nil
+}
+
+func receiveCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "receive",
+		Usage:     "run the migration agent on a target host: takes checkpoints over mutual TLS and restores them",
+		ArgsUsage: " ",
+		Flags: append(append([]cli.Flag{
+			&cli.StringFlag{Name: "listen", Value: ":7443", Usage: "address to serve on"},
+			&cli.StringFlag{Name: "work-dir", Value: "/var/lib/ftwin-migrate/agent", Usage: "CRIU config files and restored containers' logs"},
+			&cli.DurationFlag{Name: "session-timeout", Value: 2 * time.Minute, Usage: "abort a migration session idle this long"},
+			&cli.StringFlag{Name: "cgroup-parent", Usage: "put restored containers at PARENT/NAMESPACE/ID in the cgroup hierarchy (default: the source's path)"},
+		}, containerdFlags...), pkiFlags...),
+		Action: func(c *cli.Context) error {
+			host := hostName(c)
+			tlsCfg, err := pki.ServerConfig(c.String("pki"), host)
+			if err != nil {
+				return err
+			}
+			client, err := connect(c)
+			if err != nil {
+				return err
+			}
+			defer client.Close()
+			cfg := agent.Config{Host: host, Client: client, WorkDir: c.String("work-dir"), SessionTimeout: c.Duration("session-timeout"),
+				Log: slog.New(slog.NewTextHandler(os.Stderr, nil))}
+			if parent := c.String("cgroup-parent"); parent != "" {
+				cfg.RestoreOpts = func(r agent.SessionRequest) []restore.Opt {
+					return []restore.Opt{restore.WithCgroupsPath(path.Join(parent, r.Namespace, r.Container))}
+				}
+			}
+			a, err := agent.New(cfg)
+			if err != nil {
+				return err
+			}
+			defer a.Close()
+			ln, err := net.Listen("tcp", c.String("listen"))
+			if err != nil {
+				return fmt.Errorf("listen on %s: %w", c.String("listen"), err)
+			}
+			srv := &http.Server{Handler: a.Handler(), TLSConfig: tlsCfg, ReadHeaderTimeout: 10 * time.Second}
+			go func() {
+				<-c.Context.Done()
+				sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				defer cancel()
+				_ = srv.Shutdown(sctx)
+			}()
+			fmt.Fprintf(os.Stderr, "ftwin-migrate agent %s (protocol %d) listening on %s\n", host, agent.ProtocolVersion, ln.Addr())
+			if err := srv.Serve(tls.NewListener(ln, tlsCfg)); err != http.ErrServerClosed {
+				return err
+			}
+			return nil
+		},
+	}
+}
+
+func migrateCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "migrate",
+		Usage:     "live-migrate a running container to the agent at --to",
+		ArgsUsage: "CONTAINER",
+		Flags: append(append([]cli.Flag{
+			&cli.StringFlag{Name: "to", Required: true, Usage: "target agent address, host:port"},
+			&cli.StringFlag{Name: "peer", Usage: "the target's host name in the PKI (checked against its certificate)"},
+			&cli.StringFlag{Name: "probe", Usage: "http:// URL the target checks before commit, e.g. http://127.0.0.1:8080/healthz"},
+			&cli.StringFlag{Name: "tcp", Value: agent.TCPClose, Usage: "established connections on the target: close (clients reconnect) or established (same address)"},
+			&cli.DurationFlag{Name: "phase-timeout", Value: 2 * time.Minute, Usage: "roll back if a phase takes longer"},
+			&cli.BoolFlag{Name: "json", Usage: "print the report as JSON"},
+		}, containerdFlags...), pkiFlags...),
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 1 {
+				return fmt.Errorf("migrate takes one argument, the container id (got %d)", c.NArg())
+			}
+			host := hostName(c)
+			tlsCfg, err := pki.ClientConfig(c.String("pki"), host, c.String("peer"))
+			if err != nil {
+				return err
+			}
+			client, err := connect(c)
+			if err != nil {
+				return err
+			}
+			defer client.Close()
+			o := migrate.Options{
+				Namespace: c.String("namespace"), Container: c.Args().First(), Target: c.String("to"), TLS: tlsCfg,
+				SourceHost: host, TCP: c.String("tcp"), Probe: c.String("probe"), PhaseTimeout: c.Duration("phase-timeout"),
+			}
+			if !c.Bool("json") && term.IsTerminal(int(os.Stderr.Fd())) {
+				var bar *progressbar.ProgressBar
+				o.Progress = func(done, total int64) {
+					if bar == nil {
+						bar = progressbar.DefaultBytes(total, "transfer")
+					}
+					_ = bar.Set64(done)
+				}
+			}
+			rep, err := migrate.Migrate(c.Context, client, o)
+			if c.Bool("json") {
+				enc := json.NewEncoder(os.Stdout)
+				enc.SetIndent("", "  ")
+				_ = enc.Encode(rep)
+			} else {
+				_ = rep.WriteSummary(os.Stdout)
+			}
+			return err
+		},
+	}
+}
+
+func certsCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "certs",
+		Usage: "mutual-TLS certificates for agents and migrators",
+		Subcommands: []*cli.Command{{
+			Name:  "init",
+			Usage: "create a CA (if absent) and a certificate for each --host; existing files are kept",
+			Flags: []cli.Flag{
+				&cli.StringFlag{Name: "dir", Value: "/etc/ftwin-migrate/pki", Usage: "where ca.crt, ca.key, HOST.crt and HOST.key go"},
+				&cli.StringSliceFlag{Name: "host", Required: true, Usage: "host name, optionally with addresses: NAME[=IP,IP...] (repeatable)"},
+			},
+			Action: func(c *cli.Context) error {
+				var hosts []pki.Host
+				for _, spec := range c.StringSlice("host") {
+					h, err := parseHostSpec(spec)
+					if err != nil {
+						return err
+					}
+					hosts = append(hosts, h)
+				}
+				if err := pki.Init(c.String("dir"), hosts); err != nil {
+					return err
+				}
+				fmt.Printf("certificates for %d host(s) in %s\n", len(hosts), c.String("dir"))
+				return nil
+			},
+		}},
+	}
+}
+
+// parseHostSpec reads NAME or NAME=IP,IP.
+func parseHostSpec(s string) (pki.Host, error) {
+	name, ips, _ := strings.Cut(s, "=")
+	h := pki.Host{Name: name}
+	if ips == "" {
+		return h, nil
+	}
+	for _, ip := range strings.Split(ips, ",") {
+		p := net.ParseIP(ip)
+		if p == nil {
+			return h, fmt.Errorf("--host %s: %q is not an IP address", s, ip)
+		}
+		h.IPs = append(h.IPs, p)
+	}
+	return h, nil
+}

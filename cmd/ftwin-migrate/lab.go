@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -290,8 +291,12 @@ func labStatus(c *cli.Context) error {
 	name, base := c.String("name"), c.String("base-dir")
 	left := lab.Find(base, name)
 	l, loadErr := lab.Load(base, name)
+	var down []string
+	if loadErr == nil {
+		down = deadParts(l)
+	}
 	if c.Bool("json") {
-		return json.NewEncoder(os.Stdout).Encode(map[string]any{"lab": l, "present": left})
+		return json.NewEncoder(os.Stdout).Encode(map[string]any{"lab": l, "present": left, "not_answering": down})
 	}
 	if loadErr == nil {
 		if err := printLab(l); err != nil {
@@ -302,11 +307,39 @@ func labStatus(c *cli.Context) error {
 	}
 	if !left.Empty() {
 		fmt.Printf("present on this machine: %s\n", left)
-		if loadErr != nil {
-			fmt.Printf("these are leftovers of a crashed run: `ftwin-migrate lab down --name %s` removes them\n", name)
-		}
+	}
+	switch {
+	case loadErr == nil && len(down) > 0:
+		fmt.Printf("not answering: %s\nthe lab is damaged (a crashed run?): `ftwin-migrate lab down --name %s` removes it\n", strings.Join(down, ", "), name)
+	case loadErr != nil && !left.Empty():
+		fmt.Printf("these are leftovers of a crashed run: `ftwin-migrate lab down --name %s` removes them\n", name)
 	}
 	return nil
+}
+
+// deadParts lists the parts of a lab that should answer and do not.
+func deadParts(l *lab.Lab) []string {
+	var dead []string
+	for _, h := range l.Hosts {
+		if c, err := net.DialTimeout("unix", h.Address(), time.Second); err != nil {
+			dead = append(dead, "containerd of "+h.Name)
+		} else {
+			c.Close()
+		}
+		if c, err := net.DialTimeout("tcp", net.JoinHostPort(h.IP, fmt.Sprint(lab.AgentPort)), time.Second); err != nil {
+			dead = append(dead, "agent of "+h.Name)
+		} else {
+			c.Close()
+		}
+	}
+	if l.BrokerAddr != "" {
+		if c, err := net.DialTimeout("tcp", l.BrokerAddr, time.Second); err != nil {
+			dead = append(dead, "Kafka broker "+l.BrokerAddr)
+		} else {
+			c.Close()
+		}
+	}
+	return dead
 }
 
 func labSmoke(c *cli.Context) error {

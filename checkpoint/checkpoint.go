@@ -9,8 +9,10 @@ package checkpoint
 import (
 	"context"
 	"fmt"
+	"os"
 	"time"
 
+	"github.com/checkpoint-restore/go-criu/v7/stats"
 	"github.com/containerd/containerd"
 	"github.com/containerd/containerd/containers"
 	"github.com/containerd/containerd/images"
@@ -28,6 +30,8 @@ type Result struct {
 	Duration time.Duration
 	// LeftRunning says whether the task kept running after the dump.
 	LeftRunning bool
+	// CRIU is CRIU's dump statistics (nil if CRIU wrote none).
+	CRIU *stats.DumpStatsEntry
 }
 
 type config struct {
@@ -85,6 +89,13 @@ func Checkpoint(ctx context.Context, client *containerd.Client, id string, opts 
 		return nil, fmt.Errorf("checkpoint: task of %q is %s, not running", id, st.Status)
 	}
 
+	// CRIU leaves its statistics in its work directory: keep one to read them.
+	if cfg.workPath == "" {
+		if cfg.workPath, err = os.MkdirTemp("", "ftwin-criu-work-"); err != nil {
+			return nil, fmt.Errorf("checkpoint: CRIU work directory: %w", err)
+		}
+		defer os.RemoveAll(cfg.workPath)
+	}
 	// Options run in order: the runc options must be set before WithCheckpointTask reads them.
 	copts := []containerd.CheckpointOpts{withRuncOptions(cfg), containerd.WithCheckpointImage, containerd.WithCheckpointRuntime}
 	if cfg.rw {
@@ -97,7 +108,9 @@ func Checkpoint(ctx context.Context, client *containerd.Client, id string, opts 
 	if err != nil {
 		return nil, fmt.Errorf("checkpoint: dump of %q failed (the task keeps running): %w", id, err)
 	}
-	return &Result{Ref: img.Name(), Target: img.Target(), Duration: time.Since(start), LeftRunning: !cfg.exit}, nil
+	res := &Result{Ref: img.Name(), Target: img.Target(), Duration: time.Since(start), LeftRunning: !cfg.exit}
+	res.CRIU, _ = DumpStats(ctx, client.ContentStore(), res.Target, cfg.workPath)
+	return res, nil
 }
 
 func withRuncOptions(cfg config) containerd.CheckpointOpts {

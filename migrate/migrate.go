@@ -266,7 +266,7 @@ func (m *run) checkpoint(ctx context.Context) error {
 		return err
 	}
 	m.rep.CheckpointIndex = res.Target.Digest.String()
-	if st, err := dumpStats(ctx, m.client, res.Target, m.workDir); err == nil {
+	if st, err := checkpoint.DumpStats(ctx, m.client.ContentStore(), res.Target, m.workDir); err == nil {
 		m.rep.CRIU = st
 	} else {
 		m.rep.Warnings = append(m.rep.Warnings, "CRIU dump statistics unavailable: "+err.Error())

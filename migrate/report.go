@@ -1,23 +1,13 @@
 package migrate
 
 import (
-	"archive/tar"
-	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/checkpoint-restore/go-criu/v7/stats"
-	"github.com/containerd/containerd"
-	"github.com/containerd/containerd/content"
-	"github.com/containerd/containerd/images"
-	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/ftwin-migrate/ftwin-migrate/agent"
 	"github.com/ftwin-migrate/ftwin-migrate/transfer"
@@ -100,65 +90,3 @@ func (r *Report) WriteSummary(w io.Writer) error {
 
 func mib(n int64) float64 { return float64(n) / (1 << 20) }
 
-// dumpStats reads CRIU's stats-dump from CRIU's work directory, or else from the checkpoint's
-// CRIU image.
-func dumpStats(ctx context.Context, client *containerd.Client, index ocispec.Descriptor, workDir string) (*stats.DumpStatsEntry, error) {
-	if f, err := os.Open(workDir); err == nil {
-		defer f.Close()
-		if st, err := stats.CriuGetDumpStats(f); err == nil {
-			return st, nil
-		}
-	}
-	cs := client.ContentStore()
-	var idx ocispec.Index
-	if err := readJSON(ctx, cs, index, &idx); err != nil {
-		return nil, err
-	}
-	d, err := containerd.GetIndexByMediaType(&idx, images.MediaTypeContainerd1Checkpoint)
-	if err != nil {
-		return nil, fmt.Errorf("no CRIU image in the checkpoint: %w", err)
-	}
-	ra, err := cs.ReaderAt(ctx, *d)
-	if err != nil {
-		return nil, err
-	}
-	defer ra.Close()
-	tr := tar.NewReader(content.NewReader(ra))
-	for {
-		h, err := tr.Next()
-		if errors.Is(err, io.EOF) {
-			return nil, errors.New("stats-dump not in the CRIU image")
-		} else if err != nil {
-			return nil, err
-		}
-		if filepath.Base(h.Name) != stats.StatsDump {
-			continue
-		}
-		dir, err := os.MkdirTemp("", "ftwin-stats-")
-		if err != nil {
-			return nil, err
-		}
-		defer os.RemoveAll(dir)
-		b, err := io.ReadAll(tr)
-		if err != nil {
-			return nil, err
-		}
-		if err := os.WriteFile(filepath.Join(dir, stats.StatsDump), b, 0o600); err != nil {
-			return nil, err
-		}
-		f, err := os.Open(dir)
-		if err != nil {
-			return nil, err
-		}
-		defer f.Close()
-		return stats.CriuGetDumpStats(f)
-	}
-}
-
-func readJSON(ctx context.Context, cs content.Provider, d ocispec.Descriptor, v any) error {
-	b, err := content.ReadBlob(ctx, cs, d)
-	if err != nil {
-		return err
-	}
-	return json.Unmarshal(b, v)
-}

@@ -88,9 +88,33 @@ func CopyBlobs(sctx context.Context, src content.Provider, dctx context.Context,
 		if err != nil && !errors.Is(err, errdefs.ErrNotFound) {
 			return nil, fmt.Errorf("transfer: children of %s: %w", desc.Digest, err)
 		}
+		if err := setGCRefs(dctx, dst, desc, children); err != nil {
+			return nil, err
+		}
 		return children, nil
 	})
 	// Walk visits one blob at a time, so the handler may update st without locking.
 	err := images.Walk(sctx, handler, root)
 	return st, err
+}
+
+// setGCRefs labels desc on dst with references to its children, so that containerd's garbage
+// collector keeps them for as long as desc is kept (once the copy's lease is gone).
+func setGCRefs(ctx context.Context, dst content.Store, desc ocispec.Descriptor, children []ocispec.Descriptor) error {
+	if len(children) == 0 {
+		return nil
+	}
+	info := content.Info{Digest: desc.Digest, Labels: map[string]string{}}
+	var fields []string
+	for i, ch := range children {
+		k := fmt.Sprintf("containerd.io/gc.ref.content.%d", i)
+		info.Labels[k] = ch.Digest.String()
+		fields = append(fields, "labels."+k)
+	}
+	if _, err := dst.Update(ctx, info, fields...); errdefs.IsFailedPrecondition(err) {
+		return nil // a plain directory store has neither labels nor a garbage collector
+	} else if err != nil {
+		return fmt.Errorf("transfer: label %s with its children: %w", desc.Digest, err)
+	}
+	return nil
 }

@@ -28,6 +28,9 @@ func main() {
 			certsCommand(),
 			receiveCommand(),
 			migrateCommand(),
+			checkpointCommand(),
+			restoreCommand(),
+			inspectCommand(),
 		},
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

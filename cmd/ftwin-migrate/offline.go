@@ -1,0 +1,135 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+
+	"github.com/containerd/containerd/namespaces"
+	"github.com/urfave/cli/v2"
+
+	"github.com/ftwin-migrate/ftwin-migrate/checkpoint"
+	"github.com/ftwin-migrate/ftwin-migrate/restore"
+	"github.com/ftwin-migrate/ftwin-migrate/transfer"
+)
+
+func checkpointCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "checkpoint",
+		Usage:     "checkpoint a running container (CRIU through containerd) into a directory, for offline moves",
+		ArgsUsage: "CONTAINER",
+		Flags: append([]cli.Flag{
+			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Required: true, Usage: "directory to write (an OCI image layout); must not exist or be empty"},
+			&cli.BoolFlag{Name: "exit", Usage: "stop the task after the dump (default: it keeps running)"},
+			&cli.BoolFlag{Name: "tcp-established", Usage: "dump established TCP connections"},
+		}, containerdFlags...),
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 1 {
+				return fmt.Errorf("checkpoint takes one argument, the container id (got %d)", c.NArg())
+			}
+			id := c.Args().First()
+			client, err := connect(c)
+			if err != nil {
+				return err
+			}
+			defer client.Close()
+			ctx := namespaces.WithNamespace(c.Context, c.String("namespace"))
+			var opts []checkpoint.Opt
+			if c.Bool("exit") {
+				opts = append(opts, checkpoint.WithExit())
+			}
+			if c.Bool("tcp-established") {
+				opts = append(opts, checkpoint.WithTCPEstablished())
+			}
+			res, err := checkpoint.Checkpoint(ctx, client, id, opts...)
+			if err != nil {
+				return err
+			}
+			defer checkpoint.Delete(ctx, client, res.Ref)
+			st, err := transfer.ExportDir(ctx, client, res.Ref, c.String("output"), res.Annotations(id))
+			if err != nil {
+				return err
+			}
+			fmt.Printf("checkpoint of %s in %s (%d blobs, %.1f MiB; dump took %v)\n", id, c.String("output"), st.BlobsSent, mib(st.BytesSent), res.Duration)
+			return nil
+		},
+	}
+}
+
+func restoreCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "restore",
+		Usage:     "restore a container from a checkpoint directory written by `checkpoint -o` (its base image must be present)",
+		ArgsUsage: "PATH",
+		Flags: append([]cli.Flag{
+			&cli.StringFlag{Name: "id", Usage: "container id (default: the checkpointed container's)"},
+			&cli.StringFlag{Name: "log", Usage: "file for the restored task's stdout and stderr (default: discarded)"},
+		}, containerdFlags...),
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 1 {
+				return fmt.Errorf("restore takes one argument, the checkpoint directory (got %d)", c.NArg())
+			}
+			dir := c.Args().First()
+			root, _, err := transfer.ReadDir(dir)
+			if err != nil {
+				return err
+			}
+			id := c.String("id")
+			if id == "" {
+				id = root.Annotations[checkpoint.AnnotationContainer]
+			}
+			if id == "" {
+				return fmt.Errorf("%s does not name its container: pass --id", dir)
+			}
+			client, err := connect(c)
+			if err != nil {
+				return err
+			}
+			defer client.Close()
+			ctx := namespaces.WithNamespace(c.Context, c.String("namespace"))
+			ref, _, err := transfer.ImportDir(ctx, client, dir)
+			if err != nil {
+				return err
+			}
+			defer checkpoint.Delete(ctx, client, ref)
+			var opts []restore.Opt
+			if l := c.String("log"); l != "" {
+				opts = append(opts, restore.WithLogFile(l))
+			}
+			res, err := restore.Restore(ctx, client, id, ref, opts...)
+			if err != nil {
+				return err
+			}
+			fmt.Printf("%s restored from %s (pid %d, %v)\n", id, dir, res.Task.Pid(), res.Duration)
+			return nil
+		},
+	}
+}
+
+func inspectCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "inspect",
+		Usage:     "show what a checkpoint directory holds",
+		ArgsUsage: "PATH",
+		Flags:     []cli.Flag{&cli.BoolFlag{Name: "json"}},
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 1 {
+				return fmt.Errorf("inspect takes one argument, the checkpoint directory (got %d)", c.NArg())
+			}
+			root, store, err := transfer.ReadDir(c.Args().First())
+			if err != nil {
+				return err
+			}
+			info, err := checkpoint.Inspect(c.Context, store, root)
+			if err != nil {
+				return err
+			}
+			if c.Bool("json") {
+				return json.NewEncoder(os.Stdout).Encode(info)
+			}
+			return info.WriteText(os.Stdout)
+		},
+	}
+}
+
+func mib(n int64) float64 { return float64(n) / (1 << 20) }

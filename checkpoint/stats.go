@@ -71,7 +71,6 @@ func DumpStats(ctx context.Context, cs content.Provider, index ocispec.Descripto
 	}
 }
 
-
 func readIndex(ctx context.Context, cs content.Provider, d ocispec.Descriptor) (*ocispec.Index, error) {
 	b, err := content.ReadBlob(ctx, cs, d)
 	if err != nil {

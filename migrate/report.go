@@ -89,4 +89,3 @@ func (r *Report) WriteSummary(w io.Writer) error {
 }
 
 func mib(n int64) float64 { return float64(n) / (1 << 20) }
-

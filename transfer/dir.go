@@ -115,4 +115,3 @@ func writeJSONFile(path string, v any) error {
 	}
 	return nil
 }
-

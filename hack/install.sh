@@ -45,7 +45,7 @@ apt_install() { # apt_install [-t SUITE] PKG...
 SOURCES=/etc/apt/sources.list.d/ftwin-migrate.sources
 PREFS=/etc/apt/preferences.d/ftwin-migrate
 if [ ! -f "$SOURCES" ]; then
-  mirror="$(sed -n 's/^URIs: *\(http[^ ]*debian\)\/\?$/\1/p' /etc/apt/sources.list.d/*.sources 2>/dev/null | head -n1)"
+  mirror="$(sed -n 's/^URIs: *\(http[^ ]*debian\)\/\?$/\1/p' /etc/apt/sources.list.d/*.sources 2>/dev/null | head -n1 || true)"
   mirror="${mirror:-http://deb.debian.org/debian}"
   log "adding Debian suites trixie and forky from $mirror (pinned at priority 100)"
   cat >"$SOURCES" <<SRC
@@ -107,7 +107,7 @@ if [ ! -f "$FTWIN_KAFKA_HOME/.complete" ]; then
   command -v java >/dev/null || apt_install openjdk-17-jre-headless
   log "assembling Apache Kafka $KAFKA_VERSION into $FTWIN_KAFKA_HOME (Maven Central)"
   mkdir -p "$FTWIN_KAFKA_HOME/libs"
-  mvn -q -B -f "$HERE/kafka/pom.xml" dependency:copy-dependencies \
+  mvn -q -B -Dstyle.color=never -f "$HERE/kafka/pom.xml" dependency:copy-dependencies \
       -DoutputDirectory="$FTWIN_KAFKA_HOME/libs" -DincludeScope=runtime >&2 \
     || die "could not fetch org.apache.kafka:kafka_2.13:$KAFKA_VERSION from Maven Central"
   echo "$KAFKA_VERSION" >"$FTWIN_KAFKA_HOME/.complete"
@@ -124,7 +124,7 @@ check "runc ($(runc --version 2>/dev/null | head -n1 || echo none))" 'command -v
 check "containerd-shim-runc-v2" 'command -v containerd-shim-runc-v2 >/dev/null'
 check "iptables-restore" 'command -v iptables-restore >/dev/null'
 check "tc, ip, nsenter, unshare" 'command -v tc >/dev/null && command -v ip >/dev/null && command -v nsenter >/dev/null && command -v unshare >/dev/null'
-check "java >= 17" 'java -version 2>&1 | grep -Eq "version \"(1[7-9]|[2-9][0-9])"'
+check "java >= 17" 'java -version 2>&1 | grep -E "version \"(1[7-9]|[2-9][0-9])" >/dev/null'
 check "kafka_2.13-$KAFKA_VERSION.jar in $FTWIN_KAFKA_HOME/libs" '[ -f "$FTWIN_KAFKA_HOME/libs/kafka_2.13-$KAFKA_VERSION.jar" ]'
 [ "$fail" = 0 ] || die "see MISSING lines above"
 log "all dependencies present"

@@ -70,6 +70,7 @@ func labCommand() *cli.Command {
 				Flags: append([]cli.Flag{
 					&cli.StringFlag{Name: "workload", Usage: "static binary of the counter workload (default: counter beside this executable)"},
 					&cli.IntFlag{Name: "mem-mib", Value: 64, Usage: "memory the workload keeps and checks"},
+					&cli.StringFlag{Name: "subnet", Value: "10.231.0.0/24", Usage: "the lab's IPv4 /24"},
 				}, labFlags...),
 				Action: labSmoke,
 			},
@@ -308,11 +309,15 @@ func labStatus(c *cli.Context) error {
 	if !left.Empty() {
 		fmt.Printf("present on this machine: %s\n", left)
 	}
+	downCmd := "ftwin-migrate lab down --name " + name
+	if base != lab.DefaultBaseDir {
+		downCmd += " --base-dir " + base
+	}
 	switch {
 	case loadErr == nil && len(down) > 0:
-		fmt.Printf("not answering: %s\nthe lab is damaged (a crashed run?): `ftwin-migrate lab down --name %s` removes it\n", strings.Join(down, ", "), name)
+		fmt.Printf("not answering: %s\nthe lab is damaged (a crashed run?): `%s` removes it\n", strings.Join(down, ", "), downCmd)
 	case loadErr != nil && !left.Empty():
-		fmt.Printf("these are leftovers of a crashed run: `ftwin-migrate lab down --name %s` removes them\n", name)
+		fmt.Printf("these are leftovers of a crashed run: `%s` removes them\n", downCmd)
 	}
 	return nil
 }
@@ -348,7 +353,7 @@ func labSmoke(c *cli.Context) error {
 		return err
 	}
 	ctx := c.Context
-	l, err := lab.Up(ctx, lab.Config{Name: c.String("name"), BaseDir: c.String("base-dir")})
+	l, err := lab.Up(ctx, lab.Config{Name: c.String("name"), BaseDir: c.String("base-dir"), Subnet: c.String("subnet")})
 	if err != nil {
 		return err
 	}

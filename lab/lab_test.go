@@ -16,6 +16,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/ftwin-migrate/ftwin-migrate/broker"
+	"github.com/ftwin-migrate/ftwin-migrate/internal/testbin"
 	"github.com/ftwin-migrate/ftwin-migrate/lab"
 )
 
@@ -149,12 +150,7 @@ func TestTeardownAfterKilledRun(t *testing.T) {
 		return
 	}
 	base, name := t.TempDir(), uniqueName()
-	bin := filepath.Join(t.TempDir(), "counter")
-	build := exec.Command("go", "build", "-o", bin, "github.com/ftwin-migrate/ftwin-migrate/test/workloads/counter")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build counter: %v\n%s", err, out)
-	}
+	bin := testbin.Build(t, testbin.Counter)
 	child := exec.Command(os.Args[0], "-test.run=^TestLabChild$", "-test.v")
 	child.Env = append(os.Environ(), "FTWIN_LAB_CHILD="+strings.Join([]string{base, name, bin}, ","))
 	stdout, _ := child.StdoutPipe()

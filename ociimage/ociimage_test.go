@@ -2,6 +2,7 @@ package ociimage_test
 
 import (
 	"context"
+	"github.com/ftwin-migrate/ftwin-migrate/internal/testbin"
 	"net"
 	"net/http"
 	"os"
@@ -195,16 +196,7 @@ func layers(ctx context.Context, t *testing.T, img containerd.Image) []ocispec.D
 }
 
 // buildCounter builds the counter workload as a static binary.
-func buildCounter(t *testing.T) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), "counter")
-	cmd := exec.Command("go", "build", "-o", bin, counterPkg)
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build %s: %v\n%s", counterPkg, err, out)
-	}
-	return bin
-}
+func buildCounter(t *testing.T) string { return testbin.Build(t, counterPkg) }
 
 // freeAddr returns a loopback address with a port that was free a moment ago.
 func freeAddr(t *testing.T) string {

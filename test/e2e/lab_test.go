@@ -9,10 +9,10 @@ import (
 	"encoding/hex"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/ftwin-migrate/ftwin-migrate/internal/testbin"
 	"github.com/ftwin-migrate/ftwin-migrate/lab"
 	"github.com/ftwin-migrate/ftwin-migrate/test/workloads/counter/state"
 )
@@ -30,16 +30,7 @@ func requireLabTools(t *testing.T) {
 }
 
 // buildCounter compiles the stateful test workload as a static binary.
-func buildCounter(t *testing.T) string {
-	t.Helper()
-	out := filepath.Join(t.TempDir(), "counter")
-	cmd := exec.Command("go", "build", "-o", out, "github.com/ftwin-migrate/ftwin-migrate/test/workloads/counter")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build counter workload: %v\n%s", err, b)
-	}
-	return out
-}
+func buildCounter(t *testing.T) string { return testbin.Build(t, testbin.Counter) }
 
 func labName(t *testing.T) string {
 	var b [3]byte

@@ -65,9 +65,10 @@ func newMigrationLab(t *testing.T, edit map[string]func(*agent.Config)) *migrati
 	return ml
 }
 
-func (ml *migrationLab) run(t *testing.T, host *lab.Host, id string) state.State {
+func (ml *migrationLab) run(t *testing.T, host *lab.Host, id string, extraArgs ...string) state.State {
 	t.Helper()
-	w := lab.Workload{ID: id, Binary: ml.bin, Args: []string{"-mem-mib", "32", "-interval", "50ms", "-listen", "127.0.0.1:8080"}}
+	args := append([]string{"-mem-mib", "32", "-interval", "50ms", "-listen", "127.0.0.1:8080"}, extraArgs...)
+	w := lab.Workload{ID: id, Binary: ml.bin, Args: args}
 	if err := host.Run(context.Background(), w); err != nil {
 		t.Fatal(err)
 	}

@@ -44,6 +44,7 @@ func main() {
 	interval := flag.Duration("interval", 200*time.Millisecond, "time between ticks")
 	listen := flag.String("listen", "", "serve GET /state and GET /healthz on this address (e.g. :8080)")
 	seed := flag.Uint64("seed", 1, "seed of the buffer content and of the mutations")
+	connect := flag.String("connect", "", "also send each state line over a TCP connection to this address, reconnecting when it breaks")
 	flag.Parse()
 	if *memMiB < 1 || *interval <= 0 || flag.NArg() > 0 {
 		flag.Usage()
@@ -52,7 +53,7 @@ func main() {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	if err := run(ctx, *memMiB, *seed, *interval, *listen); err != nil {
+	if err := run(ctx, *memMiB, *seed, *interval, *listen, &peer{addr: *connect}); err != nil {
 		fmt.Fprintln(os.Stderr, "counter:", err)
 		os.Exit(1)
 	}
@@ -77,7 +78,7 @@ func (l *latest) get() state.State {
 }
 
 // run ticks until ctx is done, which is a clean exit.
-func run(ctx context.Context, memMiB int, seed uint64, interval time.Duration, listen string) error {
+func run(ctx context.Context, memMiB int, seed uint64, interval time.Duration, listen string, out *peer) error {
 	start := time.Now()
 	buf := memstate.New(memMiB, seed)
 	cur := &latest{}
@@ -103,6 +104,7 @@ func run(ctx context.Context, memMiB int, seed uint64, interval time.Duration, l
 			StartNS:  start.UnixNano(),
 			NowNS:    time.Now().UnixNano(),
 		}
+		s.Reconnects, s.PeerLocal = out.reconnects, out.local
 		cur.set(s)
 		line, err := json.Marshal(s)
 		if err != nil {
@@ -112,6 +114,7 @@ func run(ctx context.Context, memMiB int, seed uint64, interval time.Duration, l
 		if _, err := os.Stdout.Write(append(line, '\n')); err != nil {
 			return fmt.Errorf("write state: %w", err)
 		}
+		out.send(append(line, '\n'))
 		return nil
 	}
 
@@ -171,4 +174,36 @@ func serve(ctx context.Context, addr string, cur *latest) error {
 	}()
 	context.AfterFunc(ctx, func() { srv.Close() })
 	return nil
+}
+
+// peer is an optional TCP connection the state lines also go to. A write that fails (as after
+// a restore with CRIU's tcp-close on another host) closes it; the next line redials.
+type peer struct {
+	addr       string
+	conn       net.Conn
+	reconnects uint64 // dials after the first
+	dials      uint64
+	local      string // local address of the current connection
+}
+
+func (p *peer) send(line []byte) {
+	if p.addr == "" {
+		return
+	}
+	if p.conn == nil {
+		c, err := net.DialTimeout("tcp", p.addr, time.Second)
+		if err != nil {
+			return
+		}
+		if p.dials > 0 {
+			p.reconnects++
+		}
+		p.dials++
+		p.conn, p.local = c, c.LocalAddr().String()
+	}
+	_ = p.conn.SetWriteDeadline(time.Now().Add(time.Second))
+	if _, err := p.conn.Write(line); err != nil {
+		p.conn.Close()
+		p.conn, p.local = nil, ""
+	}
 }

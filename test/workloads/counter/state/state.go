@@ -24,6 +24,10 @@ type State struct {
 	PID      int    `json:"pid"`      // as seen by the process (1 in its own PID namespace)
 	StartNS  int64  `json:"start_ns"` // Unix time in ns when the process started
 	NowNS    int64  `json:"now_ns"`   // Unix time in ns when the line was written
+	// Reconnects counts redials of the -connect peer; PeerLocal is the current connection's
+	// local address (empty without -connect or while disconnected).
+	Reconnects uint64 `json:"reconnects,omitempty"`
+	PeerLocal  string `json:"peer_local,omitempty"`
 }
 
 // ErrNoState is returned by Last when the log holds no complete state line.

@@ -21,6 +21,8 @@ package agent
 import (
 	"time"
 
+	"github.com/checkpoint-restore/go-criu/v7/stats"
+
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
@@ -79,6 +81,8 @@ type RestoreRequest struct {
 type RestoreResult struct {
 	Duration time.Duration `json:"duration_ns"`
 	Pid      uint32        `json:"pid"`
+	// CRIU is CRIU's restore statistics (restore_time, forking_time in µs, pages_restored, ...).
+	CRIU *stats.RestoreStatsEntry `json:"criu_restore_statistics,omitempty"`
 }
 
 // VerifyResult says whether the restored container is healthy.

@@ -361,8 +361,15 @@ func (a *Agent) restore(ctx context.Context, s *session, w http.ResponseWriter, 
 		writeError(w, http.StatusInternalServerError, err)
 		return
 	}
+	work, err := os.MkdirTemp(a.cfg.WorkDir, "criu-restore-")
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, err)
+		return
+	}
+	defer os.RemoveAll(work)
 	opts := []restore.Opt{
 		restore.WithLogFile(a.LogPath(s.Namespace, s.Container)),
+		restore.WithCRIUWorkPath(work),
 		// runc has no --tcp-close: CRIU options it lacks go through this annotation.
 		restore.WithSpecEdit(func(sp *specs.Spec) error {
 			if sp.Annotations == nil {
@@ -382,7 +389,7 @@ func (a *Agent) restore(ctx context.Context, s *session, w http.ResponseWriter, 
 	}
 	s.restored = true
 	a.cfg.Log.Info("restored", "session", s.id, "container", s.Container, "in", res.Duration)
-	writeJSON(w, RestoreResult{Duration: res.Duration, Pid: res.Task.Pid()})
+	writeJSON(w, RestoreResult{Duration: res.Duration, Pid: res.Task.Pid(), CRIU: res.CRIU})
 }
 
 func (a *Agent) verify(ctx context.Context, s *session, w http.ResponseWriter, r *http.Request) {

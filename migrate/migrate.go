@@ -294,7 +294,7 @@ func (m *run) restore(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	m.rep.RestoreTime = res.Duration
+	m.rep.RestoreTime, m.rep.CRIURestore = res.Duration, res.CRIU
 	m.rep.Downtime = time.Since(m.frozenAt)
 	return nil
 }

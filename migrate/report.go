@@ -29,6 +29,9 @@ type Report struct {
 	// CRIU holds CRIU's dump statistics under its own (and Podman's --print-stats) names:
 	// freezing_time, frozen_time, memdump_time, memwrite_time (µs), pages_scanned, pages_written.
 	CRIU *stats.DumpStatsEntry `json:"criu_dump_statistics,omitempty"`
+	// CRIURestore holds CRIU's restore statistics on the target: restore_time, forking_time
+	// (µs), pages_restored.
+	CRIURestore *stats.RestoreStatsEntry `json:"criu_restore_statistics,omitempty"`
 	// RestoreTime is the agent's wall time for the restore (container creation + CRIU restore).
 	RestoreTime      time.Duration      `json:"restore_time_ns"`
 	Transfer         transfer.PushStats `json:"transfer"`
@@ -71,6 +74,11 @@ func (r *Report) WriteSummary(w io.Writer) error {
 		fmt.Fprintf(w, "  CRIU: frozen %v, memdump %v, memwrite %v, %d pages written\n",
 			time.Duration(r.CRIU.GetFrozenTime())*time.Microsecond, time.Duration(r.CRIU.GetMemdumpTime())*time.Microsecond,
 			time.Duration(r.CRIU.GetMemwriteTime())*time.Microsecond, r.CRIU.GetPagesWritten())
+	}
+	if r.CRIURestore != nil {
+		fmt.Fprintf(w, "  CRIU restore on %s: restore %v, forking %v, %d pages restored\n", r.To,
+			time.Duration(r.CRIURestore.GetRestoreTime())*time.Microsecond, time.Duration(r.CRIURestore.GetForkingTime())*time.Microsecond,
+			r.CRIURestore.GetPagesRestored())
 	}
 	if r.Transfer.BlobsSent+r.Transfer.BlobsSkipped > 0 {
 		fmt.Fprintf(w, "  transfer: %d blobs sent (%.1f MiB, %.1f MiB on the wire, ratio %.2f), %d already on the target (%.1f MiB)\n",

@@ -9,13 +9,16 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
 	"time"
 
+	"github.com/checkpoint-restore/go-criu/v7/stats"
 	"github.com/containerd/containerd"
 	"github.com/containerd/containerd/cio"
 	"github.com/containerd/containerd/containers"
 	"github.com/containerd/containerd/content"
 	"github.com/containerd/containerd/errdefs"
+	"github.com/containerd/containerd/runtime/v2/runc/options"
 	"github.com/containerd/typeurl/v2"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -27,10 +30,14 @@ type Result struct {
 	Task      containerd.Task
 	// Duration is the wall time from container creation to the task running.
 	Duration time.Duration
+	// CRIU is CRIU's restore statistics (restore_time, forking_time, pages_restored, ...),
+	// when WithCRIUWorkPath kept them.
+	CRIU *stats.RestoreStatsEntry
 }
 
 type config struct {
 	io        cio.Creator
+	workPath  string
 	specEdits []func(*specs.Spec) error
 	noRW      bool
 }
@@ -64,6 +71,10 @@ func WithCgroupsPath(path string) Opt {
 func WithLogFile(path string) Opt {
 	return func(cfg *config) { cfg.io = cio.LogFile(path) }
 }
+
+// WithCRIUWorkPath has CRIU keep its restore log and statistics in dir (which must exist and
+// be visible in the target daemon's mount namespace); Result.CRIU is then filled.
+func WithCRIUWorkPath(dir string) Opt { return func(cfg *config) { cfg.workPath = dir } }
 
 // WithoutRW skips re-applying the checkpointed read-write layer.
 func WithoutRW() Opt { return func(cfg *config) { cfg.noRW = true } }
@@ -107,7 +118,15 @@ func Restore(ctx context.Context, client *containerd.Client, id, ref string, opt
 			_ = c.Delete(context.WithoutCancel(ctx), containerd.WithSnapshotCleanup)
 		}
 	}()
-	task, err := c.NewTask(ctx, cfg.io, containerd.WithTaskCheckpoint(ckpt))
+	topts := []containerd.NewTaskOpts{containerd.WithTaskCheckpoint(ckpt)}
+	if cfg.workPath != "" {
+		o, err := withCRIUWorkPath(ctx, c, cfg.workPath)
+		if err != nil {
+			return nil, err
+		}
+		topts = append(topts, o)
+	}
+	task, err := c.NewTask(ctx, cfg.io, topts...)
 	if err != nil {
 		return nil, fmt.Errorf("restore: CRIU restore of %q: %w", id, err)
 	}
@@ -115,7 +134,34 @@ func Restore(ctx context.Context, client *containerd.Client, id, ref string, opt
 		_, _ = task.Delete(context.WithoutCancel(ctx), containerd.WithProcessKill)
 		return nil, fmt.Errorf("restore: start restored task of %q: %w", id, err)
 	}
-	return &Result{Container: c, Task: task, Duration: time.Since(start)}, nil
+	res = &Result{Container: c, Task: task, Duration: time.Since(start)}
+	if cfg.workPath != "" {
+		if f, err := os.Open(cfg.workPath); err == nil {
+			res.CRIU, _ = stats.CriuGetRestoreStats(f)
+			f.Close()
+		}
+	}
+	return res, nil
+}
+
+// withCRIUWorkPath sets the runc shim's CRIU work path for the restore, keeping the container's
+// other runtime options (task options replace them).
+func withCRIUWorkPath(ctx context.Context, c containerd.Container, dir string) (containerd.NewTaskOpts, error) {
+	info, err := c.Info(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("restore: container info: %w", err)
+	}
+	opts := &options.Options{}
+	if info.Runtime.Options != nil && info.Runtime.Options.GetValue() != nil {
+		if err := typeurl.UnmarshalTo(info.Runtime.Options, opts); err != nil {
+			return nil, fmt.Errorf("restore: runtime options of %s are not runc's: %w", c.ID(), err)
+		}
+	}
+	opts.CriuWorkPath = dir
+	return func(_ context.Context, _ *containerd.Client, ti *containerd.TaskInfo) error {
+		ti.Options = opts
+		return nil
+	}, nil
 }
 
 func readIndex(ctx context.Context, client *containerd.Client, ckpt containerd.Image) (*ocispec.Index, error) {

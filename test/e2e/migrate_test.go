@@ -147,8 +147,9 @@ func TestMigrateAndBack(t *testing.T) {
 		if len(phases) != len(want) {
 			t.Fatalf("phases %v, want %v", phases, want)
 		}
-		if rep.Result != "committed" || rep.Downtime <= 0 || rep.CRIU == nil || rep.CRIU.GetPagesWritten() == 0 {
-			t.Errorf("report incomplete: result %q downtime %v criu %v", rep.Result, rep.Downtime, rep.CRIU)
+		if rep.Result != "committed" || rep.Downtime <= 0 || rep.CRIU == nil || rep.CRIU.GetPagesWritten() == 0 ||
+			rep.CRIURestore == nil || rep.CRIURestore.GetRestoreTime() == 0 {
+			t.Errorf("report incomplete: result %q downtime %v criu dump %v restore %v", rep.Result, rep.Downtime, rep.CRIU, rep.CRIURestore)
 		}
 		if rep.Transfer.BlobsSkipped == 0 || rep.Transfer.WireBytes == 0 || rep.Transfer.WireBytes >= rep.Transfer.BytesSent {
 			t.Errorf("transfer %+v: want base image skipped and the checkpoint compressed", rep.Transfer)

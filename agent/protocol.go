@@ -14,6 +14,7 @@
 //	PUT  /v1/sessions/{id}/blobs?digest=&size=&mediatype=   body: zstd stream of the blob
 //	POST /v1/sessions/{id}/restore      RestoreRequest → RestoreResult
 //	POST /v1/sessions/{id}/verify       → VerifyResult
+//	POST /v1/sessions/{id}/hook/{op}    relays op (resume, status) to the restored container's hook
 //	POST /v1/sessions/{id}/commit
 //	POST /v1/sessions/{id}/abort
 package agent
@@ -64,6 +65,9 @@ type SessionRequest struct {
 	Probe string `json:"probe,omitempty"`
 	// SourceHost names the source, for the agent's logs.
 	SourceHost string `json:"source_host"`
+	// HookSocket, if set, is the path inside the container of the application's migration hook
+	// (a Unix socket speaking the kafkahooks protocol); POST .../hook/{op} reaches it.
+	HookSocket string `json:"hook_socket,omitempty"`
 }
 
 // Session is an open migration session.

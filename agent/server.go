@@ -167,6 +167,7 @@ func (a *Agent) Handler() http.Handler {
 	mux.HandleFunc("PUT /v1/sessions/{id}/blobs", a.withSession(a.putBlob))
 	mux.HandleFunc("POST /v1/sessions/{id}/restore", a.withSession(a.restore))
 	mux.HandleFunc("POST /v1/sessions/{id}/verify", a.withSession(a.verify))
+	mux.HandleFunc("POST /v1/sessions/{id}/hook/{op}", a.withSession(a.hook))
 	mux.HandleFunc("POST /v1/sessions/{id}/commit", a.withSession(a.commit))
 	mux.HandleFunc("POST /v1/sessions/{id}/abort", func(w http.ResponseWriter, r *http.Request) {
 		a.abort(r.Context(), r.PathValue("id"), "aborted by the migrator")
@@ -390,6 +391,38 @@ func (a *Agent) restore(ctx context.Context, s *session, w http.ResponseWriter, 
 	s.restored = true
 	a.cfg.Log.Info("restored", "session", s.id, "container", s.Container, "in", res.Duration)
 	writeJSON(w, RestoreResult{Duration: res.Duration, Pid: res.Task.Pid(), CRIU: res.CRIU})
+}
+
+// hook relays a request to the restored container's application hook, through the task's
+// root (/proc/PID/root/SOCKET): no port is published on the host.
+func (a *Agent) hook(ctx context.Context, s *session, w http.ResponseWriter, r *http.Request) {
+	op := r.PathValue("op")
+	if op != "resume" && op != "status" {
+		writeError(w, http.StatusBadRequest, fmt.Errorf("hook operation %q: want resume or status", op))
+		return
+	}
+	if s.HookSocket == "" || !s.restored {
+		writeError(w, http.StatusConflict, errors.New("no hook to reach: the session named no hook socket, or nothing was restored yet"))
+		return
+	}
+	c, err := a.cfg.Client.LoadContainer(ctx, s.Container)
+	var t containerd.Task
+	if err == nil {
+		t, err = c.Task(ctx, nil)
+	}
+	if err != nil {
+		writeError(w, http.StatusConflict, fmt.Errorf("restored container %s has no task: %w", s.Container, err))
+		return
+	}
+	body, _ := io.ReadAll(io.LimitReader(r.Body, 1<<20))
+	status, out, err := CallHook(ctx, HookSocketPath(t.Pid(), s.HookSocket), op, body)
+	if err != nil {
+		writeError(w, http.StatusBadGateway, fmt.Errorf("hook of %s on %s: %w", s.Container, a.cfg.Host, err))
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_, _ = w.Write(out)
 }
 
 func (a *Agent) verify(ctx context.Context, s *session, w http.ResponseWriter, r *http.Request) {

@@ -123,6 +123,12 @@ func (s *SessionClient) Verify(ctx context.Context) (VerifyResult, error) {
 	return res, err
 }
 
+// Hook relays op (resume or status) to the restored container's application hook and
+// decodes its JSON answer into out.
+func (s *SessionClient) Hook(ctx context.Context, op string, out any) error {
+	return s.c.do(ctx, http.MethodPost, s.path("/hook/"+op), nil, out)
+}
+
 // Commit tells the agent the migration is final.
 func (s *SessionClient) Commit(ctx context.Context) error {
 	return s.c.do(ctx, http.MethodPost, s.path("/commit"), nil, nil)

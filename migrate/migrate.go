@@ -22,10 +22,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/containerd/containerd"
 	"github.com/containerd/containerd/namespaces"
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/ftwin-migrate/ftwin-migrate/agent"
 	"github.com/ftwin-migrate/ftwin-migrate/checkpoint"
@@ -75,8 +78,19 @@ type Options struct {
 	TCP string
 	// Probe is an http:// URL the agent checks on the target before commit (optional).
 	Probe string
-	// Hook is the application's migration hook (optional).
+	// Hook is a custom migration hook. When nil, the container's own hook socket is used if it
+	// has one (see HookSocket); otherwise the application is frozen as it is.
 	Hook Hook
+	// HookSocket is the path of the application's hook socket inside the container.
+	// Default DefaultHookSocket; "none" ignores any hook.
+	HookSocket string
+	// Brokers, when set, let the migrator check the application's boundary against the group's
+	// committed offsets on the broker. KafkaOpts are added to the client (a dialer, TLS, SASL).
+	Brokers   []string
+	KafkaOpts []kgo.Opt
+	// SessionTimeout is the consumer group session timeout, for the warning when the expected
+	// downtime approaches it (the application's boundary overrides it). Default 45s.
+	SessionTimeout time.Duration
 	// PhaseTimeout bounds each phase. Default 2 minutes.
 	PhaseTimeout time.Duration
 	// Progress receives transfer progress (optional).
@@ -126,6 +140,8 @@ type run struct {
 	frozenAt time.Time
 	paused   bool
 	prepared bool
+	app      *appHook
+	boundary *Boundary
 	ckptRef  string
 	workDir  string
 }
@@ -210,12 +226,56 @@ func (m *run) preflight(ctx context.Context) error {
 	if err := m.agent.CheckCPU(ctx, cpuinfo); err != nil {
 		return err
 	}
+	if m.o.Hook == nil && m.o.HookSocket != "none" {
+		m.app = findAppHook(m.task.Pid(), m.o.HookSocket)
+	}
+	m.warnSessionTimeout()
 	m.ckptRef = fmt.Sprintf("ftwin-migrate/checkpoint/%s:%d", m.o.Container, time.Now().UnixNano())
-	m.session, err = m.agent.Open(ctx, agent.SessionRequest{
+	req := agent.SessionRequest{
 		Namespace: m.o.Namespace, Container: m.o.Container, CheckpointRef: m.ckptRef,
 		TCP: m.o.TCP, Probe: m.o.Probe, SourceHost: m.o.SourceHost,
-	})
+	}
+	if m.app != nil {
+		req.HookSocket = m.app.socket
+	}
+	m.session, err = m.agent.Open(ctx, req)
 	return err
+}
+
+// warnSessionTimeout warns when the expected downtime (dump and transfer of the task's
+// resident memory at a rate measured on lab hosts, plus a second) approaches the consumer
+// group's session timeout, past which the group rebalances.
+func (m *run) warnSessionTimeout() {
+	timeout := m.o.SessionTimeout
+	if timeout == 0 {
+		timeout = 45 * time.Second
+	}
+	rss, err := residentBytes(m.task.Pid())
+	if err != nil {
+		return
+	}
+	const bytesPerSecond = 40 << 20
+	expected := time.Second + time.Duration(float64(rss)/bytesPerSecond*float64(time.Second))
+	m.rep.ExpectedDowntime = expected
+	if expected > timeout/2 {
+		m.rep.Warnings = append(m.rep.Warnings, fmt.Sprintf("expected downtime %v (for %d MiB resident) approaches the group session timeout %v: the group may rebalance; raise session.timeout.ms or shrink the state",
+			expected.Round(100*time.Millisecond), rss>>20, timeout))
+	}
+}
+
+// residentBytes reads VmRSS of pid.
+func residentBytes(pid uint32) (int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return kb << 10, err
+		}
+	}
+	return 0, errors.New("no VmRSS")
 }
 
 // dumpCPUInfo runs `criu cpuinfo dump` and returns cpuinfo.img.
@@ -232,15 +292,49 @@ func dumpCPUInfo(ctx context.Context) ([]byte, error) {
 }
 
 func (m *run) quiesce(ctx context.Context) error {
-	if m.o.Hook == nil {
-		m.rep.Boundary = nil
+	switch {
+	case m.o.Hook != nil:
+		b, err := m.o.Hook.Prepare(ctx)
+		m.prepared = err == nil
+		m.rep.Boundary = b
+		return err
+	case m.app != nil:
+		b, err := m.app.prepare(ctx)
+		if err != nil {
+			return err
+		}
+		m.prepared, m.boundary, m.rep.Boundary = true, b, b
+		if b.SessionTimeoutMs > 0 && m.o.SessionTimeout == 0 {
+			m.o.SessionTimeout = time.Duration(b.SessionTimeoutMs) * time.Millisecond
+			m.warnSessionTimeout()
+		}
+		return m.checkCommitted(ctx)
+	default:
 		m.rep.Warnings = append(m.rep.Warnings, "no application hook: no boundary was taken; the application is frozen as it is")
 		return nil
 	}
-	b, err := m.o.Hook.Prepare(ctx)
-	m.prepared = err == nil
-	m.rep.Boundary = b
-	return err
+}
+
+// checkCommitted compares the group's committed offsets on the broker with the boundary.
+func (m *run) checkCommitted(ctx context.Context) error {
+	m.rep.BoundaryCheck = &BoundaryCheck{}
+	if len(m.o.Brokers) == 0 {
+		m.rep.Warnings = append(m.rep.Warnings, "no --brokers: the boundary was not checked against the broker")
+		return nil
+	}
+	committed, err := committedOffsets(ctx, m.o.Brokers, m.o.KafkaOpts, m.boundary.Group)
+	if err != nil {
+		return err
+	}
+	mine := Offsets{}
+	for t := range m.boundary.Offsets {
+		mine[t] = committed[t]
+	}
+	if !mine.Equal(m.boundary.Offsets) {
+		return fmt.Errorf("group %s: committed offsets on the broker %v differ from the boundary the application reported %v", m.boundary.Group, mine, m.boundary.Offsets)
+	}
+	m.rep.BoundaryCheck.CommittedBefore = true
+	return nil
 }
 
 func (m *run) checkpoint(ctx context.Context) error {
@@ -303,9 +397,23 @@ func (m *run) verify(ctx context.Context) error {
 	if _, err := m.session.Verify(ctx); err != nil {
 		return err
 	}
-	if m.o.Hook != nil {
+	switch {
+	case m.o.Hook != nil:
 		if err := m.o.Hook.Resume(ctx); err != nil {
 			return fmt.Errorf("resume the restored application: %w", err)
+		}
+	case m.app != nil:
+		var r resumed
+		if err := m.session.Hook(ctx, "resume", &r); err != nil {
+			return fmt.Errorf("resume the restored application: %w", err)
+		}
+		if m.rep.BoundaryCheck == nil {
+			m.rep.BoundaryCheck = &BoundaryCheck{}
+		}
+		m.rep.BoundaryCheck.ResumedAt = r.Offsets
+		m.rep.BoundaryCheck.ResumedMatch = r.Offsets.Equal(m.boundary.Offsets)
+		if !m.rep.BoundaryCheck.ResumedMatch {
+			return fmt.Errorf("the restored application resumed at %v, not at the boundary %v", r.Offsets, m.boundary.Offsets)
 		}
 	}
 	return nil
@@ -345,7 +453,11 @@ func (m *run) rollback(ctx context.Context) error {
 			m.paused = false
 		}
 	}
-	if m.prepared {
+	if m.prepared && m.app != nil {
+		if err := m.app.abort(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("tell the source application to carry on: %w", err))
+		}
+	} else if m.prepared {
 		if err := m.o.Hook.Abort(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("tell the source application to carry on: %w", err))
 		}

@@ -38,9 +38,13 @@ type Report struct {
 	CompressionRatio float64            `json:"compression_ratio"`
 	CheckpointIndex  string             `json:"checkpoint_index,omitempty"`
 	// Boundary is what the application's hook reported in the quiesce phase (nil: no hook).
-	Boundary any          `json:"boundary"`
-	Target   *agent.Hello `json:"target,omitempty"`
-	Warnings []string     `json:"warnings,omitempty"`
+	Boundary any `json:"boundary"`
+	// BoundaryCheck says whether the broker and the restored copy agreed with the boundary.
+	BoundaryCheck *BoundaryCheck `json:"boundary_check,omitempty"`
+	// ExpectedDowntime is the preflight's estimate, compared with the group session timeout.
+	ExpectedDowntime time.Duration `json:"expected_downtime_ns,omitempty"`
+	Target           *agent.Hello  `json:"target,omitempty"`
+	Warnings         []string      `json:"warnings,omitempty"`
 }
 
 // PhaseReport is one phase's timing.
@@ -85,10 +89,16 @@ func (r *Report) WriteSummary(w io.Writer) error {
 			r.Transfer.BlobsSent, mib(r.Transfer.BytesSent), mib(r.Transfer.WireBytes), r.CompressionRatio,
 			r.Transfer.BlobsSkipped, mib(r.Transfer.BytesSkipped))
 	}
-	if r.Boundary == nil {
+	switch b := r.Boundary.(type) {
+	case nil:
 		fmt.Fprintln(w, "  boundary: none taken (no application hook)")
-	} else {
-		fmt.Fprintf(w, "  boundary: %v\n", r.Boundary)
+	case *Boundary:
+		fmt.Fprintf(w, "  boundary: group %s instance %s generation %d offsets %v\n", b.Group, b.InstanceID, b.Generation, b.Offsets)
+	default:
+		fmt.Fprintf(w, "  boundary: %v\n", b)
+	}
+	if c := r.BoundaryCheck; c != nil {
+		fmt.Fprintf(w, "  boundary check: committed on the broker before the checkpoint %s; resumed at the boundary %s\n", yesNo(c.CommittedBefore), yesNo(c.ResumedMatch))
 	}
 	for _, warn := range r.Warnings {
 		fmt.Fprintf(w, "  warning: %s\n", warn)
@@ -97,3 +107,10 @@ func (r *Report) WriteSummary(w io.Writer) error {
 }
 
 func mib(n int64) float64 { return float64(n) / (1 << 20) }
+
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
+}

@@ -117,6 +117,9 @@ func migrateCommand() *cli.Command {
 			&cli.StringFlag{Name: "tcp", Value: agent.TCPClose, Usage: "established connections on the target: close (clients reconnect) or established (same address)"},
 			&cli.DurationFlag{Name: "phase-timeout", Value: 2 * time.Minute, Usage: "roll back if a phase takes longer"},
 			&cli.BoolFlag{Name: "json", Usage: "print the report as JSON"},
+			&cli.StringFlag{Name: "hook-socket", Value: migrate.DefaultHookSocket, Usage: "the application's hook socket inside the container (\"none\": freeze the application as it is)"},
+			&cli.StringSliceFlag{Name: "brokers", Usage: "Kafka bootstrap servers: check the application's boundary against the group's committed offsets"},
+			&cli.DurationFlag{Name: "session-timeout", Usage: "the consumer group's session timeout, for the downtime warning (default: what the application reports, else 45s)"},
 		}, containerdFlags...), pkiFlags...),
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
@@ -135,6 +138,7 @@ func migrateCommand() *cli.Command {
 			o := migrate.Options{
 				Namespace: c.String("namespace"), Container: c.Args().First(), Target: c.String("to"), TLS: tlsCfg,
 				SourceHost: host, TCP: c.String("tcp"), Probe: c.String("probe"), PhaseTimeout: c.Duration("phase-timeout"),
+				HookSocket: c.String("hook-socket"), Brokers: c.StringSlice("brokers"), SessionTimeout: c.Duration("session-timeout"),
 			}
 			if !c.Bool("json") && term.IsTerminal(int(os.Stderr.Fd())) {
 				var bar *progressbar.ProgressBar

@@ -1,5 +1,5 @@
 # ftwin-migrate — see README.md.
-#   make demo    the main job (today: a lab smoke run; the Kafka twin demo arrives with issue 4)
+#   make demo    the main job: a digital twin live-migrated cloud→fog→cloud under load, verified
 #   make test    everything, real containerd + CRIU + Kafka (installs what it needs first)
 #   make unit    the fast tests: no root, no daemons
 SHELL := /bin/bash
@@ -17,9 +17,10 @@ install:
 build:
 	$(GO) build -o $(BIN)/ftwin-migrate ./cmd/ftwin-migrate
 	CGO_ENABLED=0 $(GO) build -o $(BIN)/counter ./test/workloads/counter
+	CGO_ENABLED=0 $(GO) build -o $(BIN)/twin ./test/workloads/twin
 
 demo: install build
-	$(BIN)/ftwin-migrate lab smoke
+	$(BIN)/ftwin-migrate demo
 
 vet:
 	$(GO) vet ./...

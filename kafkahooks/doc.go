@@ -1,4 +1,28 @@
-// Package kafkahooks will let a Kafka consumer take part in its own migration: prepare (stop
-// fetching, commit at a boundary), resume (reconnect, fence the zombie source, continue from the
-// boundary) and abort. It implements migrate.Hook. Not built yet: see issue 4.
+// Package kafkahooks lets a Kafka consumer running in a container take part in its own live
+// migration. The application serves a small HTTP/1.1 + JSON protocol (version 1, specified in
+// PROTOCOL.md next to this file) on a Unix socket inside its container, by default
+// /run/ftwin-migrate/hook.sock (environment FTWIN_HOOK_SOCKET overrides it). The migrator reaches
+// that socket from the host through /proc/<container init pid>/root/run/ftwin-migrate/hook.sock;
+// no port is published.
+//
+// The protocol has four calls:
+//
+//	POST /v1/prepare  stop fetching, finish the records in hand, commit (end the open transaction),
+//	                  then hold: no fetch, no open transaction. Answers the Boundary: group, member,
+//	                  generation and the committed offsets (the next offsets to consume).
+//	POST /v1/resume   on the restored copy: re-initialise the Kafka client (a new transactional
+//	                  producer epoch fences any other copy with the same transactional.id, a new
+//	                  static member id fences its consumer), continue from the boundary, and answer
+//	                  the offsets fetching resumed from once it has.
+//	POST /v1/abort    on the source after a rolled-back migration: carry on from the boundary.
+//	GET  /v1/status   "running" or "prepared", with the committed offsets.
+//
+// Every request carries the header Ftwin-Hook-Protocol: 1. One request per connection: the server
+// closes the connection after each response and the Client reads to end of file, so that no
+// socket connected to the outside of the container is left for CRIU to dump.
+//
+// The application side is [Serve] (or [NewHandler] and [Listen]) over a [Participant]. [Loop] is a
+// ready-made Participant for a franz-go consume-process-produce loop, transactional
+// (exactly-once, through kgo.GroupTransactSession) or at-least-once. The migrator side is [Dial],
+// whose [Client] has one method per call.
 package kafkahooks

@@ -31,6 +31,8 @@ type Workload struct {
 	Image string
 	// Args follow the binary on the command line.
 	Args []string
+	// Env is added to the process's environment (KEY=VALUE).
+	Env []string
 }
 
 // LogPath is where the stdout and stderr of container id on this host go.
@@ -87,7 +89,7 @@ func (h *Host) Run(ctx context.Context, w Workload) error {
 	c, err := client.NewContainer(ctx, w.ID,
 		containerd.WithImage(img),
 		containerd.WithNewSnapshot(w.ID+"-rootfs", img),
-		containerd.WithNewSpec(oci.WithImageConfig(img), oci.WithProcessArgs(args...),
+		containerd.WithNewSpec(oci.WithImageConfig(img), oci.WithProcessArgs(args...), oci.WithEnv(w.Env),
 			oci.WithHostNamespace(specs.NetworkNamespace), oci.WithCgroup(h.CgroupsPath(Namespace, w.ID))),
 	)
 	if err != nil {

@@ -31,6 +31,7 @@ func main() {
 			checkpointCommand(),
 			restoreCommand(),
 			inspectCommand(),
+			demoCommand(),
 		},
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

@@ -1,0 +1,736 @@
+package kafkahooks
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+// LoopConfig describes a consume-process-produce loop (see NewLoop).
+type LoopConfig struct {
+	// Brokers are the seed brokers, host:port. Required.
+	Brokers []string
+	// Group is the consumer group. Required.
+	Group string
+	// Topics are consumed. Required.
+	Topics []string
+	// InstanceID is the static member id (group.instance.id), so the group does not rebalance
+	// while the application is frozen or moving, as long as it is back within SessionTimeout.
+	// Empty means a dynamic member, which is not recommended for migration.
+	InstanceID string
+	// TransactionalID turns on exactly-once processing: every batch is one transaction holding
+	// its output and its consumed offsets (kgo.GroupTransactSession), and fetches are
+	// read_committed. Empty means at-least-once: outputs are flushed, then offsets committed.
+	TransactionalID string
+	// SessionTimeout is the group session timeout. Default 45s (Kafka's default).
+	SessionTimeout time.Duration
+	// TransactionTimeout is the producer's transaction.timeout.ms. Default: kgo's (40s).
+	TransactionTimeout time.Duration
+	// MaxPollRecords bounds a batch, and so a transaction. Default 500.
+	MaxPollRecords int
+	// EndTimeout bounds committing a batch. Default 30s.
+	EndTimeout time.Duration
+	// Dialer opens connections to brokers. Default: TCP without MPTCP (CRIU cannot dump MPTCP).
+	Dialer func(ctx context.Context, network, host string) (net.Conn, error)
+	// Opts are added to the client's options (logging, fetch tuning). They must not set the
+	// group, topics, instance id, transactional id or isolation level.
+	Opts []kgo.Opt
+	// Handle processes one batch: read b.Records, produce outputs with b.Produce. An error
+	// aborts the batch (its transaction) and stops the loop.
+	Handle func(ctx context.Context, b *Batch) error
+	// BeforeConsume runs once at start, after the transactional producer is initialised (any
+	// previous instance with the same TransactionalID is fenced and its open transaction
+	// aborted) and before the group is joined: rebuild state here. Optional.
+	BeforeConsume func(ctx context.Context, cl *kgo.Client) error
+	// OnAborted is called (in the loop goroutine) after a batch was aborted by a rebalance and
+	// its records will be delivered again. Optional.
+	OnAborted func()
+	// Logf logs what the loop does. Optional.
+	Logf func(format string, args ...any)
+}
+
+// Batch is what Handle processes: the records of one poll.
+type Batch struct {
+	Records []*kgo.Record
+
+	cl  *kgo.Client
+	ctx context.Context
+	mu  sync.Mutex
+	err error
+}
+
+// Produce sends r as part of the batch (in its transaction when transactional). It does not
+// wait; the batch commits only if every record produced is acknowledged.
+func (b *Batch) Produce(r *kgo.Record) {
+	b.cl.Produce(b.ctx, r, func(_ *kgo.Record, err error) {
+		if err != nil {
+			b.mu.Lock()
+			if b.err == nil {
+				b.err = err
+			}
+			b.mu.Unlock()
+		}
+	})
+}
+
+func (b *Batch) failed() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.err
+}
+
+// LoopStats count what a Loop did.
+type LoopStats struct {
+	// Processed counts records in committed batches.
+	Processed int64
+	// Commits counts committed batches (transactions when transactional).
+	Commits int64
+	// Aborts counts batches aborted by a rebalance; their records are delivered again.
+	Aborts int64
+	// Reinits counts client re-initialisations (resume, abort).
+	Reinits int64
+}
+
+// Loop is a Participant that owns a franz-go client and runs the consume loop. Prepare stops
+// polling after the batch in hand, commits it, pauses fetching and holds. Resume and Abort both
+// re-initialise the client (closing the old one without leaving the group): the new
+// transactional producer bumps the epoch of the transactional id, fencing every other copy of
+// this process, and the new static member replaces the old member id, fencing its consumer.
+// Fetching then restarts from the group's committed offsets, which are the boundary.
+type Loop struct {
+	cfg  LoopConfig
+	logf func(string, ...any)
+
+	mu         sync.Mutex
+	pending    []*ctlReq
+	pollCancel context.CancelFunc
+	state      State
+	boundary   *Boundary
+	resumed    Offsets // the answer of the last resume, for a retried resume
+	cl         *kgo.Client
+	initAt     time.Time
+	wake       chan struct{}
+	done       chan struct{}
+	runErr     error
+	started    bool
+	stopped    bool
+
+	sess  *kgo.GroupTransactSession // nil when not transactional; owned by Run
+	ready chan Offsets              // offsets fetched after the current client joined
+
+	processed, commits, aborts, reinits atomic.Int64
+}
+
+type ctlReq struct {
+	op   string
+	ctx  context.Context
+	resp chan ctlResp
+}
+
+type ctlResp struct {
+	b    Boundary
+	offs Offsets
+	err  error
+}
+
+// NewLoop checks cfg and returns a Loop; Run runs it.
+func NewLoop(cfg LoopConfig) (*Loop, error) {
+	switch {
+	case len(cfg.Brokers) == 0:
+		return nil, errors.New("kafkahooks: loop: no brokers")
+	case cfg.Group == "":
+		return nil, errors.New("kafkahooks: loop: no group")
+	case len(cfg.Topics) == 0:
+		return nil, errors.New("kafkahooks: loop: no topics")
+	case cfg.Handle == nil:
+		return nil, errors.New("kafkahooks: loop: no Handle function")
+	}
+	if cfg.SessionTimeout == 0 {
+		cfg.SessionTimeout = 45 * time.Second
+	}
+	if cfg.MaxPollRecords <= 0 {
+		cfg.MaxPollRecords = 500
+	}
+	if cfg.EndTimeout <= 0 {
+		cfg.EndTimeout = 30 * time.Second
+	}
+	if cfg.Dialer == nil {
+		d := &net.Dialer{Timeout: 10 * time.Second}
+		d.SetMultipathTCP(false)
+		cfg.Dialer = d.DialContext
+	}
+	logf := cfg.Logf
+	if logf == nil {
+		logf = func(string, ...any) {}
+	}
+	return &Loop{cfg: cfg, logf: logf, state: StateRunning, wake: make(chan struct{}, 1), done: make(chan struct{})}, nil
+}
+
+// Stats returns the loop's counters.
+func (l *Loop) Stats() LoopStats {
+	return LoopStats{Processed: l.processed.Load(), Commits: l.commits.Load(), Aborts: l.aborts.Load(), Reinits: l.reinits.Load()}
+}
+
+// InitializedAt is when the current client finished initialising its producer: from then on,
+// no other copy with the same transactional id can commit.
+func (l *Loop) InitializedAt() time.Time {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.initAt
+}
+
+// Done is closed when Run has returned.
+func (l *Loop) Done() <-chan struct{} { return l.done }
+
+// Run consumes until ctx is done (then it commits what it processed and closes the client
+// without leaving the group, as a static member does) or a fatal error: being fenced by
+// another copy, a failed commit. It can run once.
+func (l *Loop) Run(ctx context.Context) (err error) {
+	l.mu.Lock()
+	if l.started {
+		l.mu.Unlock()
+		return errors.New("kafkahooks: loop: Run called twice")
+	}
+	l.started = true
+	l.mu.Unlock()
+	defer func() {
+		l.mu.Lock()
+		l.runErr, l.stopped = err, true
+		pending := l.pending
+		l.pending = nil
+		cl := l.cl
+		l.mu.Unlock()
+		for _, r := range pending {
+			r.resp <- ctlResp{err: fmt.Errorf("the consume loop stopped: %v", err)}
+		}
+		if cl != nil {
+			cl.Close()
+		}
+		close(l.done)
+	}()
+
+	if err := l.connect(ctx, true); err != nil {
+		return err
+	}
+	for {
+		if ctx.Err() != nil {
+			return nil
+		}
+		l.mu.Lock()
+		if len(l.pending) > 0 {
+			req := l.pending[0]
+			l.pending = l.pending[1:]
+			l.mu.Unlock()
+			req.resp <- l.handleCtl(req)
+			continue
+		}
+		if l.state == StatePrepared {
+			l.mu.Unlock()
+			select {
+			case <-ctx.Done():
+			case <-l.wake:
+			}
+			continue
+		}
+		pctx, cancel := context.WithCancel(ctx)
+		l.pollCancel = cancel
+		cl := l.cl
+		l.mu.Unlock()
+
+		fetches := cl.PollRecords(pctx, l.cfg.MaxPollRecords)
+		l.mu.Lock()
+		l.pollCancel = nil
+		l.mu.Unlock()
+		cancel()
+		if err := l.fetchErrors(fetches); err != nil {
+			return err
+		}
+		if recs := fetches.Records(); len(recs) > 0 {
+			if err := l.process(ctx, recs); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// connect creates the client: producer first (fencing), then the group.
+func (l *Loop) connect(ctx context.Context, first bool) error {
+	ready := make(chan Offsets, 1)
+	signal := func(o Offsets) {
+		select {
+		case ready <- o:
+		default:
+		}
+	}
+	opts := []kgo.Opt{
+		kgo.SeedBrokers(l.cfg.Brokers...),
+		kgo.Dialer(l.cfg.Dialer),
+		kgo.ConsumerGroup(l.cfg.Group),
+		kgo.SessionTimeout(l.cfg.SessionTimeout),
+		kgo.OnPartitionsAssigned(func(_ context.Context, _ *kgo.Client, added map[string][]int32) {
+			if len(added) == 0 {
+				signal(Offsets{})
+			}
+		}),
+		// Called once the committed offsets are fetched, just before fetching starts there.
+		kgo.AdjustFetchOffsetsFn(func(_ context.Context, m map[string]map[int32]kgo.Offset) (map[string]map[int32]kgo.Offset, error) {
+			offs := Offsets{}
+			for t, ps := range m {
+				for p, o := range ps {
+					if at := o.EpochOffset().Offset; at >= 0 {
+						if offs[t] == nil {
+							offs[t] = map[int32]int64{}
+						}
+						offs[t][p] = at
+					}
+				}
+			}
+			signal(offs)
+			return m, nil
+		}),
+	}
+	if l.cfg.InstanceID != "" {
+		opts = append(opts, kgo.InstanceID(l.cfg.InstanceID))
+	}
+	txn := l.cfg.TransactionalID != ""
+	if txn {
+		opts = append(opts, kgo.TransactionalID(l.cfg.TransactionalID), kgo.FetchIsolationLevel(kgo.ReadCommitted()))
+		if l.cfg.TransactionTimeout > 0 {
+			opts = append(opts, kgo.TransactionTimeout(l.cfg.TransactionTimeout))
+		}
+	} else {
+		opts = append(opts, kgo.DisableAutoCommit())
+	}
+	opts = append(opts, l.cfg.Opts...)
+
+	var cl *kgo.Client
+	var sess *kgo.GroupTransactSession
+	var err error
+	if txn {
+		if sess, err = kgo.NewGroupTransactSession(opts...); err == nil {
+			cl = sess.Client()
+		}
+	} else {
+		cl, err = kgo.NewClient(opts...)
+	}
+	if err != nil {
+		return fmt.Errorf("kafkahooks: create the Kafka client: %w", err)
+	}
+	// InitProducerID now rather than at the first produce: it aborts a previous copy's open
+	// transaction and bumps the epoch, so no other copy commits from here on, and the group's
+	// offsets are stable before we fetch them.
+	id, epoch, err := cl.ProducerID(ctx)
+	if err != nil {
+		cl.Close()
+		return fmt.Errorf("kafkahooks: initialise the producer (transactional id %q): %w", l.cfg.TransactionalID, err)
+	}
+	l.mu.Lock()
+	l.initAt = time.Now()
+	l.mu.Unlock()
+	l.logf("kafkahooks: producer id %d epoch %d (transactional id %q)", id, epoch, l.cfg.TransactionalID)
+	if first && l.cfg.BeforeConsume != nil {
+		if err := l.cfg.BeforeConsume(ctx, cl); err != nil {
+			cl.Close()
+			return fmt.Errorf("kafkahooks: before consuming: %w", err)
+		}
+	}
+	cl.AddConsumeTopics(l.cfg.Topics...)
+	l.mu.Lock()
+	l.cl = cl
+	l.mu.Unlock()
+	l.sess, l.ready = sess, ready
+	return nil
+}
+
+// fetchErrors returns the fatal errors of a poll and logs the others.
+func (l *Loop) fetchErrors(fs kgo.Fetches) error {
+	for _, fe := range fs.Errors() {
+		switch {
+		case errors.Is(fe.Err, context.Canceled), errors.Is(fe.Err, context.DeadlineExceeded):
+		case errors.Is(fe.Err, kgo.ErrClientClosed):
+			return fmt.Errorf("kafkahooks: poll: %w", fe.Err)
+		case errors.Is(fe.Err, kerr.FencedInstanceID):
+			return fmt.Errorf("kafkahooks: poll: another process took over instance id %q: %w", l.cfg.InstanceID, fe.Err)
+		default:
+			l.logf("kafkahooks: fetch %s[%d]: %v", fe.Topic, fe.Partition, fe.Err)
+		}
+	}
+	return nil
+}
+
+// process handles one batch and commits it.
+func (l *Loop) process(ctx context.Context, recs []*kgo.Record) error {
+	// The batch is finished even when ctx ends meanwhile (SIGTERM): commit what is in hand.
+	ectx, cancel := context.WithTimeout(context.WithoutCancel(ctx), l.cfg.EndTimeout)
+	defer cancel()
+	l.mu.Lock()
+	cl := l.cl
+	l.mu.Unlock()
+	b := &Batch{Records: recs, cl: cl, ctx: ectx}
+	if l.sess == nil {
+		if err := l.cfg.Handle(ctx, b); err != nil {
+			return fmt.Errorf("kafkahooks: handle a batch: %w", err)
+		}
+		if err := cl.Flush(ectx); err != nil {
+			return fmt.Errorf("kafkahooks: flush outputs: %w", err)
+		}
+		if err := b.failed(); err != nil {
+			return fmt.Errorf("kafkahooks: produce outputs: %w", err)
+		}
+		if err := cl.CommitUncommittedOffsets(ectx); err != nil {
+			if errors.Is(err, kerr.FencedInstanceID) {
+				return fmt.Errorf("kafkahooks: commit: another process took over instance id %q: %w", l.cfg.InstanceID, err)
+			}
+			// At least once: the records are delivered again after the rebalance.
+			l.aborts.Add(1)
+			if l.cfg.OnAborted != nil {
+				l.cfg.OnAborted()
+			}
+			l.logf("kafkahooks: commit failed, the batch will be delivered again: %v", err)
+			return nil
+		}
+		l.processed.Add(int64(len(recs)))
+		l.commits.Add(1)
+		return nil
+	}
+
+	if err := l.sess.Begin(); err != nil {
+		return fmt.Errorf("kafkahooks: begin a transaction: %w", err)
+	}
+	herr := l.cfg.Handle(ctx, b)
+	try := kgo.TryCommit
+	if herr == nil {
+		herr = cl.Flush(ectx)
+	}
+	perr := b.failed()
+	if herr != nil || perr != nil {
+		try = kgo.TryAbort
+	}
+	committed, err := l.sess.End(ectx, try)
+	switch {
+	case herr != nil:
+		return fmt.Errorf("kafkahooks: handle a batch: %w", herr)
+	case perr != nil:
+		// Fenced producers usually end here: the broker refused the outputs.
+		return fmt.Errorf("kafkahooks: produce outputs: %w", perr)
+	case err != nil:
+		// kgo: no error of End is retryable; fenced producers may end here too.
+		return fmt.Errorf("kafkahooks: end the transaction: %w", err)
+	case !committed:
+		// A rebalance (or a lost session) aborted it; kgo rewound to the committed offsets.
+		l.aborts.Add(1)
+		if l.cfg.OnAborted != nil {
+			l.cfg.OnAborted()
+		}
+		l.logf("kafkahooks: transaction aborted by a rebalance; its %d records will be delivered again", len(recs))
+		return nil
+	}
+	l.processed.Add(int64(len(recs)))
+	l.commits.Add(1)
+	return nil
+}
+
+// handleCtl runs a prepare, resume or abort in the loop goroutine, between batches.
+func (l *Loop) handleCtl(r *ctlReq) ctlResp {
+	switch r.op {
+	case "prepare":
+		return l.prepare(r.ctx)
+	case "resume", "abort":
+		l.mu.Lock()
+		st, resumed := l.state, l.resumed
+		l.mu.Unlock()
+		if st == StateRunning {
+			if r.op == "abort" {
+				return ctlResp{}
+			}
+			if resumed != nil {
+				return ctlResp{offs: resumed} // a retried resume
+			}
+			return ctlResp{err: ErrNotPrepared}
+		}
+		offs, err := l.reinit(r.ctx)
+		if err == nil && r.op == "abort" {
+			l.mu.Lock()
+			l.resumed = nil // a resume now is not a retry: nothing was prepared
+			l.mu.Unlock()
+		}
+		return ctlResp{offs: offs, err: err}
+	}
+	return ctlResp{err: fmt.Errorf("unknown operation %q", r.op)}
+}
+
+func (l *Loop) prepare(ctx context.Context) ctlResp {
+	l.mu.Lock()
+	if l.state == StatePrepared {
+		b := *l.boundary
+		l.mu.Unlock()
+		return ctlResp{b: b}
+	}
+	cl := l.cl
+	l.mu.Unlock()
+	cl.PauseFetchTopics(l.cfg.Topics...)
+	if l.sess == nil {
+		// Transactional batches are committed when they end; here outputs go first, then offsets.
+		err := cl.Flush(ctx)
+		if err == nil {
+			err = cl.CommitUncommittedOffsets(ctx)
+		}
+		if err != nil {
+			cl.ResumeFetchTopics(l.cfg.Topics...)
+			return ctlResp{err: fmt.Errorf("commit at the boundary: %w", err)}
+		}
+	}
+	offs, err := l.settle(ctx, cl)
+	if err != nil {
+		cl.ResumeFetchTopics(l.cfg.Topics...)
+		return ctlResp{err: err}
+	}
+	member, gen := cl.GroupMetadata()
+	b := Boundary{
+		Protocol:         Version,
+		Group:            l.cfg.Group,
+		MemberID:         member,
+		InstanceID:       l.cfg.InstanceID,
+		Generation:       gen,
+		Transactional:    l.sess != nil,
+		Offsets:          offs,
+		RecordsProcessed: l.processed.Load(),
+	}
+	l.mu.Lock()
+	l.state, l.boundary, l.resumed = StatePrepared, &b, nil
+	l.mu.Unlock()
+	l.logf("kafkahooks: prepared at %v (member %s generation %d)", b.Offsets, member, gen)
+	return ctlResp{b: b}
+}
+
+// settle waits until the last transaction is complete on the broker (its markers written: an
+// EndTxn answers before that) and the group's committed offsets are stable, and checks that
+// the broker's offsets are the client's. It returns them: the boundary.
+func (l *Loop) settle(ctx context.Context, cl *kgo.Client) (Offsets, error) {
+	adm := kadm.NewClient(cl)
+	pause := func() error {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(10 * time.Millisecond):
+			return nil
+		}
+	}
+	if l.sess != nil {
+		for {
+			txns, err := adm.DescribeTransactions(ctx, l.cfg.TransactionalID)
+			if err != nil {
+				// Not fatal (an ACL may forbid it): the offsets below are what matters.
+				l.logf("kafkahooks: describe transaction %q: %v", l.cfg.TransactionalID, err)
+				break
+			}
+			d := txns[l.cfg.TransactionalID]
+			if d.Err != nil {
+				l.logf("kafkahooks: describe transaction %q: %v", l.cfg.TransactionalID, d.Err)
+				break
+			}
+			if d.State == "Ongoing" {
+				return nil, fmt.Errorf("transaction %q is still open at the boundary (producer %d epoch %d)", l.cfg.TransactionalID, d.ProducerID, d.ProducerEpoch)
+			}
+			if d.State != "PrepareCommit" && d.State != "PrepareAbort" && d.State != "PrepareEpochFence" {
+				break
+			}
+			if err := pause(); err != nil {
+				return nil, fmt.Errorf("wait for transaction %q to complete (%s): %w", l.cfg.TransactionalID, d.State, err)
+			}
+		}
+	}
+	mine := toOffsets(cl.CommittedOffsets())
+	for {
+		resp, err := adm.FetchOffsetsForTopics(kadm.RequireStable(ctx), l.cfg.Group, l.cfg.Topics...)
+		if err != nil {
+			return nil, fmt.Errorf("fetch the committed offsets of group %q: %w", l.cfg.Group, err)
+		}
+		unstable := false
+		var perr error
+		broker := Offsets{}
+		resp.Each(func(o kadm.OffsetResponse) {
+			switch {
+			case errors.Is(o.Err, kerr.UnstableOffsetCommit):
+				unstable = true
+			case o.Err != nil:
+				perr = fmt.Errorf("committed offset of %s[%d]: %w", o.Topic, o.Partition, o.Err)
+			case o.At >= 0:
+				if broker[o.Topic] == nil {
+					broker[o.Topic] = map[int32]int64{}
+				}
+				broker[o.Topic][o.Partition] = o.At
+			}
+		})
+		if perr != nil {
+			return nil, perr
+		}
+		if !unstable {
+			// Other members' partitions are not part of our boundary.
+			ours := Offsets{}
+			for t, ps := range mine {
+				for p := range ps {
+					if o, ok := broker[t][p]; ok {
+						if ours[t] == nil {
+							ours[t] = map[int32]int64{}
+						}
+						ours[t][p] = o
+					}
+				}
+			}
+			if !equalOffsets(ours, mine) {
+				return nil, fmt.Errorf("the broker's committed offsets %v are not the client's %v", ours, mine)
+			}
+			return ours, nil
+		}
+		if err := pause(); err != nil {
+			return nil, fmt.Errorf("wait for the committed offsets to be stable: %w", err)
+		}
+	}
+}
+
+// reinit replaces the client and waits until fetching restarted from the committed offsets.
+func (l *Loop) reinit(ctx context.Context) (Offsets, error) {
+	start := time.Now()
+	l.mu.Lock()
+	old := l.cl
+	boundary := l.boundary
+	l.cl = nil
+	l.mu.Unlock()
+	if old != nil {
+		// A static member's Close sends no LeaveGroup: the group keeps our slot for the new
+		// client. Its connections may be dead (restored by CRIU closed): do not wait long.
+		closed := make(chan struct{})
+		go func() { old.Close(); close(closed) }()
+		select {
+		case <-closed:
+			l.logf("kafkahooks: old client closed in %s", time.Since(start).Round(time.Millisecond))
+		case <-time.After(3 * time.Second):
+			l.logf("kafkahooks: the old client is still closing after 3s; going on")
+		}
+	}
+	l.reinits.Add(1)
+	if err := l.connect(ctx, false); err != nil {
+		return nil, err
+	}
+	var offs Offsets
+	select {
+	case offs = <-l.ready:
+	case <-ctx.Done():
+		// The new client stays; it fetches but nothing is polled until the next resume or
+		// abort replaces it again.
+		return nil, fmt.Errorf("wait for the group to assign partitions and fetch offsets: %w", ctx.Err())
+	}
+	if boundary != nil && !equalOffsets(offs, boundary.Offsets) {
+		l.logf("kafkahooks: WARNING: resuming from %v, not from the boundary %v: another consumer committed meanwhile", offs, boundary.Offsets)
+	}
+	l.mu.Lock()
+	l.state, l.boundary, l.resumed = StateRunning, nil, offs
+	l.mu.Unlock()
+	l.logf("kafkahooks: fetching again from %v, %s after the call", offs, time.Since(start).Round(time.Millisecond))
+	return offs, nil
+}
+
+// do queues a control request for the loop goroutine and interrupts its poll.
+func (l *Loop) do(ctx context.Context, op string) ctlResp {
+	r := &ctlReq{op: op, ctx: ctx, resp: make(chan ctlResp, 1)}
+	l.mu.Lock()
+	if !l.started {
+		l.mu.Unlock()
+		return ctlResp{err: errors.New("the consume loop is not running")}
+	}
+	if l.stopped {
+		err := l.runErr
+		l.mu.Unlock()
+		return ctlResp{err: fmt.Errorf("the consume loop stopped: %v", err)}
+	}
+	l.pending = append(l.pending, r)
+	if l.pollCancel != nil {
+		l.pollCancel()
+	}
+	l.mu.Unlock()
+	select {
+	case l.wake <- struct{}{}:
+	default:
+	}
+	select {
+	case resp := <-r.resp:
+		return resp
+	case <-ctx.Done():
+		// The loop still runs the request; its answer is dropped.
+		return ctlResp{err: fmt.Errorf("%s: %w", op, ctx.Err())}
+	}
+}
+
+// Prepare implements Participant.
+func (l *Loop) Prepare(ctx context.Context) (Boundary, error) {
+	r := l.do(ctx, "prepare")
+	return r.b, r.err
+}
+
+// Resume implements Participant.
+func (l *Loop) Resume(ctx context.Context) (Offsets, error) {
+	r := l.do(ctx, "resume")
+	return r.offs, r.err
+}
+
+// Abort implements Participant. Like Resume, it re-initialises the client: a target that got
+// as far as initialising its producer before the rollback has fenced this one.
+func (l *Loop) Abort(ctx context.Context) error {
+	return l.do(ctx, "abort").err
+}
+
+// Status implements Participant.
+func (l *Loop) Status() Status {
+	l.mu.Lock()
+	st, cl, b := l.state, l.cl, l.boundary
+	l.mu.Unlock()
+	s := Status{Protocol: Version, State: st, Offsets: Offsets{}}
+	switch {
+	case b != nil:
+		s.Offsets = b.Offsets
+	case cl != nil:
+		s.Offsets = toOffsets(cl.CommittedOffsets())
+	}
+	return s
+}
+
+func toOffsets(m map[string]map[int32]kgo.EpochOffset) Offsets {
+	offs := Offsets{}
+	for t, ps := range m {
+		for p, eo := range ps {
+			if eo.Offset < 0 {
+				continue
+			}
+			if offs[t] == nil {
+				offs[t] = map[int32]int64{}
+			}
+			offs[t][p] = eo.Offset
+		}
+	}
+	return offs
+}
+
+func equalOffsets(a, b Offsets) bool {
+	n := 0
+	for t, ps := range a {
+		for p, o := range ps {
+			n++
+			if bo, ok := b[t][p]; !ok || bo != o {
+				return false
+			}
+		}
+	}
+	for _, ps := range b {
+		n -= len(ps)
+	}
+	return n == 0
+}

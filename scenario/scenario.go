@@ -1,0 +1,473 @@
+// Package scenario runs the digital-twin scenario on a lab: a cloud and a fog host, a Kafka
+// broker, sensors producing at a fixed rate, the twin (a transactional Kafka consumer with
+// kafkahooks) in a container, live migrations between the hosts, and at the end a
+// read_committed verification of the twin's output: events lost, duplicated, stream gaps and
+// consumer-group rebalances. `ftwin-migrate demo` and the benchmark are built on it.
+package scenario
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/ftwin-migrate/ftwin-migrate/lab"
+	"github.com/ftwin-migrate/ftwin-migrate/migrate"
+	"github.com/ftwin-migrate/ftwin-migrate/pki"
+	"github.com/ftwin-migrate/ftwin-migrate/test/workloads/sensors/gen"
+	"github.com/ftwin-migrate/ftwin-migrate/verify"
+)
+
+// Topics and names the scenario uses.
+const (
+	InputTopic  = "sensors"
+	OutputTopic = "twin-state"
+	Group       = "ftwin-twin"
+	ContainerID = "twin"
+)
+
+// Config describes a scenario run.
+type Config struct {
+	// Lab configures the lab (hosts, broker kind, subnet, uplink). At least two hosts.
+	Lab lab.Config
+	// Brokers, when set, is an existing Kafka cluster to use instead of the lab's broker; it
+	// must be reachable from the lab's hosts.
+	Brokers []string
+	// TwinBinary is the static twin executable (test/workloads/twin).
+	TwinBinary string
+	// StateMiB is the twin's state size. Default 16.
+	StateMiB int
+	// Rate is sensor events per second. Default 200.
+	Rate float64
+	// Devices is the number of sensors. Default 20.
+	Devices int
+	// Partitions of the input topic. Default 3.
+	Partitions int32
+	// TwinArgs are added to the twin's command line.
+	TwinArgs []string
+}
+
+// Scenario is a running scenario.
+type Scenario struct {
+	cfg     Config
+	Lab     *lab.Lab
+	Brokers []string
+	pkiDir  string
+	agents  map[string]*lab.RunningAgent
+	at      string // host the twin runs on
+
+	stopLoad func()
+	loadDone chan loadResult
+	watch    *groupWatch
+
+	Migrations []Migration
+}
+
+type loadResult struct {
+	res gen.Result
+	err error
+}
+
+// Migration is one migration of the twin and its window in time.
+type Migration struct {
+	From, To   string
+	Report     *migrate.Report
+	Err        error
+	Start, End time.Time
+}
+
+// Start brings everything up and returns once the twin has produced output.
+// On error everything it started is stopped again.
+func Start(ctx context.Context, cfg Config) (s *Scenario, err error) {
+	if cfg.StateMiB == 0 {
+		cfg.StateMiB = 16
+	}
+	if cfg.Rate == 0 {
+		cfg.Rate = 200
+	}
+	if cfg.Devices == 0 {
+		cfg.Devices = 20
+	}
+	if cfg.Partitions == 0 {
+		cfg.Partitions = 3
+	}
+	if len(cfg.Lab.Hosts) == 0 {
+		cfg.Lab.Hosts = []string{"cloud", "fog"}
+	}
+	if len(cfg.Lab.Hosts) < 2 {
+		return nil, errors.New("scenario: the lab needs at least two hosts")
+	}
+	if len(cfg.Brokers) > 0 {
+		cfg.Lab.Broker = "none"
+	}
+	l, err := lab.Up(ctx, cfg.Lab)
+	if err != nil {
+		return nil, err
+	}
+	s = &Scenario{cfg: cfg, Lab: l, agents: map[string]*lab.RunningAgent{}, at: l.Hosts[0].Name}
+	defer func() {
+		if err != nil {
+			s.Close()
+			s = nil
+		}
+	}()
+	s.Brokers = cfg.Brokers
+	if len(s.Brokers) == 0 {
+		if l.BrokerAddr == "" {
+			return s, errors.New("scenario: no Kafka: give the lab a broker or Brokers")
+		}
+		s.Brokers = []string{l.BrokerAddr}
+	}
+
+	s.pkiDir = l.Dir + "/pki"
+	var hosts []pki.Host
+	for _, h := range l.Hosts {
+		hosts = append(hosts, pki.Host{Name: h.Name, IPs: []net.IP{net.ParseIP(h.IP)}})
+	}
+	if err := pki.Init(s.pkiDir, hosts); err != nil {
+		return s, err
+	}
+	twin := lab.Workload{ID: ContainerID, Binary: cfg.TwinBinary, Args: append([]string{
+		"-brokers", strings.Join(s.Brokers, ","), "-group", Group, "-in", InputTopic, "-out", OutputTopic,
+		"-state-mib", fmt.Sprint(cfg.StateMiB), "-instance-id", "twin-1",
+	}, cfg.TwinArgs...)}
+	for _, h := range l.Hosts {
+		a, err := h.StartAgent(ctx, s.pkiDir, nil)
+		if err != nil {
+			return s, err
+		}
+		s.agents[h.Name] = a
+		if _, err := h.ImportImage(ctx, twin); err != nil {
+			return s, err
+		}
+	}
+
+	if err := s.createTopics(ctx); err != nil {
+		return s, err
+	}
+	s.watch = watchGroup(s.Brokers, Group)
+	if err := l.Hosts[0].Run(ctx, twin); err != nil {
+		return s, err
+	}
+	lctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	s.stopLoad = cancel
+	s.loadDone = make(chan loadResult, 1)
+	go func() {
+		res, err := gen.Run(lctx, gen.Config{Brokers: s.Brokers, Topic: InputTopic, Partitions: cfg.Partitions, Devices: cfg.Devices, Rate: cfg.Rate})
+		s.loadDone <- loadResult{res, err}
+	}()
+	return s, s.waitOutput(ctx, 1, 60*time.Second)
+}
+
+func (s *Scenario) createTopics(ctx context.Context) error {
+	cl, err := kgo.NewClient(kgo.SeedBrokers(s.Brokers...))
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	if err := gen.EnsureTopic(ctx, cl, InputTopic, s.cfg.Partitions, nil); err != nil {
+		return fmt.Errorf("scenario: topic %s: %w", InputTopic, err)
+	}
+	if err := gen.EnsureTopic(ctx, cl, OutputTopic, s.cfg.Partitions, nil); err != nil {
+		return fmt.Errorf("scenario: topic %s: %w", OutputTopic, err)
+	}
+	return nil
+}
+
+// waitOutput waits until the output topic holds at least n committed events.
+func (s *Scenario) waitOutput(ctx context.Context, n int64, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		rep, err := s.verify(ctx, nil)
+		if err == nil && rep.EventsOut >= n {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("scenario: the twin produced %d of %d events in %v (last error: %v); see %s",
+				rep.EventsOut, n, timeout, err, s.host(s.at).LogPath(ContainerID))
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+func (s *Scenario) verify(ctx context.Context, expected map[string]int64) (verify.Report, error) {
+	vctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	opts := []verify.Option{}
+	if expected != nil {
+		opts = append(opts, verify.ExpectMaxSeq(expected))
+	}
+	return verify.Output(vctx, s.Brokers, OutputTopic, opts...)
+}
+
+func (s *Scenario) host(name string) *lab.Host {
+	h, _ := s.Lab.Host(name)
+	return h
+}
+
+// At is the host the twin runs on.
+func (s *Scenario) At() string { return s.at }
+
+// Migrate moves the twin to host to, with its Kafka hook and the broker check.
+func (s *Scenario) Migrate(ctx context.Context, to string) Migration {
+	from := s.host(s.at)
+	m := Migration{From: s.at, To: to, Start: time.Now()}
+	target, err := s.Lab.Host(to)
+	if err != nil {
+		m.Err = err
+		return m
+	}
+	tlsCfg, err := pki.ClientConfig(s.pkiDir, from.Name, to)
+	if err != nil {
+		m.Err = err
+		return m
+	}
+	client, err := from.Client()
+	if err != nil {
+		m.Err = err
+		return m
+	}
+	defer client.Close()
+	m.Report, m.Err = migrate.Migrate(ctx, client, migrate.Options{
+		Namespace: lab.Namespace, Container: ContainerID, Target: s.agents[to].Addr, TLS: tlsCfg,
+		SourceHost: from.Name, Brokers: s.Brokers, PhaseTimeout: 2 * time.Minute,
+	})
+	m.End = time.Now()
+	if m.Err == nil {
+		s.at = target.Name
+	}
+	s.Migrations = append(s.Migrations, m)
+	return m
+}
+
+// Result is what a scenario run shows. Its JSON is the demo's --json output.
+type Result struct {
+	Migrations []MigrationResult `json:"migrations"`
+	EventsIn   int64             `json:"events_in"`
+	EventsOut  int64             `json:"events_out"`
+	Lost       int64             `json:"lost"`
+	Duplicated int64             `json:"duplicated"`
+	OutOfOrder int64             `json:"out_of_order"`
+	Rebalances int               `json:"rebalances"`
+	// StreamGapMs is the longest pause between consecutive outputs over the whole run.
+	StreamGapMs float64 `json:"stream_gap_ms"`
+	// IntervalMs is the median pause between consecutive output batches (the normal interval;
+	// outputs of one batch share a processing time).
+	IntervalMs float64 `json:"interval_ms"`
+	Verify     verify.Report `json:"-"`
+}
+
+// MigrationResult is one migration's line.
+type MigrationResult struct {
+	From        string  `json:"from"`
+	To          string  `json:"to"`
+	Result      string  `json:"result"`
+	Error       string  `json:"error,omitempty"`
+	DowntimeMs  float64 `json:"downtime_ms"`
+	StreamGapMs float64 `json:"stream_gap_ms"`
+	FrozenMs    float64 `json:"criu_frozen_ms"`
+	TotalMs     float64 `json:"total_ms"`
+	BytesSent   int64   `json:"bytes_sent"`
+	WireBytes   int64   `json:"wire_bytes"`
+	Boundary    string  `json:"boundary,omitempty"`
+	// BoundaryChecked: the broker's committed offsets and the restored copy's resume position
+	// both equal the boundary.
+	BoundaryChecked bool `json:"boundary_checked"`
+}
+
+// Finish stops the sensors, waits for the twin to process everything, verifies the output and
+// returns the result.
+func (s *Scenario) Finish(ctx context.Context) (Result, error) {
+	var res Result
+	s.stopLoad()
+	load := <-s.loadDone
+	if load.err != nil {
+		return res, fmt.Errorf("scenario: sensors: %w", load.err)
+	}
+	res.EventsIn = load.res.Produced
+	if err := s.waitOutput(ctx, load.res.Produced, 90*time.Second); err != nil {
+		// Still verify: the report says what is missing.
+		res.Verify, _ = s.verify(ctx, load.res.MaxSeq)
+	}
+	events, rep, err := s.readOutput(ctx, load.res.MaxSeq)
+	if err != nil {
+		return res, err
+	}
+	res.Verify = rep
+	res.EventsOut, res.Lost, res.Duplicated, res.OutOfOrder = rep.EventsOut, rep.Lost, rep.Duplicated, rep.OutOfOrder
+	res.Rebalances = s.watch.stop()
+	res.StreamGapMs = ms(rep.StreamGap)
+	res.IntervalMs = ms(medianInterval(events))
+	for _, m := range s.Migrations {
+		mr := MigrationResult{From: m.From, To: m.To, Result: "committed"}
+		if m.Err != nil {
+			mr.Result, mr.Error = "rolled back", m.Err.Error()
+		}
+		if r := m.Report; r != nil {
+			mr.DowntimeMs, mr.TotalMs = ms(r.Downtime), ms(r.Total)
+			mr.BytesSent, mr.WireBytes = r.Transfer.BytesSent, r.Transfer.WireBytes
+			if r.CRIU != nil {
+				mr.FrozenMs = float64(r.CRIU.GetFrozenTime()) / 1000
+			}
+			if c := r.BoundaryCheck; c != nil {
+				mr.BoundaryChecked = c.CommittedBefore && c.ResumedMatch
+			}
+			if b, ok := r.Boundary.(*migrate.Boundary); ok && b != nil {
+				mr.Boundary = b.Offsets.String()
+			}
+		}
+		mr.StreamGapMs = ms(gapDuring(events, m.Start, m.End))
+		res.Migrations = append(res.Migrations, mr)
+	}
+	return res, nil
+}
+
+// readOutput reads every committed output event.
+func (s *Scenario) readOutput(ctx context.Context, expected map[string]int64) ([]verify.Event, verify.Report, error) {
+	cl, err := verify.NewReader(s.Brokers)
+	if err != nil {
+		return nil, verify.Report{}, err
+	}
+	defer cl.Close()
+	var events []verify.Event
+	rctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	err = verify.ReadTopic(rctx, cl, OutputTopic, func(r *kgo.Record) {
+		var e verify.Event
+		if json.Unmarshal(r.Value, &e) == nil && e.Device != "" {
+			events = append(events, e)
+		}
+	})
+	if err != nil {
+		return nil, verify.Report{}, fmt.Errorf("scenario: read %s: %w", OutputTopic, err)
+	}
+	return events, verify.Analyze(events, expected), nil
+}
+
+// gapDuring is the longest pause between consecutive outputs (by processing time) that
+// overlaps [start, end].
+func gapDuring(events []verify.Event, start, end time.Time) time.Duration {
+	ts := make([]int64, len(events))
+	for i, e := range events {
+		ts[i] = e.ProcessedNS
+	}
+	sort.Slice(ts, func(i, j int) bool { return ts[i] < ts[j] })
+	var gap time.Duration
+	for i := 1; i < len(ts); i++ {
+		if ts[i] >= start.UnixNano() && ts[i-1] <= end.UnixNano() {
+			gap = max(gap, time.Duration(ts[i]-ts[i-1]))
+		}
+	}
+	return gap
+}
+
+func medianInterval(events []verify.Event) time.Duration {
+	if len(events) < 2 {
+		return 0
+	}
+	ts := make([]int64, len(events))
+	for i, e := range events {
+		ts[i] = e.ProcessedNS
+	}
+	sort.Slice(ts, func(i, j int) bool { return ts[i] < ts[j] })
+	var d []int64
+	for i := 1; i < len(ts); i++ {
+		if ts[i] != ts[i-1] {
+			d = append(d, ts[i]-ts[i-1])
+		}
+	}
+	if len(d) == 0 {
+		return 0
+	}
+	sort.Slice(d, func(i, j int) bool { return d[i] < d[j] })
+	return time.Duration(d[len(d)/2])
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// Close stops the agents and removes the lab.
+func (s *Scenario) Close() error {
+	if s.stopLoad != nil {
+		s.stopLoad()
+	}
+	if s.watch != nil {
+		s.watch.stop()
+	}
+	for _, a := range s.agents {
+		_ = a.Close()
+	}
+	return s.Lab.Down(context.Background())
+}
+
+// groupWatch counts rebalances of a consumer group as the broker reports them: transitions out
+// of Stable (into PreparingRebalance or CompletingRebalance) after the group first became
+// Stable, sampled every 100 ms.
+type groupWatch struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+	mu     sync.Mutex
+	n      int
+	once   sync.Once
+}
+
+func watchGroup(brokers []string, group string) *groupWatch {
+	ctx, cancel := context.WithCancel(context.Background())
+	w := &groupWatch{cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(w.done)
+		cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
+		if err != nil {
+			return
+		}
+		defer cl.Close()
+		adm := kadm.NewClient(cl)
+		stable, seenStable := true, false
+		t := time.NewTicker(100 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			qctx, qcancel := context.WithTimeout(ctx, time.Second)
+			gs, err := adm.DescribeGroups(qctx, group)
+			qcancel()
+			if err != nil {
+				continue
+			}
+			g, ok := gs[group]
+			if !ok || g.Err != nil {
+				continue
+			}
+			now := g.State == "Stable"
+			if seenStable && stable && !now && g.State != "Empty" && g.State != "Dead" {
+				w.mu.Lock()
+				w.n++
+				w.mu.Unlock()
+			}
+			seenStable = seenStable || now
+			stable = now
+		}
+	}()
+	return w
+}
+
+func (w *groupWatch) stop() int {
+	w.once.Do(func() { w.cancel(); <-w.done })
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.n
+}

@@ -19,6 +19,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/ftwin-migrate/ftwin-migrate/agent"
 	"github.com/ftwin-migrate/ftwin-migrate/lab"
 	"github.com/ftwin-migrate/ftwin-migrate/migrate"
 	"github.com/ftwin-migrate/ftwin-migrate/pki"
@@ -53,6 +54,8 @@ type Config struct {
 	Partitions int32
 	// TwinArgs are added to the twin's command line.
 	TwinArgs []string
+	// AgentEdit changes a host's agent configuration (tests inject failures).
+	AgentEdit map[string]func(*agent.Config)
 }
 
 // Scenario is a running scenario.
@@ -140,7 +143,7 @@ func Start(ctx context.Context, cfg Config) (s *Scenario, err error) {
 		"-state-mib", fmt.Sprint(cfg.StateMiB), "-instance-id", "twin-1",
 	}, cfg.TwinArgs...)}
 	for _, h := range l.Hosts {
-		a, err := h.StartAgent(ctx, s.pkiDir, nil)
+		a, err := h.StartAgent(ctx, s.pkiDir, cfg.AgentEdit[h.Name])
 		if err != nil {
 			return s, err
 		}

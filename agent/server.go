@@ -27,9 +27,9 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
-	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
+	"github.com/ftwin-migrate/ftwin-migrate/kafkahooks"
 	"github.com/ftwin-migrate/ftwin-migrate/pki"
 	"github.com/ftwin-migrate/ftwin-migrate/restore"
 	"github.com/ftwin-migrate/ftwin-migrate/transfer"
@@ -371,14 +371,7 @@ func (a *Agent) restore(ctx context.Context, s *session, w http.ResponseWriter, 
 	opts := []restore.Opt{
 		restore.WithLogFile(a.LogPath(s.Namespace, s.Container)),
 		restore.WithCRIUWorkPath(work),
-		// runc has no --tcp-close: CRIU options it lacks go through this annotation.
-		restore.WithSpecEdit(func(sp *specs.Spec) error {
-			if sp.Annotations == nil {
-				sp.Annotations = map[string]string{}
-			}
-			sp.Annotations["org.criu.config"] = criuConf
-			return nil
-		}),
+		restore.WithCRIUConfigFile(criuConf), // runc has no --tcp-close flag
 	}
 	if a.cfg.RestoreOpts != nil {
 		opts = append(opts, a.cfg.RestoreOpts(s.SessionRequest)...)
@@ -414,15 +407,20 @@ func (a *Agent) hook(ctx context.Context, s *session, w http.ResponseWriter, r *
 		writeError(w, http.StatusConflict, fmt.Errorf("restored container %s has no task: %w", s.Container, err))
 		return
 	}
-	body, _ := io.ReadAll(io.LimitReader(r.Body, 1<<20))
-	status, out, err := CallHook(ctx, HookSocketPath(t.Pid(), s.HookSocket), op, body)
+	hook := kafkahooks.Dial(HookSocketPath(t.Pid(), s.HookSocket))
+	var out any
+	if op == "resume" {
+		var offs kafkahooks.Offsets
+		offs, err = hook.Resume(ctx)
+		out = HookResumed{Offsets: offs}
+	} else {
+		out, err = hook.Status(ctx)
+	}
 	if err != nil {
 		writeError(w, http.StatusBadGateway, fmt.Errorf("hook of %s on %s: %w", s.Container, a.cfg.Host, err))
 		return
 	}
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	_, _ = w.Write(out)
+	writeJSON(w, out)
 }
 
 func (a *Agent) verify(ctx context.Context, s *session, w http.ResponseWriter, r *http.Request) {

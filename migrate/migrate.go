@@ -32,6 +32,7 @@ import (
 
 	"github.com/ftwin-migrate/ftwin-migrate/agent"
 	"github.com/ftwin-migrate/ftwin-migrate/checkpoint"
+	"github.com/ftwin-migrate/ftwin-migrate/kafkahooks"
 	"github.com/ftwin-migrate/ftwin-migrate/transfer"
 )
 
@@ -141,7 +142,7 @@ type run struct {
 	paused   bool
 	prepared bool
 	app      *appHook
-	boundary *Boundary
+	boundary *kafkahooks.Boundary
 	ckptRef  string
 	workDir  string
 }
@@ -299,15 +300,11 @@ func (m *run) quiesce(ctx context.Context) error {
 		m.rep.Boundary = b
 		return err
 	case m.app != nil:
-		b, err := m.app.prepare(ctx)
+		b, err := m.app.Prepare(ctx)
 		if err != nil {
-			return err
+			return fmt.Errorf("application hook: %w", err)
 		}
-		m.prepared, m.boundary, m.rep.Boundary = true, b, b
-		if b.SessionTimeoutMs > 0 && m.o.SessionTimeout == 0 {
-			m.o.SessionTimeout = time.Duration(b.SessionTimeoutMs) * time.Millisecond
-			m.warnSessionTimeout()
-		}
+		m.prepared, m.boundary, m.rep.Boundary = true, &b, &b
 		return m.checkCommitted(ctx)
 	default:
 		m.rep.Warnings = append(m.rep.Warnings, "no application hook: no boundary was taken; the application is frozen as it is")
@@ -326,11 +323,11 @@ func (m *run) checkCommitted(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	mine := Offsets{}
+	mine := kafkahooks.Offsets{}
 	for t := range m.boundary.Offsets {
 		mine[t] = committed[t]
 	}
-	if !mine.Equal(m.boundary.Offsets) {
+	if !offsetsEqual(mine, m.boundary.Offsets) {
 		return fmt.Errorf("group %s: committed offsets on the broker %v differ from the boundary the application reported %v", m.boundary.Group, mine, m.boundary.Offsets)
 	}
 	m.rep.BoundaryCheck.CommittedBefore = true
@@ -403,7 +400,7 @@ func (m *run) verify(ctx context.Context) error {
 			return fmt.Errorf("resume the restored application: %w", err)
 		}
 	case m.app != nil:
-		var r resumed
+		var r agent.HookResumed
 		if err := m.session.Hook(ctx, "resume", &r); err != nil {
 			return fmt.Errorf("resume the restored application: %w", err)
 		}
@@ -411,7 +408,7 @@ func (m *run) verify(ctx context.Context) error {
 			m.rep.BoundaryCheck = &BoundaryCheck{}
 		}
 		m.rep.BoundaryCheck.ResumedAt = r.Offsets
-		m.rep.BoundaryCheck.ResumedMatch = r.Offsets.Equal(m.boundary.Offsets)
+		m.rep.BoundaryCheck.ResumedMatch = offsetsEqual(r.Offsets, m.boundary.Offsets)
 		if !m.rep.BoundaryCheck.ResumedMatch {
 			return fmt.Errorf("the restored application resumed at %v, not at the boundary %v", r.Offsets, m.boundary.Offsets)
 		}
@@ -454,7 +451,7 @@ func (m *run) rollback(ctx context.Context) error {
 		}
 	}
 	if m.prepared && m.app != nil {
-		if err := m.app.abort(ctx); err != nil {
+		if err := m.app.Abort(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("tell the source application to carry on: %w", err))
 		}
 	} else if m.prepared {

@@ -10,6 +10,7 @@ import (
 	"github.com/checkpoint-restore/go-criu/v7/stats"
 
 	"github.com/ftwin-migrate/ftwin-migrate/agent"
+	"github.com/ftwin-migrate/ftwin-migrate/kafkahooks"
 	"github.com/ftwin-migrate/ftwin-migrate/transfer"
 )
 
@@ -92,8 +93,8 @@ func (r *Report) WriteSummary(w io.Writer) error {
 	switch b := r.Boundary.(type) {
 	case nil:
 		fmt.Fprintln(w, "  boundary: none taken (no application hook)")
-	case *Boundary:
-		fmt.Fprintf(w, "  boundary: group %s instance %s generation %d offsets %v\n", b.Group, b.InstanceID, b.Generation, b.Offsets)
+	case *kafkahooks.Boundary:
+		fmt.Fprintf(w, "  boundary: group %s instance %s generation %d offsets %s\n", b.Group, b.InstanceID, b.Generation, OffsetsString(b.Offsets))
 	default:
 		fmt.Fprintf(w, "  boundary: %v\n", b)
 	}

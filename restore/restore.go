@@ -72,6 +72,19 @@ func WithLogFile(path string) Opt {
 	return func(cfg *config) { cfg.io = cio.LogFile(path) }
 }
 
+// WithCRIUConfigFile has runc pass CRIU the options in file path (one per line, such as
+// tcp-close): runc lacks flags for several CRIU options and reads them from the container's
+// org.criu.config annotation.
+func WithCRIUConfigFile(path string) Opt {
+	return WithSpecEdit(func(s *specs.Spec) error {
+		if s.Annotations == nil {
+			s.Annotations = map[string]string{}
+		}
+		s.Annotations["org.criu.config"] = path
+		return nil
+	})
+}
+
 // WithCRIUWorkPath has CRIU keep its restore log and statistics in dir (which must exist and
 // be visible in the target daemon's mount namespace); Result.CRIU is then filled.
 func WithCRIUWorkPath(dir string) Opt { return func(cfg *config) { cfg.workPath = dir } }

@@ -20,6 +20,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/ftwin-migrate/ftwin-migrate/agent"
+	"github.com/ftwin-migrate/ftwin-migrate/kafkahooks"
 	"github.com/ftwin-migrate/ftwin-migrate/lab"
 	"github.com/ftwin-migrate/ftwin-migrate/migrate"
 	"github.com/ftwin-migrate/ftwin-migrate/pki"
@@ -268,7 +269,7 @@ type Result struct {
 	StreamGapMs float64 `json:"stream_gap_ms"`
 	// IntervalMs is the median pause between consecutive output batches (the normal interval;
 	// outputs of one batch share a processing time).
-	IntervalMs float64 `json:"interval_ms"`
+	IntervalMs float64       `json:"interval_ms"`
 	Verify     verify.Report `json:"-"`
 }
 
@@ -327,8 +328,8 @@ func (s *Scenario) Finish(ctx context.Context) (Result, error) {
 			if c := r.BoundaryCheck; c != nil {
 				mr.BoundaryChecked = c.CommittedBefore && c.ResumedMatch
 			}
-			if b, ok := r.Boundary.(*migrate.Boundary); ok && b != nil {
-				mr.Boundary = b.Offsets.String()
+			if b, ok := r.Boundary.(*kafkahooks.Boundary); ok && b != nil {
+				mr.Boundary = migrate.OffsetsString(b.Offsets)
 			}
 		}
 		mr.StreamGapMs = ms(gapDuring(events, m.Start, m.End))

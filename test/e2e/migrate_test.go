@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -133,9 +134,14 @@ func TestMigrateAndBack(t *testing.T) {
 	cloud, fog := ml.Hosts[0], ml.Hosts[1]
 	const id = "twin"
 	ml.run(t, cloud, id)
-	for _, hop := range [][2]*lab.Host{{cloud, fog}, {fog, cloud}} {
+	for i, hop := range [][2]*lab.Host{{cloud, fog}, {fog, cloud}} {
 		from, to := hop[0], hop[1]
-		rep, err := ml.migrate(t, from, to, id)
+		// The second hop claims a session timeout the expected downtime approaches.
+		timeout := time.Duration(0)
+		if i == 1 {
+			timeout = 2 * time.Second
+		}
+		rep, err := ml.migrate(t, from, to, id, func(o *migrate.Options) { o.SessionTimeout = timeout })
 		if err != nil {
 			t.Fatalf("migrate %s→%s: %v\n%+v", from.Name, to.Name, err, rep)
 		}
@@ -153,6 +159,10 @@ func TestMigrateAndBack(t *testing.T) {
 		}
 		if rep.Transfer.BlobsSkipped == 0 || rep.Transfer.WireBytes == 0 || rep.Transfer.WireBytes >= rep.Transfer.BytesSent {
 			t.Errorf("transfer %+v: want base image skipped and the checkpoint compressed", rep.Transfer)
+		}
+		warned := strings.Contains(strings.Join(rep.Warnings, "\n"), "approaches the group session timeout")
+		if warned != (i == 1) {
+			t.Errorf("session-timeout warning %v with timeout %v and expected downtime %v: %v", warned, timeout, rep.ExpectedDowntime, rep.Warnings)
 		}
 		t.Logf("%s→%s: downtime %v, frozen %dµs, sent %d B (wire %d B)", from.Name, to.Name, rep.Downtime, rep.CRIU.GetFrozenTime(), rep.Transfer.BytesSent, rep.Transfer.WireBytes)
 		continues(t, to, id, lastState(t, from, id))

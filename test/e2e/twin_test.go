@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -11,10 +12,12 @@ import (
 
 	"github.com/ftwin-migrate/ftwin-migrate/agent"
 	"github.com/ftwin-migrate/ftwin-migrate/broker"
+	"github.com/ftwin-migrate/ftwin-migrate/checkpoint"
 	"github.com/ftwin-migrate/ftwin-migrate/internal/testbin"
 	"github.com/ftwin-migrate/ftwin-migrate/lab"
 	"github.com/ftwin-migrate/ftwin-migrate/restore"
 	"github.com/ftwin-migrate/ftwin-migrate/scenario"
+	"github.com/ftwin-migrate/ftwin-migrate/transfer"
 )
 
 const twinPkg = "github.com/ftwin-migrate/ftwin-migrate/test/workloads/twin"
@@ -157,4 +160,77 @@ func TestHooklessConsumerMigrates(t *testing.T) {
 	if res.EventsOut < res.EventsIn {
 		t.Errorf("after the migration the consumer did not keep consuming: %d of %d events processed", res.EventsOut, res.EventsIn)
 	}
+}
+
+// TestTwinZombieFenced: the source is frozen mid-stream and checkpointed; its copy takes over on
+// another host and commits; then the source is thawed — a zombie, as a crashed migrator could
+// leave behind. Kafka fences it (its producer epoch is stale: the copy's transactions bumped
+// it), none of its output is visible to read_committed readers, and every event is still
+// processed exactly once.
+func TestTwinZombieFenced(t *testing.T) {
+	kind := brokerKinds(t)[0]
+	s := startTwin(t, kind, "10.231.64.0/24", []string{"cloud", "fog"}, func(c *scenario.Config) {
+		c.TwinArgs = []string{"-hook-socket", ""} // frozen as it is, mid-stream
+	})
+	cloud, fog := s.Lab.Hosts[0], s.Lab.Hosts[1]
+	ctx := lab.Context(context.Background())
+	time.Sleep(time.Second)
+
+	src, err := cloud.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	dst, err := fog.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dst.Close()
+	c, err := src.LoadContainer(ctx, scenario.ContainerID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	zombie, err := c.Task(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := zombie.Pause(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ck, err := checkpoint.Checkpoint(ctx, src, scenario.ContainerID, checkpoint.WithTCPEstablished())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := transfer.CopyImage(ctx, src, dst, ck.Ref); err != nil {
+		t.Fatal(err)
+	}
+	conf := filepath.Join(t.TempDir(), "criu.conf")
+	if err := os.WriteFile(conf, []byte("tcp-close\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := restore.Restore(ctx, dst, scenario.ContainerID, ck.Ref, restore.WithLogFile(fog.LogPath(scenario.ContainerID)),
+		restore.WithCgroupsPath(fog.CgroupsPath(lab.Namespace, scenario.ContainerID)), restore.WithCRIUConfigFile(conf)); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(3 * time.Second) // the copy reconnects and commits transactions
+	zlogBefore, _ := os.ReadFile(cloud.LogPath(scenario.ContainerID))
+	if err := zombie.Resume(ctx); err != nil { // the zombie wakes up
+		t.Fatal(err)
+	}
+	time.Sleep(3 * time.Second)
+
+	out := finish(t, s)
+	assertExactlyOnce(t, out)
+	zlog, _ := os.ReadFile(cloud.LogPath(scenario.ContainerID))
+	woke := strings.ToLower(string(zlog[len(zlogBefore):]))
+	if !strings.Contains(woke, "epoch") && !strings.Contains(woke, "fenced") {
+		t.Errorf("the zombie's log does not say Kafka fenced it:\n%s", tail(woke, 2000))
+	}
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
 }

@@ -24,6 +24,8 @@ import (
 
 	"github.com/checkpoint-restore/go-criu/v7/stats"
 
+	"github.com/ftwin-migrate/ftwin-migrate/restore"
+
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
@@ -47,9 +49,9 @@ type Hello struct {
 const (
 	// TCPClose restores established connections closed: the application sees an error and
 	// reconnects (the target host has another address). The default.
-	TCPClose = "close"
+	TCPClose = restore.TCPClose
 	// TCPEstablished restores them open; only for a target that takes over the source's address.
-	TCPEstablished = "established"
+	TCPEstablished = restore.TCPEstablished
 )
 
 // SessionRequest opens a migration session.

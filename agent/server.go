@@ -353,12 +353,8 @@ func (a *Agent) restore(ctx context.Context, s *session, w http.ResponseWriter, 
 		writeError(w, http.StatusInternalServerError, fmt.Errorf("register checkpoint image: %w", err))
 		return
 	}
-	criuConf := filepath.Join(a.cfg.WorkDir, "criu-tcp-"+s.TCP+".conf")
-	opt := "tcp-close"
-	if s.TCP == TCPEstablished {
-		opt = "tcp-established"
-	}
-	if err := os.WriteFile(criuConf, []byte(opt+"\n"), 0o644); err != nil {
+	tcp, err := restore.WithTCP(s.TCP, a.cfg.WorkDir)
+	if err != nil {
 		writeError(w, http.StatusInternalServerError, err)
 		return
 	}
@@ -371,7 +367,7 @@ func (a *Agent) restore(ctx context.Context, s *session, w http.ResponseWriter, 
 	opts := []restore.Opt{
 		restore.WithLogFile(a.LogPath(s.Namespace, s.Container)),
 		restore.WithCRIUWorkPath(work),
-		restore.WithCRIUConfigFile(criuConf), // runc has no --tcp-close flag
+		tcp,
 	}
 	if a.cfg.RestoreOpts != nil {
 		opts = append(opts, a.cfg.RestoreOpts(s.SessionRequest)...)

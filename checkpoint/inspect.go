@@ -20,6 +20,9 @@ const (
 	annotationSnapshotter = "io.containerd.checkpoint.snapshotter"
 	// AnnotationContainer records the id of the checkpointed container.
 	AnnotationContainer = "dev.ftwin-migrate.container"
+	// AnnotationBoundary records the application's boundary (JSON, see kafkahooks.Boundary)
+	// when it was quiesced for the checkpoint.
+	AnnotationBoundary = "dev.ftwin-migrate.boundary"
 	// AnnotationCRIUStats records CRIU's dump statistics (JSON), which are not in CRIU's image.
 	AnnotationCRIUStats = "dev.ftwin-migrate.criu-dump-statistics"
 )
@@ -34,6 +37,8 @@ type Info struct {
 	Entries     []ocispec.Descriptor `json:"entries"`
 	// CRIU is CRIU's dump statistics, if the image holds them.
 	CRIU *stats.DumpStatsEntry `json:"criu_dump_statistics,omitempty"`
+	// Boundary is the application's boundary at the checkpoint, if it took one.
+	Boundary json.RawMessage `json:"boundary,omitempty"`
 }
 
 // Inspect describes the checkpoint whose index is root, with its blobs in cs.
@@ -49,6 +54,9 @@ func Inspect(ctx context.Context, cs content.Provider, root ocispec.Descriptor) 
 	}
 	if info.BaseImage == "" {
 		return nil, fmt.Errorf("checkpoint: %s is not a containerd checkpoint index (no %s annotation)", root.Digest, annotationImage)
+	}
+	if b := root.Annotations[AnnotationBoundary]; b != "" {
+		info.Boundary = json.RawMessage(b)
 	}
 	if js := root.Annotations[AnnotationCRIUStats]; js != "" {
 		var st stats.DumpStatsEntry
@@ -81,6 +89,11 @@ func (i *Info) WriteText(w io.Writer) error {
 		fmt.Fprintf(tw, "  %s\t%d\t%s\n", strings.TrimPrefix(e.MediaType, "application/"), e.Size, e.Digest)
 	}
 	tw.Flush()
+	if i.Boundary != nil {
+		fmt.Fprintf(w, "  boundary: %s\n", i.Boundary)
+	} else {
+		fmt.Fprintln(w, "  boundary: none (the application was not quiesced)")
+	}
 	if i.CRIU != nil {
 		fmt.Fprintf(w, "  CRIU: freezing_time %dµs frozen_time %dµs memdump_time %dµs memwrite_time %dµs pages_scanned %d pages_written %d\n",
 			i.CRIU.GetFreezingTime(), i.CRIU.GetFrozenTime(), i.CRIU.GetMemdumpTime(), i.CRIU.GetMemwriteTime(), i.CRIU.GetPagesScanned(), i.CRIU.GetPagesWritten())

@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/checkpoint-restore/go-criu/v7/stats"
@@ -83,6 +84,30 @@ func WithCRIUConfigFile(path string) Opt {
 		s.Annotations["org.criu.config"] = path
 		return nil
 	})
+}
+
+// TCP modes for a restored container's established TCP connections.
+const (
+	// TCPClose restores them closed: the application gets an error and reconnects (the target
+	// host has another address).
+	TCPClose = "close"
+	// TCPEstablished restores them open; only for a target with the source's address.
+	TCPEstablished = "established"
+)
+
+// WithTCP restores established TCP connections as mode says (TCPClose or TCPEstablished),
+// through a CRIU configuration file it keeps in dir (runc has no --tcp-close flag). The file
+// stays: the container's spec names it for as long as the container lives.
+func WithTCP(mode, dir string) (Opt, error) {
+	opt := map[string]string{TCPClose: "tcp-close", TCPEstablished: "tcp-established"}[mode]
+	if opt == "" {
+		return nil, fmt.Errorf("restore: TCP mode %q: want %q or %q", mode, TCPClose, TCPEstablished)
+	}
+	path := filepath.Join(dir, "criu-tcp-"+mode+".conf")
+	if err := os.WriteFile(path, []byte(opt+"\n"), 0o644); err != nil {
+		return nil, fmt.Errorf("restore: write CRIU config: %w", err)
+	}
+	return WithCRIUConfigFile(path), nil
 }
 
 // WithCRIUWorkPath has CRIU keep its restore log and statistics in dir (which must exist and

@@ -115,4 +115,3 @@ func printDemo(r scenario.Result) {
 	fmt.Printf("\nevents in %d, out %d; lost %d, duplicated %d, out of order %d; group rebalances %d; normal output interval %.1f ms\n",
 		r.EventsIn, r.EventsOut, r.Lost, r.Duplicated, r.OutOfOrder, r.Rebalances, r.IntervalMs)
 }
-

@@ -1,14 +1,17 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
 
+	"github.com/containerd/containerd"
 	"github.com/containerd/containerd/namespaces"
 	"github.com/urfave/cli/v2"
 
 	"github.com/ftwin-migrate/ftwin-migrate/checkpoint"
+	"github.com/ftwin-migrate/ftwin-migrate/kafkahooks"
 	"github.com/ftwin-migrate/ftwin-migrate/restore"
 	"github.com/ftwin-migrate/ftwin-migrate/transfer"
 )
@@ -21,7 +24,7 @@ func checkpointCommand() *cli.Command {
 		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Required: true, Usage: "directory to write (an OCI image layout); must not exist or be empty"},
 			&cli.BoolFlag{Name: "exit", Usage: "stop the task after the dump (default: it keeps running)"},
-			&cli.BoolFlag{Name: "tcp-established", Usage: "dump established TCP connections"},
+			&cli.BoolFlag{Name: "tcp-established", Value: true, Usage: "dump established TCP connections (a Kafka client has some); --tcp-established=false refuses them"},
 		}, containerdFlags...),
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
@@ -41,12 +44,36 @@ func checkpointCommand() *cli.Command {
 			if c.Bool("tcp-established") {
 				opts = append(opts, checkpoint.WithTCPEstablished())
 			}
+			// An application with a hook is quiesced first, and told to carry on after the dump.
+			hook, err := containerHook(ctx, client, id)
+			if err != nil {
+				return err
+			}
+			var boundary []byte
+			if hook != nil {
+				b, err := hook.Prepare(ctx)
+				if err != nil {
+					return fmt.Errorf("quiesce %s through its hook: %w", id, err)
+				}
+				boundary, _ = json.Marshal(b)
+				if !c.Bool("exit") {
+					defer func() {
+						if err := hook.Abort(context.WithoutCancel(ctx)); err != nil {
+							fmt.Fprintf(os.Stderr, "warning: %s did not resume after the checkpoint: %v\n", id, err)
+						}
+					}()
+				}
+			}
 			res, err := checkpoint.Checkpoint(ctx, client, id, opts...)
 			if err != nil {
 				return err
 			}
 			defer checkpoint.Delete(ctx, client, res.Ref)
-			st, err := transfer.ExportDir(ctx, client, res.Ref, c.String("output"), res.Annotations(id))
+			ann := res.Annotations(id)
+			if boundary != nil {
+				ann[checkpoint.AnnotationBoundary] = string(boundary)
+			}
+			st, err := transfer.ExportDir(ctx, client, res.Ref, c.String("output"), ann)
 			if err != nil {
 				return err
 			}
@@ -64,6 +91,7 @@ func restoreCommand() *cli.Command {
 		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "id", Usage: "container id (default: the checkpointed container's)"},
 			&cli.StringFlag{Name: "log", Usage: "file for the restored task's stdout and stderr (default: discarded)"},
+			&cli.StringFlag{Name: "tcp", Value: restore.TCPClose, Usage: "established connections: close (clients reconnect; another host) or established (same address)"},
 		}, containerdFlags...),
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
@@ -92,7 +120,11 @@ func restoreCommand() *cli.Command {
 				return err
 			}
 			defer checkpoint.Delete(ctx, client, ref)
-			var opts []restore.Opt
+			tcp, err := restore.WithTCP(c.String("tcp"), os.TempDir())
+			if err != nil {
+				return err
+			}
+			opts := []restore.Opt{tcp}
 			if l := c.String("log"); l != "" {
 				opts = append(opts, restore.WithLogFile(l))
 			}
@@ -130,6 +162,24 @@ func inspectCommand() *cli.Command {
 			return info.WriteText(os.Stdout)
 		},
 	}
+}
+
+// containerHook returns the kafkahooks client of container id's application, or nil if it
+// serves no hook at the default socket.
+func containerHook(ctx context.Context, client *containerd.Client, id string) (*kafkahooks.Client, error) {
+	c, err := client.LoadContainer(ctx, id)
+	if err != nil {
+		return nil, fmt.Errorf("container %q: %w", id, err)
+	}
+	t, err := c.Task(ctx, nil)
+	if err != nil {
+		return nil, fmt.Errorf("container %q has no running task: %w", id, err)
+	}
+	p := kafkahooks.ContainerSocketPath(int(t.Pid()))
+	if fi, err := os.Stat(p); err != nil || fi.Mode()&os.ModeSocket == 0 {
+		return nil, nil
+	}
+	return kafkahooks.Dial(p), nil
 }
 
 func mib(n int64) float64 { return float64(n) / (1 << 20) }

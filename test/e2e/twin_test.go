@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -204,12 +205,12 @@ func TestTwinZombieFenced(t *testing.T) {
 	if _, err := transfer.CopyImage(ctx, src, dst, ck.Ref); err != nil {
 		t.Fatal(err)
 	}
-	conf := filepath.Join(t.TempDir(), "criu.conf")
-	if err := os.WriteFile(conf, []byte("tcp-close\n"), 0o644); err != nil {
+	tcp, err := restore.WithTCP(restore.TCPClose, t.TempDir())
+	if err != nil {
 		t.Fatal(err)
 	}
 	if _, err := restore.Restore(ctx, dst, scenario.ContainerID, ck.Ref, restore.WithLogFile(fog.LogPath(scenario.ContainerID)),
-		restore.WithCgroupsPath(fog.CgroupsPath(lab.Namespace, scenario.ContainerID)), restore.WithCRIUConfigFile(conf)); err != nil {
+		restore.WithCgroupsPath(fog.CgroupsPath(lab.Namespace, scenario.ContainerID)), tcp); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(3 * time.Second) // the copy reconnects and commits transactions
@@ -233,4 +234,24 @@ func tail(s string, n int) string {
 		return s[len(s)-n:]
 	}
 	return s
+}
+
+// TestTwinOfflineCheckpointBoundary: `ftwin-migrate checkpoint -o` quiesces a twin through its
+// hook, records the boundary with the checkpoint (`inspect` shows it) and lets the twin carry
+// on, still exactly once.
+func TestTwinOfflineCheckpointBoundary(t *testing.T) {
+	s := startTwin(t, broker.Embedded, "10.231.65.0/24", []string{"cloud", "fog"}, nil)
+	cli := testbin.Build(t, "github.com/ftwin-migrate/ftwin-migrate/cmd/ftwin-migrate")
+	time.Sleep(time.Second)
+	dir := filepath.Join(t.TempDir(), "ckpt")
+	out, err := exec.Command(cli, "checkpoint", "--address", s.Lab.Hosts[0].Address(), "--namespace", lab.Namespace, "-o", dir, scenario.ContainerID).CombinedOutput()
+	if err != nil {
+		t.Fatalf("checkpoint: %v\n%s", err, out)
+	}
+	out, err = exec.Command(cli, "inspect", dir).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), `"group":"ftwin-twin"`) || !strings.Contains(string(out), `"offsets":{"sensors"`) {
+		t.Fatalf("inspect does not show the boundary: %v\n%s", err, out)
+	}
+	time.Sleep(time.Second)
+	assertExactlyOnce(t, finish(t, s))
 }

@@ -68,7 +68,9 @@ func run(ctx context.Context, cfg twin.Config, hookSocket string, logger *log.Lo
 			return err
 		}
 		logger.Printf("twin: kafkahooks protocol %d on %s", kafkahooks.Version, hookSocket)
-		go func() { serveErr <- kafkahooks.Serve(ctx, t.Loop(), kafkahooks.WithListener(ln), kafkahooks.WithLogf(logger.Printf)) }()
+		go func() {
+			serveErr <- kafkahooks.Serve(ctx, t.Loop(), kafkahooks.WithListener(ln), kafkahooks.WithLogf(logger.Printf))
+		}()
 	}
 	go status(ctx, t)
 	runErr := make(chan error, 1)

@@ -94,10 +94,10 @@ type running struct {
 	name  string
 	tw    *twin.Twin
 	conns *conns
-	hook *kafkahooks.Client
-	done chan struct{} // closed when Run returned, with its error in err
-	err  error
-	stop context.CancelFunc
+	hook  *kafkahooks.Client
+	done  chan struct{} // closed when Run returned, with its error in err
+	err   error
+	stop  context.CancelFunc
 }
 
 func startTwin(t *testing.T, brokers []string, cfg twin.Config, logs *logger) *running {

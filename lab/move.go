@@ -5,6 +5,9 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/checkpoint-restore/go-criu/v7/stats"
+	"github.com/containerd/containerd"
+
 	"github.com/ftwin-migrate/ftwin-migrate/checkpoint"
 	"github.com/ftwin-migrate/ftwin-migrate/restore"
 	"github.com/ftwin-migrate/ftwin-migrate/transfer"
@@ -14,8 +17,10 @@ import (
 type MoveReport struct {
 	From, To   string
 	Checkpoint time.Duration
-	Transfer   transfer.Stats
-	Restore    time.Duration
+	// CRIU is CRIU's dump statistics.
+	CRIU     *stats.DumpStatsEntry
+	Transfer transfer.Stats
+	Restore  time.Duration
 	// Downtime runs from the start of the dump (the task freezes) to the restored task running.
 	Downtime time.Duration
 	// Warnings are problems after the commit point that did not undo the move.
@@ -44,11 +49,12 @@ func Move(ctx context.Context, from, to *Host, id string) (rep MoveReport, err e
 	defer dst.Close()
 
 	start := time.Now()
-	ck, err := checkpoint.Checkpoint(ctx, src, id, checkpoint.WithExit())
+	// Established connections are dumped and restored closed: the target has another address.
+	ck, err := checkpoint.Checkpoint(ctx, src, id, checkpoint.WithExit(), checkpoint.WithTCPEstablished())
 	if err != nil {
 		return rep, fmt.Errorf("lab: move %s from %s: %w", id, from.Name, err)
 	}
-	rep.Checkpoint = ck.Duration
+	rep.Checkpoint, rep.CRIU = ck.Duration, ck.CRIU
 	defer func() {
 		if err != nil {
 			if rerr := restartFrom(ctx, from, id, ck.Ref); rerr != nil {
@@ -61,11 +67,7 @@ func Move(ctx context.Context, from, to *Host, id string) (rep MoveReport, err e
 		return rep, fmt.Errorf("lab: move %s to %s: %w", id, to.Name, err)
 	}
 	defer func() { _ = checkpoint.Delete(ctx, dst, ck.Ref) }()
-	io, err := to.LogIO(id)
-	if err != nil {
-		return rep, err
-	}
-	res, err := restore.Restore(ctx, dst, id, ck.Ref, restore.WithIO(io), restore.WithCgroupsPath(to.CgroupsPath(Namespace, id)))
+	res, err := restoreOn(ctx, to, dst, id, ck.Ref)
 	if err != nil {
 		return rep, fmt.Errorf("lab: move %s to %s: %w", id, to.Name, err)
 	}
@@ -89,10 +91,20 @@ func restartFrom(ctx context.Context, h *Host, id, ref string) error {
 		return err
 	}
 	defer client.Close()
+	_, err = restoreOn(ctx, h, client, id, ref)
+	return err
+}
+
+// restoreOn restores container id on host h from checkpoint ref, its output appended to the
+// host's log for id and its TCP connections closed.
+func restoreOn(ctx context.Context, h *Host, client *containerd.Client, id, ref string) (*restore.Result, error) {
 	io, err := h.LogIO(id)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	_, err = restore.Restore(ctx, client, id, ref, restore.WithIO(io), restore.WithCgroupsPath(h.CgroupsPath(Namespace, id)))
-	return err
+	tcp, err := restore.WithTCP(restore.TCPClose, h.Dir)
+	if err != nil {
+		return nil, err
+	}
+	return restore.Restore(ctx, client, id, ref, restore.WithIO(io), restore.WithCgroupsPath(h.CgroupsPath(Namespace, id)), tcp)
 }

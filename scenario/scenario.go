@@ -67,6 +67,7 @@ type Scenario struct {
 	pkiDir  string
 	agents  map[string]*lab.RunningAgent
 	at      string // host the twin runs on
+	twin    lab.Workload
 
 	stopLoad func()
 	loadDone chan loadResult
@@ -82,10 +83,19 @@ type loadResult struct {
 
 // Migration is one migration of the twin and its window in time.
 type Migration struct {
+	// Method names how the twin moved (MethodFtwin, MethodNaive, MethodRestart, MethodFloor).
+	Method     string
 	From, To   string
-	Report     *migrate.Report
+	Report     *migrate.Report // ftwin-migrate's report (MethodFtwin only)
 	Err        error
 	Start, End time.Time
+	// Downtime runs from the freeze (or stop) to the twin running again; Frozen is CRIU's
+	// frozen time; Bytes is what the move wrote or sent, WireBytes what crossed the link.
+	Downtime         time.Duration
+	Frozen           time.Duration
+	Bytes, WireBytes int64
+	// CPU is the CPU time this process spent on the move (migrator and agents run in it).
+	CPU time.Duration
 }
 
 // Start brings everything up and returns once the twin has produced output.
@@ -158,6 +168,7 @@ func Start(ctx context.Context, cfg Config) (s *Scenario, err error) {
 		return s, err
 	}
 	s.watch = watchGroup(s.Brokers, Group)
+	s.twin = twin
 	if err := l.Hosts[0].Run(ctx, twin); err != nil {
 		return s, err
 	}
@@ -227,33 +238,34 @@ func (s *Scenario) At() string { return s.at }
 // Migrate moves the twin to host to, with its Kafka hook and the broker check.
 func (s *Scenario) Migrate(ctx context.Context, to string) Migration {
 	from := s.host(s.at)
-	m := Migration{From: s.at, To: to, Start: time.Now()}
-	target, err := s.Lab.Host(to)
-	if err != nil {
-		m.Err = err
-		return m
+	m := Migration{Method: MethodFtwin, From: s.at, To: to, Start: time.Now()}
+	cpu := cpuTime()
+	m.Err = func() error {
+		if _, err := s.Lab.Host(to); err != nil {
+			return err
+		}
+		tlsCfg, err := pki.ClientConfig(s.pkiDir, from.Name, to)
+		if err != nil {
+			return err
+		}
+		client, err := from.Client()
+		if err != nil {
+			return err
+		}
+		defer client.Close()
+		m.Report, err = migrate.Migrate(ctx, client, migrate.Options{
+			Namespace: lab.Namespace, Container: ContainerID, Target: s.agents[to].Addr, TLS: tlsCfg,
+			SourceHost: from.Name, Brokers: s.Brokers, PhaseTimeout: 2 * time.Minute,
+		})
+		return err
+	}()
+	if r := m.Report; r != nil {
+		m.Downtime, m.Bytes, m.WireBytes = r.Downtime, r.Transfer.BytesSent, r.Transfer.WireBytes
+		if r.CRIU != nil {
+			m.Frozen = time.Duration(r.CRIU.GetFrozenTime()) * time.Microsecond
+		}
 	}
-	tlsCfg, err := pki.ClientConfig(s.pkiDir, from.Name, to)
-	if err != nil {
-		m.Err = err
-		return m
-	}
-	client, err := from.Client()
-	if err != nil {
-		m.Err = err
-		return m
-	}
-	defer client.Close()
-	m.Report, m.Err = migrate.Migrate(ctx, client, migrate.Options{
-		Namespace: lab.Namespace, Container: ContainerID, Target: s.agents[to].Addr, TLS: tlsCfg,
-		SourceHost: from.Name, Brokers: s.Brokers, PhaseTimeout: 2 * time.Minute,
-	})
-	m.End = time.Now()
-	if m.Err == nil {
-		s.at = target.Name
-	}
-	s.Migrations = append(s.Migrations, m)
-	return m
+	return s.record(m, cpu)
 }
 
 // Result is what a scenario run shows. Its JSON is the demo's --json output.
@@ -275,6 +287,7 @@ type Result struct {
 
 // MigrationResult is one migration's line.
 type MigrationResult struct {
+	Method      string  `json:"method"`
 	From        string  `json:"from"`
 	To          string  `json:"to"`
 	Result      string  `json:"result"`
@@ -285,6 +298,7 @@ type MigrationResult struct {
 	TotalMs     float64 `json:"total_ms"`
 	BytesSent   int64   `json:"bytes_sent"`
 	WireBytes   int64   `json:"wire_bytes"`
+	CPUSeconds  float64 `json:"cpu_seconds"`
 	Boundary    string  `json:"boundary,omitempty"`
 	// BoundaryChecked: the broker's committed offsets and the restored copy's resume position
 	// both equal the boundary.
@@ -315,16 +329,13 @@ func (s *Scenario) Finish(ctx context.Context) (Result, error) {
 	res.StreamGapMs = ms(rep.StreamGap)
 	res.IntervalMs = ms(medianInterval(events))
 	for _, m := range s.Migrations {
-		mr := MigrationResult{From: m.From, To: m.To, Result: "committed"}
+		mr := MigrationResult{Method: m.Method, From: m.From, To: m.To, Result: "committed",
+			DowntimeMs: ms(m.Downtime), TotalMs: ms(m.End.Sub(m.Start)), FrozenMs: ms(m.Frozen),
+			BytesSent: m.Bytes, WireBytes: m.WireBytes, CPUSeconds: m.CPU.Seconds()}
 		if m.Err != nil {
 			mr.Result, mr.Error = "rolled back", m.Err.Error()
 		}
 		if r := m.Report; r != nil {
-			mr.DowntimeMs, mr.TotalMs = ms(r.Downtime), ms(r.Total)
-			mr.BytesSent, mr.WireBytes = r.Transfer.BytesSent, r.Transfer.WireBytes
-			if r.CRIU != nil {
-				mr.FrozenMs = float64(r.CRIU.GetFrozenTime()) / 1000
-			}
 			if c := r.BoundaryCheck; c != nil {
 				mr.BoundaryChecked = c.CommittedBefore && c.ResumedMatch
 			}

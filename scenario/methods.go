@@ -1,0 +1,174 @@
+package scenario
+
+import (
+	"context"
+	"fmt"
+	"syscall"
+	"time"
+
+	"github.com/containerd/containerd"
+
+	"github.com/ftwin-migrate/ftwin-migrate/checkpoint"
+	"github.com/ftwin-migrate/ftwin-migrate/lab"
+	"github.com/ftwin-migrate/ftwin-migrate/restore"
+)
+
+// The ways the twin can move, compared by the benchmark.
+const (
+	// MethodFtwin is ftwin-migrate: quiesce through the hook, freeze, CRIU, mTLS transfer,
+	// restore, verify, resume, commit.
+	MethodFtwin = "ftwin-migrate"
+	// MethodNaive is the plain containerd path: checkpoint (the task exits), copy the checkpoint
+	// image, restore; no Kafka hooks.
+	MethodNaive = "containerd"
+	// MethodRestart is the Kafka-native way: stop the twin, start a fresh one on the target that
+	// rebuilds its state from the changelog and rejoins the group (a Kafka Streams user's way).
+	MethodRestart = "kafka-restart"
+	// MethodFloor is CRIU's dump and restore of the same process on one host, through containerd,
+	// with no transfer.
+	MethodFloor = "criu-floor"
+)
+
+func (s *Scenario) record(m Migration, cpu time.Duration) Migration {
+	m.End = time.Now()
+	m.CPU = cpuTime() - cpu
+	if m.Err == nil {
+		s.at = m.To
+	}
+	s.Migrations = append(s.Migrations, m)
+	return m
+}
+
+// MoveNaive moves the twin to host to the plain containerd way (see MethodNaive).
+func (s *Scenario) MoveNaive(ctx context.Context, to string) Migration {
+	m := Migration{Method: MethodNaive, From: s.at, To: to, Start: time.Now()}
+	cpu := cpuTime()
+	target, err := s.Lab.Host(to)
+	if err != nil {
+		m.Err = err
+		return s.record(m, cpu)
+	}
+	rep, err := lab.Move(ctx, s.host(s.at), target, ContainerID)
+	m.Err, m.Downtime, m.Bytes, m.WireBytes = err, rep.Downtime, rep.Transfer.BytesSent, rep.Transfer.BytesSent
+	if rep.CRIU != nil {
+		m.Frozen = time.Duration(rep.CRIU.GetFrozenTime()) * time.Microsecond
+	}
+	return s.record(m, cpu)
+}
+
+// Restart moves the twin to host to the Kafka-native way (see MethodRestart). The twin must run
+// with -rebuild-from-changelog for its state to come back.
+func (s *Scenario) Restart(ctx context.Context, to string) Migration {
+	m := Migration{Method: MethodRestart, From: s.at, To: to, Start: time.Now()}
+	cpu := cpuTime()
+	target, err := s.Lab.Host(to)
+	if err != nil {
+		m.Err = err
+		return s.record(m, cpu)
+	}
+	if m.Err = s.stopTwin(ctx, s.host(s.at)); m.Err != nil {
+		return s.record(m, cpu)
+	}
+	m.Err = target.Run(ctx, s.twin)
+	m.Downtime = time.Since(m.Start) // to the new process running; the stream gap tells the rest
+	return s.record(m, cpu)
+}
+
+// stopTwin ends the twin on h with SIGTERM (it commits and exits; a static member sends no
+// LeaveGroup) and removes its container.
+func (s *Scenario) stopTwin(ctx context.Context, h *lab.Host) error {
+	client, err := h.Client()
+	if err != nil {
+		return err
+	}
+	defer client.Close()
+	ctx = lab.Context(ctx)
+	c, err := client.LoadContainer(ctx, ContainerID)
+	if err != nil {
+		return err
+	}
+	t, err := c.Task(ctx, nil)
+	if err != nil {
+		return err
+	}
+	exited, err := t.Wait(ctx)
+	if err != nil {
+		return err
+	}
+	if err := t.Kill(ctx, syscall.SIGTERM); err != nil {
+		return fmt.Errorf("scenario: stop the twin on %s: %w", h.Name, err)
+	}
+	select {
+	case <-exited:
+	case <-time.After(30 * time.Second):
+		return fmt.Errorf("scenario: the twin on %s did not exit within 30s of SIGTERM", h.Name)
+	}
+	return h.Remove(ctx, ContainerID)
+}
+
+// Floor dumps the twin with CRIU and restores it on the same host (see MethodFloor).
+func (s *Scenario) Floor(ctx context.Context) Migration {
+	h := s.host(s.at)
+	m := Migration{Method: MethodFloor, From: h.Name, To: h.Name, Start: time.Now()}
+	cpu := cpuTime()
+	m.Err = func() error {
+		client, err := h.Client()
+		if err != nil {
+			return err
+		}
+		defer client.Close()
+		ctx := lab.Context(ctx)
+		ck, err := checkpoint.Checkpoint(ctx, client, ContainerID, checkpoint.WithExit(), checkpoint.WithTCPEstablished())
+		if err != nil {
+			return err
+		}
+		defer checkpoint.Delete(ctx, client, ck.Ref)
+		if ck.CRIU != nil {
+			m.Frozen = time.Duration(ck.CRIU.GetFrozenTime()) * time.Microsecond
+		}
+		m.Bytes, err = criuImageSize(ctx, client, ck)
+		if err != nil {
+			return err
+		}
+		if err := h.Remove(ctx, ContainerID); err != nil {
+			return err
+		}
+		io, err := h.LogIO(ContainerID)
+		if err != nil {
+			return err
+		}
+		tcp, err := restore.WithTCP(restore.TCPClose, h.Dir)
+		if err != nil {
+			return err
+		}
+		_, err = restore.Restore(ctx, client, ContainerID, ck.Ref, restore.WithIO(io), tcp,
+			restore.WithCgroupsPath(h.CgroupsPath(lab.Namespace, ContainerID)))
+		m.Downtime = time.Since(m.Start)
+		return err
+	}()
+	return s.record(m, cpu)
+}
+
+// criuImageSize is the size of the checkpoint's CRIU image (what a transfer must at least move).
+func criuImageSize(ctx context.Context, client *containerd.Client, ck *checkpoint.Result) (int64, error) {
+	info, err := checkpoint.Inspect(ctx, client.ContentStore(), ck.Target)
+	if err != nil {
+		return 0, err
+	}
+	var n int64
+	for _, e := range info.Entries {
+		if e.MediaType == "application/vnd.containerd.container.criu.checkpoint.criu.tar" {
+			n += e.Size
+		}
+	}
+	return n, nil
+}
+
+// cpuTime is the CPU time (user + system) this process has used.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}

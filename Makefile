@@ -7,7 +7,7 @@ GO ?= go
 BIN := bin
 export GOFLAGS ?= -mod=mod
 
-.PHONY: all install build demo test unit vet clean lab-down
+.PHONY: all install build demo test unit vet bench bench-short clean lab-down
 
 all: build
 
@@ -32,6 +32,14 @@ unit:
 # machine has 2 cores.
 test: install build vet
 	$(GO) test -p 1 -count=1 -timeout 40m ./...
+
+# The downtime benchmark: all methods side by side, 16/128/512 MiB, unthrottled and 100 Mbit/s.
+bench: install build
+	$(BIN)/ftwin-migrate bench --out results
+
+# The short version CI runs on every run: 16 MiB, both links; prints the table.
+bench-short: install build
+	$(BIN)/ftwin-migrate bench --short --out results-short
 
 lab-down:
 	$(BIN)/ftwin-migrate lab down

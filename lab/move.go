@@ -95,8 +95,12 @@ func restartFrom(ctx context.Context, h *Host, id, ref string) error {
 	return err
 }
 
-// restoreOn restores container id on host h from checkpoint ref, its output appended to the
-// host's log for id and its TCP connections closed.
+// RestoreHere restores container id on the host from checkpoint ref (already in the host's
+// containerd), its output appended to LogPath(id) and its TCP connections closed.
+func (h *Host) RestoreHere(ctx context.Context, client *containerd.Client, id, ref string) (*restore.Result, error) {
+	return restoreOn(ctx, h, client, id, ref)
+}
+
 func restoreOn(ctx context.Context, h *Host, client *containerd.Client, id, ref string) (*restore.Result, error) {
 	io, err := h.LogIO(id)
 	if err != nil {

@@ -3,6 +3,8 @@ package scenario
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"syscall"
 	"time"
 
@@ -11,6 +13,7 @@ import (
 	"github.com/ftwin-migrate/ftwin-migrate/checkpoint"
 	"github.com/ftwin-migrate/ftwin-migrate/lab"
 	"github.com/ftwin-migrate/ftwin-migrate/restore"
+	"github.com/ftwin-migrate/ftwin-migrate/transfer"
 )
 
 // The ways the twin can move, compared by the benchmark.
@@ -39,20 +42,60 @@ func (s *Scenario) record(m Migration, cpu time.Duration) Migration {
 	return m
 }
 
-// MoveNaive moves the twin to host to the plain containerd way (see MethodNaive).
+// MoveNaive moves the twin to host to the plain containerd way (see MethodNaive): the
+// checkpoint is exported to a directory, copied over the lab link as an uncompressed tar stream
+// (as an admin would with scp), imported and restored; no hooks, no compression, no rollback.
 func (s *Scenario) MoveNaive(ctx context.Context, to string) Migration {
 	m := Migration{Method: MethodNaive, From: s.at, To: to, Start: time.Now()}
 	cpu := cpuTime()
-	target, err := s.Lab.Host(to)
-	if err != nil {
-		m.Err = err
-		return s.record(m, cpu)
-	}
-	rep, err := lab.Move(ctx, s.host(s.at), target, ContainerID)
-	m.Err, m.Downtime, m.Bytes, m.WireBytes = err, rep.Downtime, rep.Transfer.BytesSent, rep.Transfer.BytesSent
-	if rep.CRIU != nil {
-		m.Frozen = time.Duration(rep.CRIU.GetFrozenTime()) * time.Microsecond
-	}
+	m.Err = func() error {
+		from := s.host(s.at)
+		target, err := s.Lab.Host(to)
+		if err != nil {
+			return err
+		}
+		ctx := lab.Context(ctx)
+		src, err := from.Client()
+		if err != nil {
+			return err
+		}
+		defer src.Close()
+		dst, err := target.Client()
+		if err != nil {
+			return err
+		}
+		defer dst.Close()
+		ck, err := checkpoint.Checkpoint(ctx, src, ContainerID, checkpoint.WithExit(), checkpoint.WithTCPEstablished())
+		if err != nil {
+			return err
+		}
+		defer checkpoint.Delete(ctx, src, ck.Ref)
+		if ck.CRIU != nil {
+			m.Frozen = time.Duration(ck.CRIU.GetFrozenTime()) * time.Microsecond
+		}
+		tmp, err := os.MkdirTemp("", "ftwin-naive-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(tmp)
+		if _, err := transfer.ExportDir(ctx, src, ck.Ref, filepath.Join(tmp, "out"), ck.Annotations(ContainerID)); err != nil {
+			return err
+		}
+		if m.WireBytes, err = lab.CopyDir(ctx, from, target, filepath.Join(tmp, "out"), filepath.Join(tmp, "in")); err != nil {
+			return err
+		}
+		m.Bytes = m.WireBytes
+		ref, _, err := transfer.ImportDir(ctx, dst, filepath.Join(tmp, "in"))
+		if err != nil {
+			return err
+		}
+		defer checkpoint.Delete(ctx, dst, ref)
+		if _, err := target.RestoreHere(ctx, dst, ContainerID, ref); err != nil {
+			return err
+		}
+		m.Downtime = time.Since(m.Start)
+		return from.Remove(ctx, ContainerID)
+	}()
 	return s.record(m, cpu)
 }
 

@@ -32,6 +32,7 @@ func main() {
 			restoreCommand(),
 			inspectCommand(),
 			demoCommand(),
+			benchCommand(),
 		},
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

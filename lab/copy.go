@@ -1,0 +1,175 @@
+package lab
+
+import (
+	"archive/tar"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// CopyDir copies directory src of the machine to dst as one host would send it to another over
+// the lab network: a tar stream over a plain TCP connection from host from to host to (like scp,
+// without encryption or compression), so link throttling applies. It returns the bytes sent.
+func CopyDir(ctx context.Context, from, to *Host, src, dst string) (int64, error) {
+	ln, err := to.Listen("tcp", net.JoinHostPort(to.IP, "0"))
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	recv := make(chan error, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			recv <- err
+			return
+		}
+		defer c.Close()
+		recv <- untar(c, dst)
+	}()
+	conn, err := from.DialContext(ctx, "tcp", ln.Addr().String())
+	if err != nil {
+		return 0, err
+	}
+	cw := &countWriter{w: conn}
+	err = tarDir(cw, src)
+	if cerr := conn.(*net.TCPConn).CloseWrite(); err == nil {
+		err = cerr
+	}
+	if rerr := <-recv; err == nil {
+		err = rerr
+	}
+	conn.Close()
+	if err != nil {
+		return cw.n, fmt.Errorf("lab: copy %s from %s to %s: %w", src, from.Name, to.Name, err)
+	}
+	return cw.n, nil
+}
+
+type countWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+func tarDir(w io.Writer, dir string) error {
+	tw := tar.NewWriter(w)
+	err := filepath.Walk(dir, func(p string, fi os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, err := filepath.Rel(dir, p)
+		if err != nil || rel == "." {
+			return err
+		}
+		h, err := tar.FileInfoHeader(fi, "")
+		if err != nil {
+			return err
+		}
+		h.Name = filepath.ToSlash(rel)
+		if err := tw.WriteHeader(h); err != nil {
+			return err
+		}
+		if !fi.Mode().IsRegular() {
+			return nil
+		}
+		f, err := os.Open(p)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		_, err = io.Copy(tw, f)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	return tw.Close()
+}
+
+func untar(r io.Reader, dir string) error {
+	tr := tar.NewReader(r)
+	for {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			return nil
+		} else if err != nil {
+			return err
+		}
+		p := filepath.Join(dir, filepath.FromSlash(h.Name))
+		if !filepath.IsLocal(h.Name) {
+			return fmt.Errorf("tar entry %q leaves the directory", h.Name)
+		}
+		switch h.Typeflag {
+		case tar.TypeDir:
+			if err := os.MkdirAll(p, 0o755); err != nil {
+				return err
+			}
+		case tar.TypeReg:
+			if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+				return err
+			}
+			f, err := os.OpenFile(p, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, os.FileMode(h.Mode)&0o777)
+			if err != nil {
+				return err
+			}
+			_, err = io.Copy(f, tr)
+			f.Close()
+			if err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// MeasureBandwidth sends n bytes from host from to host to over TCP and returns bytes/second.
+func MeasureBandwidth(ctx context.Context, from, to *Host, n int64) (float64, error) {
+	ln, err := to.Listen("tcp", net.JoinHostPort(to.IP, "0"))
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	got := make(chan int64, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			got <- 0
+			return
+		}
+		defer c.Close()
+		k, _ := io.Copy(io.Discard, c)
+		got <- k
+	}()
+	conn, err := from.DialContext(ctx, "tcp", ln.Addr().String())
+	if err != nil {
+		return 0, err
+	}
+	start := time.Now()
+	buf := make([]byte, 1<<20)
+	var sent int64
+	for sent < n {
+		k, err := conn.Write(buf[:min(int64(len(buf)), n-sent)])
+		sent += int64(k)
+		if err != nil {
+			conn.Close()
+			return 0, err
+		}
+	}
+	_ = conn.(*net.TCPConn).CloseWrite()
+	k := <-got
+	el := time.Now().Sub(start)
+	conn.Close()
+	if k != n {
+		return 0, fmt.Errorf("lab: bandwidth probe: %d of %d bytes arrived", k, n)
+	}
+	return float64(n) / el.Seconds(), nil
+}

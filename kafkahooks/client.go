@@ -80,10 +80,8 @@ func (c *Client) call(ctx context.Context, op, method, path string, out any) err
 		return fmt.Errorf("kafkahooks: %s: dial %s: %w", op, c.path, err)
 	}
 	defer conn.Close()
-	if dl, ok := ctx.Deadline(); ok {
-		_ = conn.SetDeadline(dl)
-	}
-	// A cancelled context interrupts a blocked read or write.
+	// The end of ctx interrupts a blocked read or write (ctx.Err is set by then, so the
+	// error says why).
 	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
 	fail := func(what string, err error) error {

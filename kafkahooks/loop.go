@@ -38,6 +38,11 @@ type LoopConfig struct {
 	MaxPollRecords int
 	// EndTimeout bounds committing a batch. Default 30s.
 	EndTimeout time.Duration
+	// FetchMaxWait is how long a fetch waits for data at the broker. Default 500ms, not kgo's
+	// 5s: kgo sends one fetch at a time per broker, and after a re-initialisation the first
+	// one can leave with only the partitions ready first (those without a committed offset,
+	// say) and hold the others back for this long.
+	FetchMaxWait time.Duration
 	// Dialer opens connections to brokers. Default: TCP without MPTCP (CRIU cannot dump MPTCP).
 	Dialer func(ctx context.Context, network, host string) (net.Conn, error)
 	// Opts are added to the client's options (logging, fetch tuning). They must not set the
@@ -162,6 +167,9 @@ func NewLoop(cfg LoopConfig) (*Loop, error) {
 	if cfg.EndTimeout <= 0 {
 		cfg.EndTimeout = 30 * time.Second
 	}
+	if cfg.FetchMaxWait <= 0 {
+		cfg.FetchMaxWait = 500 * time.Millisecond
+	}
 	if cfg.Dialer == nil {
 		d := &net.Dialer{Timeout: 10 * time.Second}
 		d.SetMultipathTCP(false)
@@ -275,6 +283,7 @@ func (l *Loop) connect(ctx context.Context, first bool) error {
 		kgo.Dialer(l.cfg.Dialer),
 		kgo.ConsumerGroup(l.cfg.Group),
 		kgo.SessionTimeout(l.cfg.SessionTimeout),
+		kgo.FetchMaxWait(l.cfg.FetchMaxWait),
 		kgo.OnPartitionsAssigned(func(_ context.Context, _ *kgo.Client, added map[string][]int32) {
 			if len(added) == 0 {
 				signal(Offsets{})

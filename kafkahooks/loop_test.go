@@ -66,6 +66,8 @@ func TestLoopAtLeastOnce(t *testing.T) {
 
 	processed := func(want int64) {
 		t.Helper()
+		t0 := time.Now()
+		defer func() { t.Logf("processed(%d) took %s", want, time.Since(t0)) }()
 		deadline := time.Now().Add(20 * time.Second)
 		for loop.Stats().Processed < want {
 			if time.Now().After(deadline) {

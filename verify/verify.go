@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
@@ -99,7 +100,9 @@ func WithDialer(dial func(ctx context.Context, network, host string) (net.Conn, 
 }
 
 // WithClientOpts adds options to the reading client.
-func WithClientOpts(opts ...kgo.Opt) Option { return func(c *config) { c.opts = append(c.opts, opts...) } }
+func WithClientOpts(opts ...kgo.Opt) Option {
+	return func(c *config) { c.opts = append(c.opts, opts...) }
+}
 
 // Output reads topic with read_committed from the start to the high watermarks at call time
 // and analyses it. An open transaction below those marks makes it wait until the transaction
@@ -162,17 +165,11 @@ func ReadTopic(ctx context.Context, cl *kgo.Client, topic string, fn func(*kgo.R
 		return errors.New("verify: ReadTopic needs a client from NewReader (one that keeps control records)")
 	}
 	adm := kadm.NewClient(cl)
-	ends, err := adm.ListEndOffsets(ctx, topic)
-	if err == nil {
-		err = ends.Error()
-	}
+	ends, err := listOffsets(ctx, adm.ListEndOffsets, topic)
 	if err != nil {
 		return fmt.Errorf("high watermarks of %s: %w", topic, err)
 	}
-	starts, err := adm.ListStartOffsets(ctx, topic)
-	if err == nil {
-		err = starts.Error()
-	}
+	starts, err := listOffsets(ctx, adm.ListStartOffsets, topic)
 	if err != nil {
 		return fmt.Errorf("start offsets of %s: %w", topic, err)
 	}
@@ -213,6 +210,26 @@ func ReadTopic(ctx context.Context, cl *kgo.Client, topic string, fn func(*kgo.R
 		})
 	}
 	return nil
+}
+
+// listOffsets retries list while the answer has retryable errors (a topic just created is
+// not known to every part of the broker at once), for up to 30 seconds.
+func listOffsets(ctx context.Context, list func(context.Context, ...string) (kadm.ListedOffsets, error), topic string) (kadm.ListedOffsets, error) {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		offs, err := list(ctx, topic)
+		if err == nil {
+			err = offs.Error()
+		}
+		if err == nil || !kerr.IsRetriable(err) || time.Now().After(deadline) {
+			return offs, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w (last error: %v)", ctx.Err(), err)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 // readClientOpts are what ReadTopic needs of its client: committed data only, and the

@@ -189,12 +189,21 @@ func (l *logger) dump(t *testing.T) {
 	}
 }
 
-func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool) {
+// waitFor waits until cond holds; it fails when timeout passes first or one of the twins
+// stops.
+func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool, twins ...*running) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		for _, r := range twins {
+			select {
+			case <-r.done:
+				t.Fatalf("waiting for %s: twin %s stopped: %v", what, r.name, r.err)
+			default:
+			}
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -292,20 +301,22 @@ func migration(t *testing.T, brokers []string) {
 			Window: 20, Transactional: true, RebuildFromChangelog: true, Changelog: "twin-changelog", Instance: instance}
 	}
 	a := startTwin(t, brokers, cfg("A"), logs)
-	waitFor(t, "A to process 300 records", 30*time.Second, func() bool { return a.tw.Stats().Processed >= 300 })
+	waitFor(t, "A to process 300 records", 30*time.Second, func() bool { return a.tw.Stats().Processed >= 300 }, a)
 
 	// 1. Prepare, hold, abort: the source after a rolled-back migration.
+	start := time.Now()
 	b1, err := a.hook.Prepare(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Logf("prepare answered in %s", time.Since(start).Round(time.Millisecond))
 	checkBoundary(ctx, t, adm, a, group, txnID, out, b1)
-	start := time.Now()
+	start = time.Now()
 	if err := a.hook.Abort(ctx); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("abort answered in %s", time.Since(start).Round(time.Millisecond))
-	waitFor(t, "A to process after the abort", 30*time.Second, func() bool { return a.tw.Stats().Processed > b1.RecordsProcessed+100 })
+	waitFor(t, "A to process after the abort", 30*time.Second, func() bool { return a.tw.Stats().Processed > b1.RecordsProcessed+100 }, a)
 
 	// 2. Prepare, resume: what the restored copy does (re-initialise, continue from the boundary).
 	b2, err := a.hook.Prepare(ctx)
@@ -319,6 +330,7 @@ func migration(t *testing.T, brokers []string) {
 	// As CRIU restores it (tcp-close), the copy finds its Kafka connections closed.
 	t.Logf("closed %d connections of A", a.conns.closeAll())
 	start = time.Now()
+	resumeAt := start
 	offs, err := a.hook.Resume(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -327,7 +339,7 @@ func migration(t *testing.T, brokers []string) {
 	if !reflect.DeepEqual(offs, b2.Offsets) {
 		t.Fatalf("resumed from %v, boundary %v", offs, b2.Offsets)
 	}
-	waitFor(t, "A to process after the resume", 30*time.Second, func() bool { return a.tw.Stats().Processed > b2.RecordsProcessed+100 })
+	waitFor(t, "A to process after the resume", 30*time.Second, func() bool { return a.tw.Stats().Processed > b2.RecordsProcessed+100 }, a)
 
 	// 3. A zombie: a copy with the same instance and transactional ids starts while A runs.
 	bStart := time.Now()
@@ -346,10 +358,10 @@ func migration(t *testing.T, brokers []string) {
 	if !errors.Is(aErr, kerr.ProducerFenced) && !errors.Is(aErr, kerr.InvalidProducerEpoch) && !errors.Is(aErr, kerr.FencedInstanceID) {
 		t.Logf("A stopped with an error that is not a known fencing error: %v", aErr)
 	}
-	waitFor(t, "B to initialise", 30*time.Second, func() bool { return !b.tw.Loop().InitializedAt().IsZero() })
+	waitFor(t, "B to initialise", 30*time.Second, func() bool { return !b.tw.Loop().InitializedAt().IsZero() }, b)
 	bInit := b.tw.Loop().InitializedAt()
 	t.Logf("B initialised %s after its start; A stopped %s after B's start: %v", bInit.Sub(bStart).Round(time.Millisecond), fenced.Round(time.Millisecond), aErr)
-	waitFor(t, "B to process", 30*time.Second, func() bool { return b.tw.Stats().Processed > 200 })
+	waitFor(t, "B to process", 30*time.Second, func() bool { return b.tw.Stats().Processed > 200 }, b)
 	if st := b.tw.Stats(); st.Rebuilt == 0 {
 		t.Errorf("B rebuilt no device from the changelog: %+v", st)
 	}
@@ -360,6 +372,29 @@ func migration(t *testing.T, brokers []string) {
 
 	// No output of the zombie processed after B initialised is visible.
 	noLateOutput(ctx, t, brokers, out, "A", bInit)
+	first := firstOutputAfter(ctx, t, brokers, out, resumeAt)
+	t.Logf("first output %s after the resume call", first.Sub(resumeAt).Round(time.Millisecond))
+}
+
+// firstOutputAfter returns when the first output processed after t0 was processed.
+func firstOutputAfter(ctx context.Context, t *testing.T, brokers []string, out string, t0 time.Time) time.Time {
+	t.Helper()
+	rd, err := verify.NewReader(brokers)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rd.Close()
+	var first int64
+	err = verify.ReadTopic(ctx, rd, out, func(r *kgo.Record) {
+		var o verify.Event
+		if json.Unmarshal(r.Value, &o) == nil && o.ProcessedNS > t0.UnixNano() && (first == 0 || o.ProcessedNS < first) {
+			first = o.ProcessedNS
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return time.Unix(0, first)
 }
 
 // rollback: the migration of A rolls back after the target B initialised and processed; A's
@@ -380,14 +415,14 @@ func rollback(t *testing.T, brokers []string) {
 			Window: 20, Transactional: true, Instance: instance}
 	}
 	a := startTwin(t, brokers, cfg("A"), logs)
-	waitFor(t, "A to process 200 records", 30*time.Second, func() bool { return a.tw.Stats().Processed >= 200 })
+	waitFor(t, "A to process 200 records", 30*time.Second, func() bool { return a.tw.Stats().Processed >= 200 }, a)
 	bnd, err := a.hook.Prepare(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	// The target, B, starts (as a restored copy that resumed would) and processes.
 	b := startTwin(t, brokers, cfg("B"), logs)
-	waitFor(t, "B to process 100 records", 30*time.Second, func() bool { return b.tw.Stats().Processed >= 100 })
+	waitFor(t, "B to process 100 records", 30*time.Second, func() bool { return b.tw.Stats().Processed >= 100 }, a, b)
 	// The migration rolls back anyway: A is told to carry on.
 	start := time.Now()
 	if err := a.hook.Abort(ctx); err != nil {
@@ -407,7 +442,7 @@ func rollback(t *testing.T, brokers []string) {
 	case <-time.After(60 * time.Second):
 		t.Fatal("B still runs 60s after A's abort")
 	}
-	waitFor(t, "A to process after the abort", 30*time.Second, func() bool { return a.tw.Stats().Processed > bnd.RecordsProcessed+100 })
+	waitFor(t, "A to process after the abort", 30*time.Second, func() bool { return a.tw.Stats().Processed > bnd.RecordsProcessed+100 }, a)
 	res := drain(ctx, t, adm, stopGen, genDone, in, group, a)
 	checkOutput(ctx, t, brokers, out, res)
 	noLateOutput(ctx, t, brokers, out, "B", aInit)
@@ -447,7 +482,7 @@ func drain(ctx context.Context, t *testing.T, adm *kadm.Client, stopGen context.
 			}
 		}
 		return true
-	})
+	}, r)
 	r.stop()
 	<-r.done
 	if r.err != nil {

@@ -39,8 +39,9 @@ type ApacheConfig struct {
 
 // ApacheBroker is a running Apache Kafka process.
 type ApacheBroker struct {
-	cfg ApacheConfig
-	cmd *exec.Cmd
+	cfg    ApacheConfig
+	cmd    *exec.Cmd
+	exited chan struct{} // closed once the process has been waited for
 }
 
 // StartApache formats the broker's storage and starts it, returning once it answers.
@@ -135,13 +136,17 @@ func StartApache(ctx context.Context, cfg ApacheConfig) (*ApacheBroker, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("broker: start Apache Kafka: %w", err)
 	}
-	b := &ApacheBroker{cfg: cfg, cmd: cmd}
+	b := &ApacheBroker{cfg: cfg, cmd: cmd, exited: make(chan struct{})}
 	if err := os.WriteFile(filepath.Join(cfg.Dir, "broker.pid"), []byte(strconv.Itoa(cmd.Process.Pid)), 0o644); err != nil {
 		_ = b.Close()
 		return nil, fmt.Errorf("broker: write pid file: %w", err)
 	}
 	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
+	go func() {
+		err := cmd.Wait()
+		close(b.exited)
+		exited <- err
+	}()
 	wctx, cancel := context.WithTimeout(ctx, cfg.StartTimeout)
 	defer cancel()
 	ready := make(chan error, 1)
@@ -168,17 +173,11 @@ func (b *ApacheBroker) Close() error {
 		return nil
 	}
 	_ = b.cmd.Process.Signal(syscall.SIGTERM)
-	done := make(chan struct{})
-	go func() {
-		for b.cmd.ProcessState == nil && syscall.Kill(b.cmd.Process.Pid, 0) == nil {
-			time.Sleep(50 * time.Millisecond)
-		}
-		close(done)
-	}()
 	select {
-	case <-done:
+	case <-b.exited:
 	case <-time.After(10 * time.Second):
 		_ = b.cmd.Process.Kill()
+		<-b.exited
 	}
 	_ = os.Remove(filepath.Join(b.cfg.Dir, "broker.pid"))
 	return nil

@@ -300,11 +300,14 @@ func (m *run) quiesce(ctx context.Context) error {
 		m.rep.Boundary = b
 		return err
 	case m.app != nil:
+		// Abort on rollback even if prepare fails or times out: the application may reach the
+		// boundary after we stopped waiting and would then hold for ever.
+		m.prepared = true
 		b, err := m.app.Prepare(ctx)
 		if err != nil {
 			return fmt.Errorf("application hook: %w", err)
 		}
-		m.prepared, m.boundary, m.rep.Boundary = true, &b, &b
+		m.boundary, m.rep.Boundary = &b, &b
 		return m.checkCommitted(ctx)
 	default:
 		m.rep.Warnings = append(m.rep.Warnings, "no application hook: no boundary was taken; the application is frozen as it is")
@@ -370,7 +373,7 @@ func (m *run) transfer(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	st, err := transfer.Push(ctx, m.client.ContentStore(), img.Target, m.session, m.o.Progress)
+	st, err := transfer.Push(ctx, transfer.ContentProvider(ctx, m.client), img.Target, m.session, m.o.Progress)
 	m.rep.Transfer = st
 	m.rep.CompressionRatio = st.CompressionRatio()
 	return err

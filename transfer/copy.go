@@ -43,7 +43,7 @@ func CopyImage(ctx context.Context, src, dst *containerd.Client, ref string) (St
 	}
 	defer done(context.WithoutCancel(ctx))
 
-	st, err := CopyBlobs(ctx, src.ContentStore(), dctx, dst.ContentStore(), img.Target)
+	st, err := CopyBlobs(ctx, ContentProvider(ctx, src), dctx, dst.ContentStore(), img.Target)
 	if err != nil {
 		return st, err
 	}

@@ -34,7 +34,7 @@ func ExportDir(ctx context.Context, client *containerd.Client, ref, dir string, 
 	if err != nil {
 		return Stats{}, fmt.Errorf("transfer: open %s: %w", dir, err)
 	}
-	st, err := CopyBlobs(ctx, client.ContentStore(), ctx, store, img.Target)
+	st, err := CopyBlobs(ctx, ContentProvider(ctx, client), ctx, store, img.Target)
 	if err != nil {
 		return st, err
 	}

@@ -48,7 +48,7 @@ func sortedKeys(m map[int]float64) []int {
 
 // WriteSVG plots stream gap against state size, log-log, one line per method and link.
 func (r *Results) WriteSVG(w io.Writer) error {
-	const W, H, left, right, top, bottom = 760, 440, 70, 210, 30, 50
+	const W, H, left, right, top, bottom = 780, 440, 90, 210, 30, 50
 	type key struct {
 		method string
 		link   int

@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"os"
-	"path/filepath"
 
 	"github.com/urfave/cli/v2"
 
@@ -27,16 +26,9 @@ func benchCommand() *cli.Command {
 			&cli.StringFlag{Name: "out", Value: "results", Usage: "directory for bench.json, bench.md and bench.svg"},
 		},
 		Action: func(c *cli.Context) error {
-			twin := c.String("twin")
-			if twin == "" {
-				exe, err := os.Executable()
-				if err != nil {
-					return err
-				}
-				twin = filepath.Join(filepath.Dir(exe), "twin")
-			}
-			if _, err := os.Stat(twin); err != nil {
-				return fmt.Errorf("twin binary: %w (build it with `make build`, or pass --twin)", err)
+			twin, err := besideExecutable(c, "twin", "twin")
+			if err != nil {
+				return err
 			}
 			kind, err := broker.ParseKind(c.String("broker"))
 			if err != nil {

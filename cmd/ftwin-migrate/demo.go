@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"path/filepath"
 	"text/tabwriter"
 	"time"
 
@@ -35,16 +34,9 @@ func demoCommand() *cli.Command {
 }
 
 func runDemo(c *cli.Context) error {
-	twin := c.String("twin")
-	if twin == "" {
-		exe, err := os.Executable()
-		if err != nil {
-			return err
-		}
-		twin = filepath.Join(filepath.Dir(exe), "twin")
-	}
-	if _, err := os.Stat(twin); err != nil {
-		return fmt.Errorf("twin binary: %w (build it with `make build`, or pass --twin)", err)
+	twin, err := besideExecutable(c, "twin", "twin")
+	if err != nil {
+		return err
 	}
 	kind, err := broker.ParseKind(c.String("broker"))
 	if err != nil {

@@ -220,17 +220,21 @@ func labRun(c *cli.Context) error {
 	return nil
 }
 
-func workloadBinary(c *cli.Context) (string, error) {
-	bin := c.String("workload")
+func workloadBinary(c *cli.Context) (string, error) { return besideExecutable(c, "workload", "counter") }
+
+// besideExecutable returns the path given by flag, or else the binary called name beside this
+// executable (where `make build` puts it), checking that it exists.
+func besideExecutable(c *cli.Context, flag, name string) (string, error) {
+	bin := c.String(flag)
 	if bin == "" {
 		exe, err := os.Executable()
 		if err != nil {
 			return "", err
 		}
-		bin = filepath.Join(filepath.Dir(exe), "counter")
+		bin = filepath.Join(filepath.Dir(exe), name)
 	}
 	if _, err := os.Stat(bin); err != nil {
-		return "", fmt.Errorf("workload binary: %w (build it with `make build`, or pass --workload)", err)
+		return "", fmt.Errorf("%s binary: %w (build it with `make build`, or pass --%s)", name, err, flag)
 	}
 	return bin, nil
 }

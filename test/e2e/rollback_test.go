@@ -67,17 +67,19 @@ func rolledBackAt(t *testing.T, rep *migrate.Report, err error, phase migrate.Ph
 
 // TestRollback: each failure ends with the source running and its state intact, and nothing
 // of the migration left on the target.
-func TestRollback(t *testing.T) {
-	failRestore := func(c *agent.Config) {
-		base := c.RestoreOpts
-		c.RestoreOpts = func(r agent.SessionRequest) []restore.Opt {
-			// A network namespace that does not exist: runc's restore fails for real.
-			return append(base(r), restore.WithSpecEdit(func(s *specs.Spec) error {
-				s.Linux.Namespaces = append(s.Linux.Namespaces, specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: "/run/netns/ftwin-does-not-exist"})
-				return nil
-			}))
-		}
+// failRestore makes an agent's restores fail for real: runc is asked to join a network
+// namespace that does not exist.
+func failRestore(c *agent.Config) {
+	base := c.RestoreOpts
+	c.RestoreOpts = func(r agent.SessionRequest) []restore.Opt {
+		return append(base(r), restore.WithSpecEdit(func(s *specs.Spec) error {
+			s.Linux.Namespaces = append(s.Linux.Namespaces, specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: "/run/netns/ftwin-does-not-exist"})
+			return nil
+		}))
 	}
+}
+
+func TestRollback(t *testing.T) {
 	ml := newMigrationLab(t, map[string]func(*agent.Config){"fog": failRestore})
 	// fog's agent fails restores; a third agent for fog without that fault is started below
 	// where a test needs one.

@@ -9,8 +9,6 @@ import (
 	"testing"
 	"time"
 
-	specs "github.com/opencontainers/runtime-spec/specs-go"
-
 	"github.com/ftwin-migrate/ftwin-migrate/agent"
 	"github.com/ftwin-migrate/ftwin-migrate/broker"
 	"github.com/ftwin-migrate/ftwin-migrate/checkpoint"
@@ -114,15 +112,6 @@ func TestTwinMigratesExactlyOnce(t *testing.T) {
 // with nothing lost or duplicated.
 func TestTwinRollbackMidway(t *testing.T) {
 	kind := brokerKinds(t)[0]
-	failRestore := func(c *agent.Config) {
-		base := c.RestoreOpts
-		c.RestoreOpts = func(r agent.SessionRequest) []restore.Opt {
-			return append(base(r), restore.WithSpecEdit(func(s *specs.Spec) error {
-				s.Linux.Namespaces = append(s.Linux.Namespaces, specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: "/run/netns/ftwin-does-not-exist"})
-				return nil
-			}))
-		}
-	}
 	s := startTwin(t, kind, "10.231.62.0/24", []string{"cloud", "fog"}, func(c *scenario.Config) {
 		c.AgentEdit = map[string]func(*agent.Config){"fog": failRestore}
 	})

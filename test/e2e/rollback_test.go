@@ -65,8 +65,6 @@ func rolledBackAt(t *testing.T, rep *migrate.Report, err error, phase migrate.Ph
 	}
 }
 
-// TestRollback: each failure ends with the source running and its state intact, and nothing
-// of the migration left on the target.
 // failRestore makes an agent's restores fail for real: runc is asked to join a network
 // namespace that does not exist.
 func failRestore(c *agent.Config) {
@@ -79,6 +77,8 @@ func failRestore(c *agent.Config) {
 	}
 }
 
+// TestRollback: each failure ends with the source running and its state intact, and nothing
+// of the migration left on the target.
 func TestRollback(t *testing.T) {
 	ml := newMigrationLab(t, map[string]func(*agent.Config){"fog": failRestore})
 	// fog's agent fails restores; a third agent for fog without that fault is started below

@@ -324,7 +324,11 @@ func (a *Agent) putBlob(ctx context.Context, _ *session, w http.ResponseWriter, 
 		return
 	}
 	desc := ocispec.Descriptor{Digest: dgst, Size: size, MediaType: q.Get("mediatype")}
-	if err := transfer.Receive(ctx, a.cfg.Client.ContentStore(), desc, r.Body); err != nil {
+	receive := func() error { return transfer.Receive(ctx, a.cfg.Client.ContentStore(), desc, r.Body) }
+	if dir, ok := transfer.LocalStore(ctx, a.cfg.Client); ok {
+		receive = func() error { return transfer.ReceiveLocal(ctx, dir, a.cfg.Client.ContentStore(), desc, r.Body) }
+	}
+	if err := receive(); err != nil {
 		status := http.StatusInternalServerError
 		if errdefs.IsFailedPrecondition(err) || strings.Contains(err.Error(), "unexpected commit digest") || strings.Contains(err.Error(), "unexpected commit size") || strings.Contains(err.Error(), "zstd") {
 			status = http.StatusUnprocessableEntity

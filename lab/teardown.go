@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"syscall"
 	"time"
@@ -20,12 +22,13 @@ type Leftovers struct {
 	Links     []string // ftb-NAME and ftv-NAME-*
 	Processes []int    // processes whose command line names the lab's directory, and container inits
 	Mounts    []string // mount points under the lab's directory
+	Cgroups   []string // cgroup directories of the lab's containers (see Host.CgroupsPath)
 	Dir       string   // the lab's directory, if it exists
 }
 
 // Empty reports whether nothing of the lab is left.
 func (f Leftovers) Empty() bool {
-	return len(f.NetNS)+len(f.Links)+len(f.Processes)+len(f.Mounts) == 0 && f.Dir == ""
+	return len(f.NetNS)+len(f.Links)+len(f.Processes)+len(f.Mounts)+len(f.Cgroups) == 0 && f.Dir == ""
 }
 
 func (f Leftovers) String() string {
@@ -39,6 +42,7 @@ func (f Leftovers) String() string {
 	add("links", len(f.Links), strings.Join(f.Links, " "))
 	add("processes", len(f.Processes), strings.Trim(fmt.Sprint(f.Processes), "[]"))
 	add("mounts", len(f.Mounts), strings.Join(f.Mounts, " "))
+	add("cgroup directories", len(f.Cgroups), strings.Join(f.Cgroups, " "))
 	if f.Dir != "" {
 		parts = append(parts, "directory "+f.Dir)
 	}
@@ -68,6 +72,7 @@ func Find(baseDir, name string) Leftovers {
 	}
 	f.Processes = append(containerInits(dir), ctrd.PidsMentioning(dir+"/")...)
 	f.Mounts = ctrd.MountsUnder(dir)
+	f.Cgroups = cgroupDirs(name)
 	if _, err := os.Stat(dir); err == nil {
 		f.Dir = dir
 	}
@@ -126,8 +131,41 @@ func Teardown(ctx context.Context, baseDir, name string) error {
 	if err := os.RemoveAll(dir); err != nil {
 		errs = append(errs, fmt.Errorf("lab: remove %s: %w", dir, err))
 	}
+	// runc removes a container's own cgroup but leaves its parents; cgroup directories go with
+	// rmdir, deepest first, once no process is left in them.
+	for _, d := range cgroupDirs(name) {
+		if err := syscall.Rmdir(d); err != nil && !errors.Is(err, syscall.ENOENT) {
+			errs = append(errs, fmt.Errorf("lab: remove cgroup %s: %w", d, err))
+		}
+	}
+	// The shared parent goes with the last lab (it stays, busy, while another lab has one).
+	parents, _ := filepath.Glob("/sys/fs/cgroup/*/ftwin-lab")
+	for _, p := range append(parents, "/sys/fs/cgroup/ftwin-lab") {
+		_ = syscall.Rmdir(p)
+	}
 	if left := Find(baseDir, name); !left.Empty() {
 		errs = append(errs, fmt.Errorf("lab: after teardown of %q still present: %s", name, left))
 	}
 	return errors.Join(errs...)
+}
+
+// cgroupDirs lists the cgroup directories of lab name in every mounted hierarchy (cgroup v1
+// controllers and the v2 unified tree), deepest first.
+func cgroupDirs(name string) []string {
+	var roots []string
+	for _, pattern := range []string{"/sys/fs/cgroup/*/ftwin-lab/" + name, "/sys/fs/cgroup/ftwin-lab/" + name} {
+		m, _ := filepath.Glob(pattern)
+		roots = append(roots, m...)
+	}
+	var dirs []string
+	for _, r := range roots {
+		_ = filepath.WalkDir(r, func(p string, d fs.DirEntry, err error) error {
+			if err == nil && d.IsDir() {
+				dirs = append(dirs, p)
+			}
+			return nil
+		})
+	}
+	sort.Slice(dirs, func(i, j int) bool { return len(dirs[i]) > len(dirs[j]) })
+	return dirs
 }

@@ -32,6 +32,13 @@ func TestBuild(t *testing.T) {
 	ctx, cancel := context.WithTimeout(namespaces.WithNamespace(context.Background(), "ociimage-test"), 2*time.Minute)
 	defer cancel()
 	bin := buildCounter(t)
+	t.Cleanup(func() {
+		// runc removes a container's cgroup but not its namespace's parent directory.
+		dirs, _ := filepath.Glob("/sys/fs/cgroup/*/ociimage-test")
+		for _, d := range dirs {
+			_ = syscall.Rmdir(d)
+		}
+	})
 
 	t.Run("Idempotent", func(t *testing.T) {
 		const ref = "localhost/ftwin/counter:idempotent"

@@ -108,9 +108,18 @@ func (s *SessionClient) Put(ctx context.Context, d ocispec.Descriptor, r io.Read
 	return cr.n, err
 }
 
-// Restore asks the agent to restore the container from the checkpoint index.
-func (s *SessionClient) Restore(ctx context.Context, index ocispec.Descriptor) (RestoreResult, error) {
-	body, _ := json.Marshal(RestoreRequest{Index: index})
+// PutDir implements transfer.DirRemote: it sends the CRIU image directory's stream.
+func (s *SessionClient) PutDir(ctx context.Context, r io.Reader) (int64, string, error) {
+	cr := &countReader{r: r}
+	var got ImageReceived
+	err := s.c.do(ctx, http.MethodPut, s.path("/criu-image"), cr, &got)
+	return cr.n, got.Digest, err
+}
+
+// Restore asks the agent to restore the container from the checkpoint index, and from the CRIU
+// image directory with digest imageDigest if that is set.
+func (s *SessionClient) Restore(ctx context.Context, index ocispec.Descriptor, imageDigest string) (RestoreResult, error) {
+	body, _ := json.Marshal(RestoreRequest{Index: index, ImageDigest: imageDigest})
 	var res RestoreResult
 	err := s.c.do(ctx, http.MethodPost, s.path("/restore"), bytes.NewReader(body), &res)
 	return res, err

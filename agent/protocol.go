@@ -12,6 +12,7 @@
 //	POST /v1/sessions                   SessionRequest → Session
 //	POST /v1/sessions/{id}/missing      []Descriptor → []Descriptor (blobs the target lacks)
 //	PUT  /v1/sessions/{id}/blobs?digest=&size=&mediatype=   body: zstd stream of the blob
+//	PUT  /v1/sessions/{id}/criu-image   body: zstd stream of a tar of the CRIU image directory → ImageReceived
 //	POST /v1/sessions/{id}/restore      RestoreRequest → RestoreResult
 //	POST /v1/sessions/{id}/verify       → VerifyResult
 //	POST /v1/sessions/{id}/hook/{op}    relays op (resume, status) to the restored container's hook
@@ -81,6 +82,14 @@ type Session struct {
 // RestoreRequest asks the agent to restore the container from the checkpoint index it received.
 type RestoreRequest struct {
 	Index ocispec.Descriptor `json:"index"`
+	// ImageDigest, when set, is the digest of the CRIU image directory sent to /criu-image; the
+	// agent restores from that directory, and only if what it received has this digest.
+	ImageDigest string `json:"image_digest,omitempty"`
+}
+
+// ImageReceived is the agent's answer to a CRIU image upload.
+type ImageReceived struct {
+	Digest string `json:"digest"` // sha256 of the uncompressed tar, hex
 }
 
 // RestoreResult says how the restore went.

@@ -72,6 +72,8 @@ type session struct {
 	lease    string
 	lastUsed time.Time
 	restored bool
+	imageDir string     // where the CRIU image sent to /criu-image was unpacked
+	imageSum string     // and its digest
 	mu       sync.Mutex // one request of a session at a time
 }
 
@@ -165,6 +167,7 @@ func (a *Agent) Handler() http.Handler {
 	mux.HandleFunc("POST /v1/sessions", a.open)
 	mux.HandleFunc("POST /v1/sessions/{id}/missing", a.withSession(a.missing))
 	mux.HandleFunc("PUT /v1/sessions/{id}/blobs", a.withSession(a.putBlob))
+	mux.HandleFunc("PUT /v1/sessions/{id}/criu-image", a.withSession(a.putImage))
 	mux.HandleFunc("POST /v1/sessions/{id}/restore", a.withSession(a.restore))
 	mux.HandleFunc("POST /v1/sessions/{id}/verify", a.withSession(a.verify))
 	mux.HandleFunc("POST /v1/sessions/{id}/hook/{op}", a.withSession(a.hook))
@@ -339,6 +342,22 @@ func (a *Agent) putBlob(ctx context.Context, _ *session, w http.ResponseWriter, 
 	w.WriteHeader(http.StatusCreated)
 }
 
+// putImage unpacks a CRIU image directory sent by transfer.PushDir into the session's directory.
+func (a *Agent) putImage(_ context.Context, s *session, w http.ResponseWriter, r *http.Request) {
+	dir := filepath.Join(a.sessionDir(s.id), "criu-image")
+	_ = os.RemoveAll(dir)
+	sum, err := transfer.ReceiveDir(r.Body, dir)
+	if err != nil {
+		_ = os.RemoveAll(dir)
+		writeError(w, http.StatusUnprocessableEntity, fmt.Errorf("CRIU image rejected: %w", err))
+		return
+	}
+	s.imageDir, s.imageSum = dir, sum
+	writeJSON(w, ImageReceived{Digest: sum})
+}
+
+func (a *Agent) sessionDir(id string) string { return filepath.Join(a.cfg.WorkDir, "sessions", id) }
+
 func (a *Agent) restore(ctx context.Context, s *session, w http.ResponseWriter, r *http.Request) {
 	var req RestoreRequest
 	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
@@ -372,6 +391,13 @@ func (a *Agent) restore(ctx context.Context, s *session, w http.ResponseWriter, 
 		restore.WithLogFile(a.LogPath(s.Namespace, s.Container)),
 		restore.WithCRIUWorkPath(work),
 		tcp,
+	}
+	if req.ImageDigest != "" {
+		if s.imageDir == "" || s.imageSum != req.ImageDigest {
+			writeError(w, http.StatusConflict, fmt.Errorf("no CRIU image with digest %s was received (have %q)", req.ImageDigest, s.imageSum))
+			return
+		}
+		opts = append(opts, restore.WithCRIUImagePath(s.imageDir))
 	}
 	if a.cfg.RestoreOpts != nil {
 		opts = append(opts, a.cfg.RestoreOpts(s.SessionRequest)...)
@@ -486,6 +512,7 @@ func (a *Agent) commit(ctx context.Context, s *session, w http.ResponseWriter, r
 	bg := namespaces.WithNamespace(context.WithoutCancel(ctx), s.Namespace)
 	_ = a.cfg.Client.ImageService().Delete(bg, s.CheckpointRef)
 	_ = a.cfg.Client.LeasesService().Delete(bg, leases.Lease{ID: s.lease})
+	_ = os.RemoveAll(a.sessionDir(s.id))
 	a.cfg.Log.Info("committed", "session", s.id, "container", s.Container)
 	w.WriteHeader(http.StatusNoContent)
 }
@@ -511,6 +538,7 @@ func (a *Agent) abort(ctx context.Context, id, why string) {
 	}
 	_ = a.cfg.Client.ImageService().Delete(ctx, s.CheckpointRef)
 	_ = a.cfg.Client.LeasesService().Delete(ctx, leases.Lease{ID: s.lease}, leases.SynchronousDelete)
+	_ = os.RemoveAll(a.sessionDir(id))
 	a.cfg.Log.Info("session aborted", "session", id, "container", s.Container, "why", why)
 }
 

@@ -7,6 +7,7 @@
 package checkpoint
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -15,9 +16,13 @@ import (
 	"github.com/checkpoint-restore/go-criu/v7/stats"
 	"github.com/containerd/containerd"
 	"github.com/containerd/containerd/containers"
+	"github.com/containerd/containerd/content"
 	"github.com/containerd/containerd/images"
+	"github.com/containerd/containerd/protobuf"
 	"github.com/containerd/containerd/runtime/v2/runc/options"
+	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"google.golang.org/protobuf/proto"
 )
 
 // Result describes a checkpoint just taken.
@@ -58,6 +63,13 @@ func WithTCPEstablished() Opt { return func(c *config) { c.openTCP = true } }
 
 // WithoutRW leaves the container's read-write layer out of the checkpoint.
 func WithoutRW() Opt { return func(c *config) { c.rw = false } }
+
+// WithImagePath has CRIU write its image into dir (visible in the daemon's mount namespace)
+// instead of the checkpoint image in the content store: the checkpoint index then holds the
+// container's spec, runtime options and read-write layer only, and the image directory is moved
+// on its own (transfer.PushDir) and restored with restore.WithCRIUImagePath. This skips
+// containerd packing the image into its content store and unpacking it again on restore.
+func WithImagePath(dir string) Opt { return func(c *config) { c.imagePath = dir } }
 
 // WithWorkPath keeps CRIU's work directory (dump.log, stats-dump) in dir, which must be
 // visible in the daemon's mount namespace.
@@ -102,6 +114,10 @@ func Checkpoint(ctx context.Context, client *containerd.Client, id string, opts 
 		copts = append(copts, containerd.WithCheckpointRW)
 	}
 	copts = append(copts, containerd.WithCheckpointTask)
+	if cfg.imagePath != "" {
+		// containerd adds the spec only beside an image it packs itself.
+		copts = append(copts, withSpec)
+	}
 
 	start := time.Now()
 	img, err := c.Checkpoint(ctx, cfg.ref, copts...)
@@ -118,8 +134,24 @@ func withRuncOptions(cfg config) containerd.CheckpointOpts {
 		o.Exit = cfg.exit
 		o.OpenTcp = cfg.openTCP
 		o.WorkPath = cfg.workPath
+		o.ImagePath = cfg.imagePath
 		return nil
 	}
+}
+
+// withSpec records the container's spec in the checkpoint index, as containerd does when it
+// packs the CRIU image into its content store.
+func withSpec(ctx context.Context, client *containerd.Client, c *containers.Container, index *ocispec.Index, _ *options.CheckpointOptions) error {
+	data, err := proto.Marshal(protobuf.FromAny(c.Spec))
+	if err != nil {
+		return fmt.Errorf("encode the container's spec: %w", err)
+	}
+	desc := ocispec.Descriptor{MediaType: images.MediaTypeContainerd1CheckpointConfig, Digest: digest.FromBytes(data), Size: int64(len(data))}
+	if err := content.WriteBlob(ctx, client.ContentStore(), c.ID+"-spec", bytes.NewReader(data), desc); err != nil {
+		return fmt.Errorf("write the container's spec: %w", err)
+	}
+	index.Manifests = append(index.Manifests, desc)
+	return nil
 }
 
 // Delete removes a checkpoint image from a containerd (its blobs go with the next GC).

@@ -145,6 +145,7 @@ type run struct {
 	boundary *kafkahooks.Boundary
 	ckptRef  string
 	workDir  string
+	imageDir string // the CRIU image, written outside containerd's content store
 }
 
 // phase runs fn as phase p under the phase timeout and records it in the report.
@@ -354,16 +355,20 @@ func (m *run) checkpoint(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	res, err := checkpoint.Checkpoint(ctx, m.client, m.o.Container,
-		checkpoint.WithRef(m.ckptRef), checkpoint.WithTCPEstablished(), checkpoint.WithWorkPath(m.workDir))
+	m.imageDir = filepath.Join(m.workDir, "image")
+	if err := os.Mkdir(m.imageDir, 0o700); err != nil {
+		return err
+	}
+	// The CRIU image goes to a directory of ours, not through containerd's content store: it is
+	// streamed to the agent as it is, and restored from a directory there.
+	res, err := checkpoint.Checkpoint(ctx, m.client, m.o.Container, checkpoint.WithRef(m.ckptRef),
+		checkpoint.WithTCPEstablished(), checkpoint.WithWorkPath(m.workDir), checkpoint.WithImagePath(m.imageDir))
 	if err != nil {
 		return err
 	}
 	m.rep.CheckpointIndex = res.Target.Digest.String()
-	if st, err := checkpoint.DumpStats(ctx, m.client.ContentStore(), res.Target, m.workDir); err == nil {
-		m.rep.CRIU = st
-	} else {
-		m.rep.Warnings = append(m.rep.Warnings, "CRIU dump statistics unavailable: "+err.Error())
+	if m.rep.CRIU = res.CRIU; m.rep.CRIU == nil {
+		m.rep.Warnings = append(m.rep.Warnings, "CRIU dump statistics unavailable")
 	}
 	return nil
 }
@@ -374,6 +379,14 @@ func (m *run) transfer(ctx context.Context) error {
 		return err
 	}
 	st, err := transfer.Push(ctx, transfer.ContentProvider(ctx, m.client), img.Target, m.session, m.o.Progress)
+	if err == nil {
+		var ds transfer.DirStats
+		ds, err = transfer.PushDir(ctx, m.imageDir, m.session)
+		m.rep.Image = &ds
+		st.BlobsSent++
+		st.BytesSent += ds.Bytes
+		st.WireBytes += ds.WireBytes
+	}
 	m.rep.Transfer = st
 	m.rep.CompressionRatio = st.CompressionRatio()
 	return err
@@ -384,7 +397,11 @@ func (m *run) restore(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	res, err := m.session.Restore(ctx, img.Target)
+	digest := ""
+	if m.rep.Image != nil {
+		digest = m.rep.Image.Digest
+	}
+	res, err := m.session.Restore(ctx, img.Target, digest)
 	if err != nil {
 		return err
 	}

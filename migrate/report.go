@@ -34,8 +34,11 @@ type Report struct {
 	// (µs), pages_restored.
 	CRIURestore *stats.RestoreStatsEntry `json:"criu_restore_statistics,omitempty"`
 	// RestoreTime is the agent's wall time for the restore (container creation + CRIU restore).
-	RestoreTime      time.Duration      `json:"restore_time_ns"`
+	RestoreTime time.Duration `json:"restore_time_ns"`
+	// Transfer counts everything sent: the checkpoint's blobs and the CRIU image directory
+	// (also reported alone in Image).
 	Transfer         transfer.PushStats `json:"transfer"`
+	Image            *transfer.DirStats `json:"criu_image,omitempty"`
 	CompressionRatio float64            `json:"compression_ratio"`
 	CheckpointIndex  string             `json:"checkpoint_index,omitempty"`
 	// Boundary is what the application's hook reported in the quiesce phase (nil: no hook).

@@ -39,6 +39,7 @@ type Result struct {
 type config struct {
 	io        cio.Creator
 	workPath  string
+	imagePath string
 	specEdits []func(*specs.Spec) error
 	noRW      bool
 }
@@ -114,6 +115,10 @@ func WithTCP(mode, dir string) (Opt, error) {
 // be visible in the target daemon's mount namespace); Result.CRIU is then filled.
 func WithCRIUWorkPath(dir string) Opt { return func(cfg *config) { cfg.workPath = dir } }
 
+// WithCRIUImagePath restores from the CRIU image in directory dir (see
+// checkpoint.WithImagePath) instead of the image in the checkpoint's content.
+func WithCRIUImagePath(dir string) Opt { return func(cfg *config) { cfg.imagePath = dir } }
+
 // WithoutRW skips re-applying the checkpointed read-write layer.
 func WithoutRW() Opt { return func(cfg *config) { cfg.noRW = true } }
 
@@ -156,9 +161,12 @@ func Restore(ctx context.Context, client *containerd.Client, id, ref string, opt
 			_ = c.Delete(context.WithoutCancel(ctx), containerd.WithSnapshotCleanup)
 		}
 	}()
-	topts := []containerd.NewTaskOpts{containerd.WithTaskCheckpoint(ckpt)}
-	if cfg.workPath != "" {
-		o, err := withCRIUWorkPath(ctx, c, cfg.workPath)
+	var topts []containerd.NewTaskOpts
+	if cfg.imagePath == "" {
+		topts = append(topts, containerd.WithTaskCheckpoint(ckpt))
+	}
+	if cfg.workPath != "" || cfg.imagePath != "" {
+		o, err := withCRIUPaths(ctx, c, cfg.workPath, cfg.imagePath)
 		if err != nil {
 			return nil, err
 		}
@@ -182,9 +190,9 @@ func Restore(ctx context.Context, client *containerd.Client, id, ref string, opt
 	return res, nil
 }
 
-// withCRIUWorkPath sets the runc shim's CRIU work path for the restore, keeping the container's
-// other runtime options (task options replace them).
-func withCRIUWorkPath(ctx context.Context, c containerd.Container, dir string) (containerd.NewTaskOpts, error) {
+// withCRIUPaths sets the runc shim's CRIU work and image paths for the restore, keeping the
+// container's other runtime options (task options replace them).
+func withCRIUPaths(ctx context.Context, c containerd.Container, workPath, imagePath string) (containerd.NewTaskOpts, error) {
 	info, err := c.Info(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("restore: container info: %w", err)
@@ -195,7 +203,7 @@ func withCRIUWorkPath(ctx context.Context, c containerd.Container, dir string) (
 			return nil, fmt.Errorf("restore: runtime options of %s are not runc's: %w", c.ID(), err)
 		}
 	}
-	opts.CriuWorkPath = dir
+	opts.CriuWorkPath, opts.CriuImagePath = workPath, imagePath
 	return func(_ context.Context, _ *containerd.Client, ti *containerd.TaskInfo) error {
 		ti.Options = opts
 		return nil

@@ -1,7 +1,6 @@
 package transfer
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -52,8 +51,15 @@ func ReceiveLocal(ctx context.Context, dir content.Store, api content.Store, des
 	if err := Receive(ctx, dir, desc, r); err != nil {
 		return err
 	}
-	// Nothing is sent: the writer finds the blob and the copy skips to its end.
-	if err := content.WriteBlob(ctx, api, "ftwin-register-"+desc.Digest.String(), bytes.NewReader(nil), desc); err != nil {
+	ra, err := dir.ReaderAt(ctx, desc)
+	if err != nil {
+		return fmt.Errorf("transfer: reopen %s: %w", desc.Digest, err)
+	}
+	defer ra.Close()
+	// Usually nothing is sent: the writer finds the blob and the copy seeks to its end. Should
+	// containerd not share it (its garbage collector may be removing an older copy), the blob
+	// is streamed from the directory instead.
+	if err := content.WriteBlob(ctx, api, "ftwin-register-"+desc.Digest.String(), io.NewSectionReader(ra, 0, desc.Size), desc); err != nil {
 		return fmt.Errorf("transfer: register %s with containerd: %w", desc.Digest, err)
 	}
 	return nil

@@ -2,6 +2,8 @@ package transfer
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -157,7 +159,15 @@ func Receive(ctx context.Context, store content.Ingester, desc ocispec.Descripto
 		return fmt.Errorf("transfer: zstd: %w", err)
 	}
 	defer dec.Close()
-	if err := content.WriteBlob(ctx, store, "ftwin-recv-"+desc.Digest.String(), dec, desc); err != nil {
+	// A ref of its own: a writer resumes an ingest of the same ref, and a failed one must not
+	// be resumed (its bytes may be the corrupt ones).
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	ref := "ftwin-recv-" + desc.Digest.Encoded()[:12] + "-" + hex.EncodeToString(b[:])
+	if err := content.WriteBlob(ctx, store, ref, dec, desc); err != nil {
+		if m, ok := store.(content.IngestManager); ok {
+			_ = m.Abort(context.WithoutCancel(ctx), ref)
+		}
 		return fmt.Errorf("transfer: receive %s: %w", desc.Digest, err)
 	}
 	return nil

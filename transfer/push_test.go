@@ -5,6 +5,8 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -106,5 +108,53 @@ func TestReceiveRejectsACorruptBlob(t *testing.T) {
 	}
 	if _, err := dst.Info(ctx, big.Digest); err == nil {
 		t.Error("the corrupted blob was committed")
+	}
+}
+
+type dirRemote struct {
+	t      *testing.T
+	dir    string
+	tamper bool
+}
+
+func (d *dirRemote) PutDir(ctx context.Context, r io.Reader) (int64, string, error) {
+	b, err := io.ReadAll(r)
+	if err != nil {
+		return 0, "", err
+	}
+	if d.tamper {
+		raw := decompress(d.t, b)
+		raw[700] ^= 1 // inside the first file's data
+		b = compress(d.t, raw)
+	}
+	got, err := ReceiveDir(bytes.NewReader(b), d.dir)
+	return int64(len(b)), got, err
+}
+
+func TestPushDir(t *testing.T) {
+	src := t.TempDir()
+	for name, data := range map[string][]byte{"pages-1.img": bytes.Repeat([]byte{0}, 1<<20), "core-1.img": []byte("core"), "stats-dump": []byte("s")} {
+		if err := os.WriteFile(filepath.Join(src, name), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dst := filepath.Join(t.TempDir(), "img")
+	st, err := PushDir(context.Background(), src, &dirRemote{t: t, dir: dst})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.WireBytes == 0 || st.WireBytes*10 > st.Bytes || len(st.Digest) != 64 {
+		t.Errorf("stats %+v: want a compressed stream and a digest", st)
+	}
+	for _, name := range []string{"pages-1.img", "core-1.img", "stats-dump"} {
+		a, _ := os.ReadFile(filepath.Join(src, name))
+		b, err := os.ReadFile(filepath.Join(dst, name))
+		if err != nil || !bytes.Equal(a, b) {
+			t.Errorf("%s did not arrive intact: %v", name, err)
+		}
+	}
+	// A byte changed in flight (under the compression) changes the digest: the push fails.
+	if _, err := PushDir(context.Background(), src, &dirRemote{t: t, dir: filepath.Join(t.TempDir(), "img"), tamper: true}); err == nil || !strings.Contains(err.Error(), "arrived with digest") {
+		t.Errorf("tampered push: %v; want a digest mismatch", err)
 	}
 }

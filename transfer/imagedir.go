@@ -1,0 +1,157 @@
+package transfer
+
+import (
+	"archive/tar"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"github.com/klauspost/compress/zstd"
+)
+
+// A CRIU image directory travels as one tar stream (files only, flat: CRIU writes no
+// subdirectories), zstd-compressed. Its digest is the sha256 of the uncompressed tar, computed
+// by both sides: the receiver's must equal the sender's before the image is used.
+
+// DirRemote receives a directory stream.
+type DirRemote interface {
+	// PutDir streams a zstd-compressed tar from r and returns the compressed bytes sent and
+	// the digest the receiver computed over the uncompressed tar.
+	PutDir(ctx context.Context, r io.Reader) (wire int64, digest string, err error)
+}
+
+// DirStats says what sending a directory did.
+type DirStats struct {
+	Bytes     int64  `json:"bytes"`      // uncompressed tar
+	WireBytes int64  `json:"wire_bytes"` // compressed
+	Digest    string `json:"digest"`     // sha256 of the tar, hex
+}
+
+// PushDir streams directory dir to dst. It fails if the receiver's digest differs.
+func PushDir(ctx context.Context, dir string, dst DirRemote) (DirStats, error) {
+	var st DirStats
+	pr, pw := io.Pipe()
+	sum := sha256.New()
+	counted := &countWriter{w: sum}
+	go func() {
+		enc, err := zstd.NewWriter(pw, zstd.WithEncoderLevel(zstd.SpeedFastest))
+		if err != nil {
+			pw.CloseWithError(err)
+			return
+		}
+		err = writeFlatTar(io.MultiWriter(enc, counted), dir)
+		if cerr := enc.Close(); err == nil {
+			err = cerr
+		}
+		pw.CloseWithError(err)
+	}()
+	wire, got, err := dst.PutDir(ctx, pr)
+	pr.CloseWithError(errors.New("transfer: put ended"))
+	st.WireBytes, st.Bytes, st.Digest = wire, counted.n, hex.EncodeToString(sum.Sum(nil))
+	if err != nil {
+		return st, fmt.Errorf("transfer: send %s: %w", dir, err)
+	}
+	if got != st.Digest {
+		return st, fmt.Errorf("transfer: %s arrived with digest %s, sent %s", dir, got, st.Digest)
+	}
+	return st, nil
+}
+
+// ReceiveDir unpacks a stream sent by PushDir into dir (created) and returns the sha256 of the
+// uncompressed tar.
+func ReceiveDir(r io.Reader, dir string) (string, error) {
+	dec, err := zstd.NewReader(r)
+	if err != nil {
+		return "", fmt.Errorf("transfer: zstd: %w", err)
+	}
+	defer dec.Close()
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", err
+	}
+	sum := sha256.New()
+	if err := readFlatTar(io.TeeReader(dec, sum), dir); err != nil {
+		return "", fmt.Errorf("transfer: receive into %s: %w", dir, err)
+	}
+	// Read what follows the tar's end-of-archive blocks, so the digest covers the whole stream.
+	if _, err := io.Copy(sum, dec); err != nil {
+		return "", fmt.Errorf("transfer: receive into %s: %w", dir, err)
+	}
+	return hex.EncodeToString(sum.Sum(nil)), nil
+}
+
+func writeFlatTar(w io.Writer, dir string) error {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	tw := tar.NewWriter(w)
+	for _, e := range entries {
+		if !e.Type().IsRegular() {
+			return fmt.Errorf("%s/%s is not a regular file", dir, e.Name())
+		}
+		if err := addFile(tw, filepath.Join(dir, e.Name())); err != nil {
+			return err
+		}
+	}
+	return tw.Close()
+}
+
+func addFile(tw *tar.Writer, path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if err := tw.WriteHeader(&tar.Header{Name: fi.Name(), Mode: int64(fi.Mode().Perm()), Size: fi.Size(), Typeflag: tar.TypeReg}); err != nil {
+		return err
+	}
+	_, err = io.Copy(tw, f)
+	return err
+}
+
+func readFlatTar(r io.Reader, dir string) error {
+	tr := tar.NewReader(r)
+	for {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			return nil
+		} else if err != nil {
+			return err
+		}
+		if h.Typeflag != tar.TypeReg || h.Name != filepath.Base(h.Name) || h.Name == ".." {
+			return fmt.Errorf("unexpected entry %q in a CRIU image stream", h.Name)
+		}
+		f, err := os.OpenFile(filepath.Join(dir, h.Name), os.O_CREATE|os.O_EXCL|os.O_WRONLY, os.FileMode(h.Mode)&0o777)
+		if err != nil {
+			return err
+		}
+		_, err = io.Copy(f, tr)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// countWriter counts what passes through it.
+type countWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}

@@ -8,8 +8,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/containerd/containerd"
-
 	"github.com/ftwin-migrate/ftwin-migrate/checkpoint"
 	"github.com/ftwin-migrate/ftwin-migrate/lab"
 	"github.com/ftwin-migrate/ftwin-migrate/restore"
@@ -149,7 +147,8 @@ func (s *Scenario) stopTwin(ctx context.Context, h *lab.Host) error {
 	return h.Remove(ctx, ContainerID)
 }
 
-// Floor dumps the twin with CRIU and restores it on the same host (see MethodFloor).
+// Floor dumps the twin with CRIU into a directory and restores it from there on the same host
+// (see MethodFloor): containerd and runc around CRIU, but no content store and no transfer.
 func (s *Scenario) Floor(ctx context.Context) Migration {
 	h := s.host(s.at)
 	m := Migration{Method: MethodFloor, From: h.Name, To: h.Name, Start: time.Now()}
@@ -161,7 +160,17 @@ func (s *Scenario) Floor(ctx context.Context) Migration {
 		}
 		defer client.Close()
 		ctx := lab.Context(ctx)
-		ck, err := checkpoint.Checkpoint(ctx, client, ContainerID, checkpoint.WithExit(), checkpoint.WithTCPEstablished())
+		work, err := os.MkdirTemp("", "ftwin-floor-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(work)
+		image := filepath.Join(work, "image")
+		if err := os.Mkdir(image, 0o700); err != nil {
+			return err
+		}
+		ck, err := checkpoint.Checkpoint(ctx, client, ContainerID, checkpoint.WithExit(), checkpoint.WithTCPEstablished(),
+			checkpoint.WithImagePath(image), checkpoint.WithWorkPath(work))
 		if err != nil {
 			return err
 		}
@@ -169,8 +178,7 @@ func (s *Scenario) Floor(ctx context.Context) Migration {
 		if ck.CRIU != nil {
 			m.Frozen = time.Duration(ck.CRIU.GetFrozenTime()) * time.Microsecond
 		}
-		m.Bytes, err = criuImageSize(ctx, client, ck)
-		if err != nil {
+		if m.Bytes, err = dirSize(image); err != nil {
 			return err
 		}
 		if err := h.Remove(ctx, ContainerID); err != nil {
@@ -184,7 +192,7 @@ func (s *Scenario) Floor(ctx context.Context) Migration {
 		if err != nil {
 			return err
 		}
-		_, err = restore.Restore(ctx, client, ContainerID, ck.Ref, restore.WithIO(io), tcp,
+		_, err = restore.Restore(ctx, client, ContainerID, ck.Ref, restore.WithIO(io), tcp, restore.WithCRIUImagePath(image),
 			restore.WithCgroupsPath(h.CgroupsPath(lab.Namespace, ContainerID)))
 		m.Downtime = time.Since(m.Start)
 		return err
@@ -192,17 +200,19 @@ func (s *Scenario) Floor(ctx context.Context) Migration {
 	return s.record(m, cpu)
 }
 
-// criuImageSize is the size of the checkpoint's CRIU image (what a transfer must at least move).
-func criuImageSize(ctx context.Context, client *containerd.Client, ck *checkpoint.Result) (int64, error) {
-	info, err := checkpoint.Inspect(ctx, client.ContentStore(), ck.Target)
+// dirSize adds up the sizes of the files in dir (what a transfer of the image must at least move).
+func dirSize(dir string) (int64, error) {
+	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return 0, err
 	}
 	var n int64
-	for _, e := range info.Entries {
-		if e.MediaType == "application/vnd.containerd.container.criu.checkpoint.criu.tar" {
-			n += e.Size
+	for _, e := range entries {
+		fi, err := e.Info()
+		if err != nil {
+			return 0, err
 		}
+		n += fi.Size()
 	}
 	return n, nil
 }

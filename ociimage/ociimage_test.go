@@ -223,6 +223,9 @@ func freeAddr(t *testing.T) string {
 // when the test ends (after the test's own cleanups, which run first).
 func startContainerd(t *testing.T) *containerd.Client {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("integration test (make unit skips it; make test runs it)")
+	}
 	if _, err := exec.LookPath("containerd"); err != nil {
 		t.Skip("containerd is not installed:", err)
 	}

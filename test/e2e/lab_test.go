@@ -19,6 +19,9 @@ import (
 
 func requireLabTools(t *testing.T) {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("integration test (make unit skips it; make test runs it)")
+	}
 	if os.Geteuid() != 0 {
 		t.Skip("needs root (network namespaces, containerd, CRIU)")
 	}

@@ -82,7 +82,10 @@ if [ ${#need[@]} -gt 0 ]; then log "installing ${need[*]}"; apt_install "${need[
 v="$(criu_version || true)"
 if [ -z "$v" ] || ! version_ge "$v" "$CRIU_MIN"; then
   log "installing criu >= $CRIU_MIN (found: ${v:-none})"
-  apt_install -t trixie criu
+  # trixie first: it brings the C library forky's criu needs from trixie rather than forky. When
+  # forky's CRIU libraries are already there (criu was removed, its libraries not), trixie's
+  # criu cannot be installed beside them, and forky's alone is what is needed.
+  apt_install -t trixie criu || log "trixie's criu does not fit beside what is installed; taking forky's directly"
   apt_install -t forky criu
 fi
 
@@ -107,9 +110,11 @@ if [ ! -f "$FTWIN_KAFKA_HOME/.complete" ]; then
   command -v java >/dev/null || apt_install openjdk-17-jre-headless
   log "assembling Apache Kafka $KAFKA_VERSION into $FTWIN_KAFKA_HOME (Maven Central)"
   mkdir -p "$FTWIN_KAFKA_HOME/libs"
-  mvn -q -B -Dstyle.color=never -f "$HERE/kafka/pom.xml" dependency:copy-dependencies \
-      -DoutputDirectory="$FTWIN_KAFKA_HOME/libs" -DincludeScope=runtime >&2 \
-    || die "could not fetch org.apache.kafka:kafka_2.13:$KAFKA_VERSION from Maven Central"
+  if ! mvn -q -B -f "$HERE/kafka/pom.xml" dependency:copy-dependencies \
+      -DoutputDirectory="$FTWIN_KAFKA_HOME/libs" -DincludeScope=runtime >"$FTWIN_KAFKA_HOME/mvn.log" 2>&1; then
+    cat "$FTWIN_KAFKA_HOME/mvn.log" >&2
+    die "could not fetch org.apache.kafka:kafka_2.13:$KAFKA_VERSION from Maven Central (log above)"
+  fi
   echo "$KAFKA_VERSION" >"$FTWIN_KAFKA_HOME/.complete"
 fi
 

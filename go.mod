@@ -1,6 +1,6 @@
 module github.com/ftwin-migrate/ftwin-migrate
 
-go 1.26.8
+go 1.26.0
 
 require (
 	github.com/checkpoint-restore/go-criu/v7 v7.2.0

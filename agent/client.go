@@ -148,6 +148,18 @@ func (s *SessionClient) Abort(ctx context.Context) error {
 	return s.c.do(ctx, http.MethodPost, s.path("/abort"), nil, nil)
 }
 
+// ContainerState asks the agent what it knows of container id in namespace ns.
+func (c *Client) ContainerState(ctx context.Context, ns, id string) (ContainerState, error) {
+	var st ContainerState
+	err := c.do(ctx, http.MethodGet, "/v1/containers/"+url.PathEscape(ns)+"/"+url.PathEscape(id), nil, &st)
+	return st, err
+}
+
+// AbortContainer asks the agent to undo an uncommitted migration of container id.
+func (c *Client) AbortContainer(ctx context.Context, ns, id string) error {
+	return c.do(ctx, http.MethodPost, "/v1/containers/"+url.PathEscape(ns)+"/"+url.PathEscape(id)+"/abort", nil, nil)
+}
+
 // RemoteError is an error the agent answered with.
 type RemoteError struct {
 	Host    string

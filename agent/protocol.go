@@ -18,6 +18,8 @@
 //	POST /v1/sessions/{id}/hook/{op}    relays op (resume, status) to the restored container's hook
 //	POST /v1/sessions/{id}/commit
 //	POST /v1/sessions/{id}/abort
+//	GET  /v1/containers/{namespace}/{id}          ContainerState (for recovery after a crashed migrator)
+//	POST /v1/containers/{namespace}/{id}/abort    abort its session, or remove it if uncommitted
 package agent
 
 import (
@@ -108,4 +110,15 @@ type VerifyResult struct {
 
 type errorBody struct {
 	Error string `json:"error"`
+}
+
+// CommittedLabel marks a container the agent committed a migration of (its value: the session).
+const CommittedLabel = "ftwin-migrate.dev/committed"
+
+// ContainerState is what the agent knows of a container, for a migrator recovering from a crash.
+type ContainerState struct {
+	Exists    bool   `json:"exists"`
+	Running   bool   `json:"running"`
+	Committed bool   `json:"committed"`         // a migration of it was committed here
+	Session   string `json:"session,omitempty"` // an open session restoring it
 }

@@ -172,6 +172,8 @@ func (a *Agent) Handler() http.Handler {
 	mux.HandleFunc("POST /v1/sessions/{id}/verify", a.withSession(a.verify))
 	mux.HandleFunc("POST /v1/sessions/{id}/hook/{op}", a.withSession(a.hook))
 	mux.HandleFunc("POST /v1/sessions/{id}/commit", a.withSession(a.commit))
+	mux.HandleFunc("GET /v1/containers/{namespace}/{id}", a.containerState)
+	mux.HandleFunc("POST /v1/containers/{namespace}/{id}/abort", a.abortContainer)
 	mux.HandleFunc("POST /v1/sessions/{id}/abort", func(w http.ResponseWriter, r *http.Request) {
 		a.abort(r.Context(), r.PathValue("id"), "aborted by the migrator")
 		w.WriteHeader(http.StatusNoContent)
@@ -505,15 +507,86 @@ func (a *Agent) commit(ctx context.Context, s *session, w http.ResponseWriter, r
 		writeError(w, http.StatusConflict, errors.New("nothing to commit: the container was not restored"))
 		return
 	}
+	bg := namespaces.WithNamespace(context.WithoutCancel(ctx), s.Namespace)
+	// The label is what tells a recovering migrator that this host owns the container now.
+	c, err := a.cfg.Client.LoadContainer(bg, s.Container)
+	if err == nil {
+		_, err = c.SetLabels(bg, map[string]string{CommittedLabel: s.id})
+	}
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, fmt.Errorf("mark %s committed: %w", s.Container, err))
+		return
+	}
 	a.mu.Lock()
 	delete(a.sessions, s.id)
 	a.mu.Unlock()
 	// The container holds its snapshot; the CRIU image is no longer needed.
-	bg := namespaces.WithNamespace(context.WithoutCancel(ctx), s.Namespace)
 	_ = a.cfg.Client.ImageService().Delete(bg, s.CheckpointRef)
 	_ = a.cfg.Client.LeasesService().Delete(bg, leases.Lease{ID: s.lease})
 	_ = os.RemoveAll(a.sessionDir(s.id))
 	a.cfg.Log.Info("committed", "session", s.id, "container", s.Container)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// sessionFor returns the open session restoring container id in namespace ns, or nil.
+func (a *Agent) sessionFor(ns, id string) *session {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, s := range a.sessions {
+		if s.Namespace == ns && s.Container == id {
+			return s
+		}
+	}
+	return nil
+}
+
+func (a *Agent) containerState(w http.ResponseWriter, r *http.Request) {
+	ns, id := r.PathValue("namespace"), r.PathValue("id")
+	ctx := namespaces.WithNamespace(r.Context(), ns)
+	var st ContainerState
+	if s := a.sessionFor(ns, id); s != nil {
+		st.Session = s.id
+	}
+	if c, err := a.cfg.Client.LoadContainer(ctx, id); err == nil {
+		st.Exists = true
+		if labels, err := c.Labels(ctx); err == nil {
+			st.Committed = labels[CommittedLabel] != ""
+		}
+		if t, err := c.Task(ctx, nil); err == nil {
+			if ts, err := t.Status(ctx); err == nil {
+				st.Running = ts.Status == containerd.Running
+			}
+		}
+	}
+	writeJSON(w, st)
+}
+
+// abortContainer undoes an uncommitted migration of a container: its open session is aborted,
+// or, with no session (the agent restarted), an uncommitted restored copy is removed.
+func (a *Agent) abortContainer(w http.ResponseWriter, r *http.Request) {
+	ns, id := r.PathValue("namespace"), r.PathValue("id")
+	if s := a.sessionFor(ns, id); s != nil {
+		a.abort(r.Context(), s.id, "aborted by a recovering migrator")
+		w.WriteHeader(http.StatusNoContent)
+		return
+	}
+	ctx := namespaces.WithNamespace(r.Context(), ns)
+	c, err := a.cfg.Client.LoadContainer(ctx, id)
+	if err != nil {
+		w.WriteHeader(http.StatusNoContent) // nothing here
+		return
+	}
+	if labels, _ := c.Labels(ctx); labels[CommittedLabel] != "" {
+		writeError(w, http.StatusConflict, fmt.Errorf("%s was committed on %s: it is not undone", id, a.cfg.Host))
+		return
+	}
+	if t, err := c.Task(ctx, nil); err == nil {
+		_, _ = t.Delete(ctx, containerd.WithProcessKill)
+	}
+	if err := c.Delete(ctx, containerd.WithSnapshotCleanup); err != nil {
+		writeError(w, http.StatusInternalServerError, fmt.Errorf("remove uncommitted %s: %w", id, err))
+		return
+	}
 	w.WriteHeader(http.StatusNoContent)
 }
 

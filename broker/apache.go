@@ -123,11 +123,21 @@ func StartApache(ctx context.Context, cfg ApacheConfig) (*ApacheBroker, error) {
 		"-Dlog4j2.configurationFile=" + log4j, "-cp", classpath}
 
 	if _, err := os.Stat(filepath.Join(logDir, "meta.properties")); err != nil {
-		format := exec.CommandContext(ctx, java, append(jvm, "kafka.tools.StorageTool", "format", "--standalone",
-			"-t", newClusterID(), "-c", propsPath)...)
-		format.Stdout, format.Stderr = logf, logf
-		if err := format.Run(); err != nil {
-			return nil, fmt.Errorf("broker: format KRaft storage in %s: %w (see %s)", logDir, err, logPath)
+		// Formatting once failed in a long test run and could not be reproduced: its log is
+		// kept in the error, and a second attempt starts from an empty directory.
+		var ferr error
+		for attempt := 0; attempt < 2; attempt++ {
+			format := exec.CommandContext(ctx, java, append(jvm, "kafka.tools.StorageTool", "format", "--standalone",
+				"-t", newClusterID(), "-c", propsPath)...)
+			format.Stdout, format.Stderr = logf, logf
+			if ferr = format.Run(); ferr == nil {
+				break
+			}
+			_ = os.RemoveAll(logDir)
+			_ = os.MkdirAll(logDir, 0o755)
+		}
+		if ferr != nil {
+			return nil, fmt.Errorf("broker: format KRaft storage in %s: %w: %s", logDir, ferr, tailOf(logPath, 1500))
 		}
 	}
 	cmd := exec.Command(java, append(jvm, "kafka.Kafka", propsPath)...)
@@ -160,7 +170,7 @@ func StartApache(ctx context.Context, cfg ApacheConfig) (*ApacheBroker, error) {
 		return b, nil
 	case err := <-exited:
 		cancel()
-		return nil, fmt.Errorf("broker: Apache Kafka exited during startup: %v (see %s)", err, logPath)
+		return nil, fmt.Errorf("broker: Apache Kafka exited during startup: %v: %s", err, tailOf(logPath, 1500))
 	}
 }
 
@@ -214,3 +224,15 @@ rootLogger.appenderRef.stdout.ref = STDOUT
 logger.kafka.name = kafka.server.KafkaRaftServer
 logger.kafka.level = INFO
 `
+
+// tailOf returns the last n bytes of the file at path, for error messages.
+func tailOf(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "(no log: " + err.Error() + ")"
+	}
+	if len(b) > n {
+		b = b[len(b)-n:]
+	}
+	return string(b)
+}

@@ -146,6 +146,7 @@ type run struct {
 	ckptRef  string
 	workDir  string
 	imageDir string // the CRIU image, written outside containerd's content store
+	labeled  bool   // MigratingLabel is set on the source
 }
 
 // phase runs fn as phase p under the phase timeout and records it in the report.
@@ -339,6 +340,12 @@ func (m *run) checkCommitted(ctx context.Context) error {
 }
 
 func (m *run) checkpoint(ctx context.Context) error {
+	// Record where the container is going before it freezes: should this process die, Recover
+	// finds the frozen source and settles it with the target.
+	if err := m.setMigratingLabel(ctx, m.o.Target); err != nil {
+		return err
+	}
+	m.labeled = true
 	// Freeze first and keep the source frozen until commit or rollback: a rollback is then a
 	// thaw, which cannot fail the way a restore can.
 	m.frozenAt = time.Now()
@@ -470,6 +477,11 @@ func (m *run) rollback(ctx context.Context) error {
 			m.paused = false
 		}
 	}
+	if m.labeled && !m.paused {
+		if err := m.setMigratingLabel(ctx, ""); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	if m.prepared && m.app != nil {
 		if err := m.app.Abort(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("tell the source application to carry on: %w", err))
@@ -489,6 +501,22 @@ func (m *run) cleanup(ctx context.Context) {
 	if m.workDir != "" {
 		_ = os.RemoveAll(m.workDir)
 	}
+}
+
+// MigratingLabel marks a source container from its freeze to commit or rollback; its value is
+// the target agent's address.
+const MigratingLabel = "ftwin-migrate.dev/migrating-to"
+
+// setMigratingLabel sets (or with target "", removes) MigratingLabel on the source container.
+func (m *run) setMigratingLabel(ctx context.Context, target string) error {
+	c, err := m.client.LoadContainer(ctx, m.o.Container)
+	if err == nil {
+		_, err = c.SetLabels(ctx, map[string]string{MigratingLabel: target})
+	}
+	if err != nil {
+		return fmt.Errorf("label the source container: %w", err)
+	}
+	return nil
 }
 
 // PhaseError says which phase failed.

@@ -28,6 +28,7 @@ func main() {
 			certsCommand(),
 			receiveCommand(),
 			migrateCommand(),
+			recoverCommand(),
 			checkpointCommand(),
 			restoreCommand(),
 			inspectCommand(),

@@ -64,18 +64,8 @@ type Config struct {
 	Logf func(format string, args ...any)
 }
 
-// Output is the value of an output record.
-type Output struct {
-	Device         string  `json:"device"`
-	Seq            int64   `json:"seq"`
-	InputPartition int32   `json:"input_partition"`
-	InputOffset    int64   `json:"input_offset"`
-	Mean           float64 `json:"mean"`
-	Stddev         float64 `json:"stddev"`
-	Anomaly        bool    `json:"anomaly"`
-	ProcessedNS    int64   `json:"processed_ns"`
-	Instance       string  `json:"instance"`
-}
+// Output is the value of an output record: the event the verifier checks.
+type Output = verify.Event
 
 // Stats is the twin's status line.
 type Stats struct {

@@ -70,7 +70,7 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 			return nil, fmt.Errorf("ctrd: %s not found on PATH (run `make install`): %w", tool, err)
 		}
 	}
-	for _, d := range []string{"root", "run"} {
+	for _, d := range []string{"root", "run", "tmp"} {
 		if err := os.MkdirAll(filepath.Join(cfg.Dir, d), 0o711); err != nil {
 			return nil, fmt.Errorf("ctrd: create daemon directory: %w", err)
 		}
@@ -95,7 +95,10 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 		args = append([]string{"nsenter", "--net=" + cfg.NetNS, "--"}, args...)
 	}
 	cmd := exec.Command(args[0], args[1:]...)
-	cmd.Env = append(os.Environ(), cfg.Env...)
+	// containerd 1.7 unpacks a checkpoint it restores from its content store into a temporary
+	// directory under $XDG_RUNTIME_DIR (else /tmp) and never removes it: keep those in the
+	// daemon's directory, which goes with the daemon.
+	cmd.Env = append(append(os.Environ(), "XDG_RUNTIME_DIR="+filepath.Join(cfg.Dir, "tmp")), cfg.Env...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {

@@ -26,8 +26,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/containerd/containerd"
-	"github.com/containerd/containerd/namespaces"
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/ftwin-migrate/ftwin-migrate/agent"

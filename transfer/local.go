@@ -6,9 +6,9 @@ import (
 	"io"
 	"os"
 
-	"github.com/containerd/containerd"
-	"github.com/containerd/containerd/content"
-	"github.com/containerd/containerd/content/local"
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/containerd/v2/plugins/content/local"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
@@ -27,7 +27,7 @@ func ContentProvider(ctx context.Context, client *containerd.Client) content.Pro
 
 // LocalStore opens the directory of client's content store when it is on this machine.
 func LocalStore(ctx context.Context, client *containerd.Client) (content.Store, bool) {
-	ps, err := client.IntrospectionService().Plugins(ctx, []string{`type=="io.containerd.content.v1",id=="content"`})
+	ps, err := client.IntrospectionService().Plugins(ctx, `type=="io.containerd.content.v1",id=="content"`)
 	if err != nil || len(ps.Plugins) != 1 {
 		return nil, false
 	}

@@ -220,7 +220,9 @@ func labRun(c *cli.Context) error {
 	return nil
 }
 
-func workloadBinary(c *cli.Context) (string, error) { return besideExecutable(c, "workload", "counter") }
+func workloadBinary(c *cli.Context) (string, error) {
+	return besideExecutable(c, "workload", "counter")
+}
 
 // besideExecutable returns the path given by flag, or else the binary called name beside this
 // executable (where `make build` puts it), checking that it exists.

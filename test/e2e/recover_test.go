@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/containerd/containerd"
+	containerd "github.com/containerd/containerd/v2/client"
 
 	"github.com/ftwin-migrate/ftwin-migrate/internal/testbin"
 	"github.com/ftwin-migrate/ftwin-migrate/lab"

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -29,7 +30,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"golang.org/x/sys/unix"
 
-	"github.com/ftwin-migrate/ftwin-migrate/kafkahooks"
+	"github.com/ftwin-migrate/ftwin-migrate/hooksock"
 	"github.com/ftwin-migrate/ftwin-migrate/pki"
 	"github.com/ftwin-migrate/ftwin-migrate/restore"
 	"github.com/ftwin-migrate/ftwin-migrate/transfer"
@@ -170,7 +171,7 @@ func (a *Agent) Handler() http.Handler {
 	mux.HandleFunc("PUT /v1/sessions/{id}/criu-image", a.withSession(a.putImage))
 	mux.HandleFunc("POST /v1/sessions/{id}/restore", a.withSession(a.restore))
 	mux.HandleFunc("POST /v1/sessions/{id}/verify", a.withSession(a.verify))
-	mux.HandleFunc("POST /v1/sessions/{id}/hook/{op}", a.withSession(a.hook))
+	mux.HandleFunc("/v1/sessions/{id}/hook/{path...}", a.withSession(a.hookRelay))
 	mux.HandleFunc("POST /v1/sessions/{id}/commit", a.withSession(a.commit))
 	mux.HandleFunc("GET /v1/containers/{namespace}/{id}", a.containerState)
 	mux.HandleFunc("POST /v1/containers/{namespace}/{id}/abort", a.abortContainer)
@@ -245,13 +246,16 @@ func (a *Agent) open(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, errors.New("session request needs namespace, container and checkpoint_ref"))
 		return
 	}
-	switch req.TCP {
-	case "":
-		req.TCP = TCPClose
-	case TCPClose, TCPEstablished:
-	default:
-		writeError(w, http.StatusBadRequest, fmt.Errorf("tcp mode %q: want %q or %q", req.TCP, TCPClose, TCPEstablished))
+	var err error
+	if req.TCP, err = restore.ParseTCPMode(string(req.TCP)); err != nil {
+		writeError(w, http.StatusBadRequest, err)
 		return
+	}
+	if req.HookSocket != "" {
+		if err := hooksock.CheckSocket(req.HookSocket); err != nil {
+			writeError(w, http.StatusBadRequest, err)
+			return
+		}
 	}
 	ctx := namespaces.WithNamespace(r.Context(), req.Namespace)
 	if _, err := a.cfg.Client.LoadContainer(ctx, req.Container); err == nil {
@@ -414,14 +418,12 @@ func (a *Agent) restore(ctx context.Context, s *session, w http.ResponseWriter, 
 	writeJSON(w, RestoreResult{Duration: res.Duration, Pid: res.Task.Pid(), CRIU: res.CRIU})
 }
 
-// hook relays a request to the restored container's application hook, through the task's
-// root (/proc/PID/root/SOCKET): no port is published on the host.
-func (a *Agent) hook(ctx context.Context, s *session, w http.ResponseWriter, r *http.Request) {
-	op := r.PathValue("op")
-	if op != "resume" && op != "status" {
-		writeError(w, http.StatusBadRequest, fmt.Errorf("hook operation %q: want resume or status", op))
-		return
-	}
+// hookRelay relays a request to the restored container's application hook, through the
+// task's root (/proc/PID/root/SOCKET): no port is published on the host. The method, the path
+// below .../hook, the headers named Ftwin-Hook-* and the body (at most hooksock.MaxAnswer
+// bytes) go to the hook as they are, and its answer comes back as it is, marked with
+// RelayHeader. The agent knows nothing of the hook's protocol.
+func (a *Agent) hookRelay(ctx context.Context, s *session, w http.ResponseWriter, r *http.Request) {
 	if s.HookSocket == "" || !s.restored {
 		writeError(w, http.StatusConflict, errors.New("no hook to reach: the session named no hook socket, or nothing was restored yet"))
 		return
@@ -435,20 +437,43 @@ func (a *Agent) hook(ctx context.Context, s *session, w http.ResponseWriter, r *
 		writeError(w, http.StatusConflict, fmt.Errorf("restored container %s has no task: %w", s.Container, err))
 		return
 	}
-	hook := kafkahooks.Dial(HookSocketPath(t.Pid(), s.HookSocket))
-	var out any
-	if op == "resume" {
-		var offs kafkahooks.Offsets
-		offs, err = hook.Resume(ctx)
-		out = HookResumed{Offsets: offs}
-	} else {
-		out, err = hook.Status(ctx)
+	sock, err := hooksock.Path(t.Pid(), s.HookSocket)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err)
+		return
 	}
+	body, err := io.ReadAll(io.LimitReader(r.Body, hooksock.MaxAnswer+1))
+	if err == nil && len(body) > hooksock.MaxAnswer {
+		err = fmt.Errorf("more than %d bytes", hooksock.MaxAnswer)
+	}
+	if err != nil {
+		writeError(w, http.StatusBadRequest, fmt.Errorf("hook request body: %w", err))
+		return
+	}
+	req, err := http.NewRequestWithContext(ctx, r.Method, "http://ftwin-hook/"+r.PathValue("path"), bytes.NewReader(body))
+	if err != nil {
+		writeError(w, http.StatusBadRequest, fmt.Errorf("hook request: %w", err))
+		return
+	}
+	for k, v := range r.Header {
+		if strings.HasPrefix(k, HookHeaderPrefix) {
+			req.Header[k] = v
+		}
+	}
+	resp, err := (&hooksock.Transport{Path: sock}).RoundTrip(req)
 	if err != nil {
 		writeError(w, http.StatusBadGateway, fmt.Errorf("hook of %s on %s: %w", s.Container, a.cfg.Host, err))
 		return
 	}
-	writeJSON(w, out)
+	defer resp.Body.Close()
+	for k, v := range resp.Header {
+		if strings.HasPrefix(k, HookHeaderPrefix) || k == "Content-Type" {
+			w.Header()[k] = v
+		}
+	}
+	w.Header().Set(RelayHeader, "hook")
+	w.WriteHeader(resp.StatusCode)
+	_, _ = io.Copy(w, resp.Body)
 }
 
 func (a *Agent) verify(ctx context.Context, s *session, w http.ResponseWriter, r *http.Request) {

@@ -87,24 +87,43 @@ func WithCRIUConfigFile(path string) Opt {
 	})
 }
 
-// TCP modes for a restored container's established TCP connections.
+// TCPMode says what becomes of a restored container's established TCP connections.
+type TCPMode string
+
+// The TCP modes.
 const (
 	// TCPClose restores them closed: the application gets an error and reconnects (the target
-	// host has another address).
-	TCPClose = "close"
+	// host has another address). The default.
+	TCPClose TCPMode = "close"
 	// TCPEstablished restores them open; only for a target with the source's address.
-	TCPEstablished = "established"
+	TCPEstablished TCPMode = "established"
 )
+
+// ParseTCPMode reads a TCP mode as a flag gives it; "" is TCPClose.
+func ParseTCPMode(s string) (TCPMode, error) {
+	switch m := TCPMode(s); m {
+	case "":
+		return TCPClose, nil
+	case TCPClose, TCPEstablished:
+		return m, nil
+	}
+	return "", fmt.Errorf("TCP mode %q: want %q (clients reconnect; another host) or %q (same address)", s, TCPClose, TCPEstablished)
+}
+
+// criuOption is the CRIU option of the mode.
+func (m TCPMode) criuOption() string {
+	return map[TCPMode]string{TCPClose: "tcp-close", TCPEstablished: "tcp-established"}[m]
+}
 
 // WithTCP restores established TCP connections as mode says (TCPClose or TCPEstablished),
 // through a CRIU configuration file it keeps in dir (runc has no --tcp-close flag). The file
 // stays: the container's spec names it for as long as the container lives.
-func WithTCP(mode, dir string) (Opt, error) {
-	opt := map[string]string{TCPClose: "tcp-close", TCPEstablished: "tcp-established"}[mode]
+func WithTCP(mode TCPMode, dir string) (Opt, error) {
+	opt := mode.criuOption()
 	if opt == "" {
 		return nil, fmt.Errorf("restore: TCP mode %q: want %q or %q", mode, TCPClose, TCPEstablished)
 	}
-	path := filepath.Join(dir, "criu-tcp-"+mode+".conf")
+	path := filepath.Join(dir, "criu-tcp-"+string(mode)+".conf")
 	if err := os.WriteFile(path, []byte(opt+"\n"), 0o644); err != nil {
 		return nil, fmt.Errorf("restore: write CRIU config: %w", err)
 	}

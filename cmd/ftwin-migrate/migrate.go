@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -19,6 +20,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/ftwin-migrate/ftwin-migrate/agent"
+	"github.com/ftwin-migrate/ftwin-migrate/hooksock"
 	"github.com/ftwin-migrate/ftwin-migrate/migrate"
 	"github.com/ftwin-migrate/ftwin-migrate/pki"
 	"github.com/ftwin-migrate/ftwin-migrate/restore"
@@ -114,16 +116,25 @@ func migrateCommand() *cli.Command {
 			&cli.StringFlag{Name: "to", Required: true, Usage: "target agent address, host:port"},
 			&cli.StringFlag{Name: "peer", Usage: "the target's host name in the PKI (checked against its certificate)"},
 			&cli.StringFlag{Name: "probe", Usage: "http:// URL the target checks before commit, e.g. http://127.0.0.1:8080/healthz"},
-			&cli.StringFlag{Name: "tcp", Value: agent.TCPClose, Usage: "established connections on the target: close (clients reconnect) or established (same address)"},
+			&cli.StringFlag{Name: "tcp", Value: string(restore.TCPClose), Usage: "established connections on the target: close (clients reconnect) or established (same address)"},
 			&cli.DurationFlag{Name: "phase-timeout", Value: 2 * time.Minute, Usage: "roll back if a phase takes longer"},
 			&cli.BoolFlag{Name: "json", Usage: "print the report as JSON"},
-			&cli.StringFlag{Name: "hook-socket", Value: migrate.DefaultHookSocket, Usage: "the application's hook socket inside the container (\"none\": freeze the application as it is)"},
+			&cli.StringFlag{Name: "hook", Value: "auto", Usage: "the application's migration hook: auto (use it if the container serves one), required, or off (freeze the application as it is)"},
+			&cli.StringFlag{Name: "hook-socket", Value: migrate.DefaultHookSocket, Usage: "the application's hook socket inside the container (an absolute path)"},
 			&cli.StringSliceFlag{Name: "brokers", Usage: "Kafka bootstrap servers: check the application's boundary against the group's committed offsets"},
-			&cli.DurationFlag{Name: "session-timeout", Usage: "the consumer group's session timeout, for the downtime warning (default: what the application reports, else 45s)"},
+			&cli.DurationFlag{Name: "session-timeout", Value: 45 * time.Second, Usage: "the consumer group's session timeout, for the warning when the expected downtime approaches it"},
 		}, containerdFlags...), pkiFlags...),
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
 				return fmt.Errorf("migrate takes one argument, the container id (got %d)", c.NArg())
+			}
+			tcp, err := restore.ParseTCPMode(c.String("tcp"))
+			if err != nil {
+				return fmt.Errorf("--tcp: %w", err)
+			}
+			hookMode, err := hookFlags(c)
+			if err != nil {
+				return err
 			}
 			host := hostName(c)
 			tlsCfg, err := pki.ClientConfig(c.String("pki"), host, c.String("peer"))
@@ -137,8 +148,8 @@ func migrateCommand() *cli.Command {
 			defer client.Close()
 			o := migrate.Options{
 				Namespace: c.String("namespace"), Container: c.Args().First(), Target: c.String("to"), TLS: tlsCfg,
-				SourceHost: host, TCP: c.String("tcp"), Probe: c.String("probe"), PhaseTimeout: c.Duration("phase-timeout"),
-				HookSocket: c.String("hook-socket"), Brokers: c.StringSlice("brokers"), SessionTimeout: c.Duration("session-timeout"),
+				SourceHost: host, TCP: tcp, Probe: c.String("probe"), PhaseTimeout: c.Duration("phase-timeout"),
+				HookMode: hookMode, HookSocket: c.String("hook-socket"), Brokers: c.StringSlice("brokers"), SessionTimeout: c.Duration("session-timeout"),
 			}
 			if !c.Bool("json") && term.IsTerminal(int(os.Stderr.Fd())) {
 				var bar *progressbar.ProgressBar
@@ -160,6 +171,21 @@ func migrateCommand() *cli.Command {
 			return err
 		},
 	}
+}
+
+// hookFlags reads --hook and checks --hook-socket.
+func hookFlags(c *cli.Context) (migrate.HookMode, error) {
+	mode, err := migrate.ParseHookMode(c.String("hook"))
+	if err != nil {
+		return 0, fmt.Errorf("--hook: %w", err)
+	}
+	if c.String("hook-socket") == "none" {
+		return 0, errors.New(`--hook-socket none is gone: use --hook off to freeze the application as it is`)
+	}
+	if err := hooksock.CheckSocket(c.String("hook-socket")); err != nil {
+		return 0, fmt.Errorf("--hook-socket: %w", err)
+	}
+	return mode, nil
 }
 
 func certsCommand() *cli.Command {

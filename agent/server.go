@@ -65,6 +65,8 @@ type Agent struct {
 	sessions map[string]*session
 	stop     chan struct{}
 	stopOnce sync.Once
+	// taskPid finds a restored container's task: containerTaskPid, but for tests.
+	taskPid func(ctx context.Context, id string) (uint32, error)
 }
 
 type session struct {
@@ -103,6 +105,7 @@ func New(cfg Config) (*Agent, error) {
 		cfg.Dial = d.DialContext
 	}
 	a := &Agent{cfg: cfg, sessions: map[string]*session{}, stop: make(chan struct{})}
+	a.taskPid = a.containerTaskPid
 	if err := a.dropStaleSessions(context.Background()); err != nil {
 		return nil, err
 	}
@@ -428,16 +431,12 @@ func (a *Agent) hookRelay(ctx context.Context, s *session, w http.ResponseWriter
 		writeError(w, http.StatusConflict, errors.New("no hook to reach: the session named no hook socket, or nothing was restored yet"))
 		return
 	}
-	c, err := a.cfg.Client.LoadContainer(ctx, s.Container)
-	var t containerd.Task
-	if err == nil {
-		t, err = c.Task(ctx, nil)
-	}
+	pid, err := a.taskPid(ctx, s.Container)
 	if err != nil {
 		writeError(w, http.StatusConflict, fmt.Errorf("restored container %s has no task: %w", s.Container, err))
 		return
 	}
-	sock, err := hooksock.Path(t.Pid(), s.HookSocket)
+	sock, err := hooksock.Path(pid, s.HookSocket)
 	if err != nil {
 		writeError(w, http.StatusBadRequest, err)
 		return
@@ -474,6 +473,19 @@ func (a *Agent) hookRelay(ctx context.Context, s *session, w http.ResponseWriter
 	w.Header().Set(RelayHeader, "hook")
 	w.WriteHeader(resp.StatusCode)
 	_, _ = io.Copy(w, resp.Body)
+}
+
+// containerTaskPid returns the pid of container id's task in this host's containerd.
+func (a *Agent) containerTaskPid(ctx context.Context, id string) (uint32, error) {
+	c, err := a.cfg.Client.LoadContainer(ctx, id)
+	if err != nil {
+		return 0, err
+	}
+	t, err := c.Task(ctx, nil)
+	if err != nil {
+		return 0, err
+	}
+	return t.Pid(), nil
 }
 
 func (a *Agent) verify(ctx context.Context, s *session, w http.ResponseWriter, r *http.Request) {

@@ -243,7 +243,11 @@ func (m *run) rollback(ctx context.Context, cause error) error {
 	pr := PhaseReport{Name: Rollback, Start: start.Sub(m.rep.Started), Duration: time.Since(start)}
 	var failed []error
 	for _, u := range m.rep.Undo {
-		if u.Error != "" {
+		switch {
+		case u.Error == "":
+		case u.BestEffort:
+			m.rep.Warnings = append(m.rep.Warnings, fmt.Sprintf("%s did not succeed (the agent drops an idle session by itself): %s", u.Name, u.Error))
+		default:
 			failed = append(failed, fmt.Errorf("%s: %s", u.Name, u.Error))
 		}
 	}
@@ -305,7 +309,7 @@ func (m *run) preflight(ctx context.Context) error {
 	}
 	// Pushed before the call: a session the agent opened but whose answer was lost is aborted
 	// too (the agent also drops it once it idles past its timeout).
-	m.undo.push(undoAbortTarget, Preflight, remote, m.tgt.Abort)
+	m.undo.push(undoAbortTarget, Preflight, remote, bestEffort, m.tgt.Abort)
 	s, err := m.tgt.Open(ctx, req)
 	m.rep.Session = s.ID
 	return err
@@ -338,7 +342,7 @@ func (m *run) quiesce(ctx context.Context) error {
 	}
 	// Abort on rollback even if prepare fails or times out: the application may reach the
 	// boundary after we stopped waiting and would then hold for ever.
-	m.undo.push("tell the source application to carry on", Quiesce, local, m.hook.Abort)
+	m.undo.push("tell the source application to carry on", Quiesce, local, required, m.hook.Abort)
 	b, err := m.hook.Prepare(ctx)
 	if err != nil {
 		return err
@@ -372,7 +376,7 @@ func (m *run) checkCommitted(ctx context.Context) error {
 func (m *run) checkpoint(ctx context.Context) error {
 	// Record where the container is going before it freezes: should this process die, Recover
 	// finds the frozen source and settles it with the target.
-	m.undo.push("clear the source's migration label", Checkpoint, local, func(ctx context.Context) error { return m.src.SetMigrating(ctx, "") })
+	m.undo.push("clear the source's migration label", Checkpoint, local, required, func(ctx context.Context) error { return m.src.SetMigrating(ctx, "") })
 	if err := m.src.SetMigrating(ctx, m.o.Target); err != nil {
 		return err
 	}
@@ -382,7 +386,7 @@ func (m *run) checkpoint(ctx context.Context) error {
 	if err := m.src.Freeze(ctx); err != nil {
 		return err
 	}
-	m.undo.push("thaw the source", Checkpoint, local, m.thaw)
+	m.undo.push("thaw the source", Checkpoint, local, required, m.thaw)
 	var err error
 	m.ckpt = &checkpointDirs{}
 	if m.o.WorkDir != "" {
@@ -439,7 +443,7 @@ func (m *run) transfer(ctx context.Context) error {
 func (m *run) restore(ctx context.Context) error {
 	// From here on the target may run a copy: it must be gone before the source thaws, so
 	// the session's abort moves to the top of the stack.
-	m.undo.push(undoAbortTarget, Restore, remote, m.tgt.Abort)
+	m.undo.push(undoAbortTarget, Restore, remote, required, m.tgt.Abort)
 	digest := ""
 	if m.rep.Image != nil {
 		digest = m.rep.Image.Digest

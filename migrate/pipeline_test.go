@@ -374,6 +374,24 @@ func TestRollbackFailureIsReported(t *testing.T) {
 	}
 }
 
+// TestUnconfirmedSessionAbortIsAWarning: before the restore the target holds only blobs, so an
+// agent that cannot be told to abort (killed, say) is a warning, not a failed rollback.
+func TestUnconfirmedSessionAbortIsAWarning(t *testing.T) {
+	w := newWorld(t)
+	w.fail["target.PutDir"] = errInjected
+	w.fail["target.Abort"] = errors.New("connection refused")
+	rep, err := w.run(t, Options{})
+	if !errors.Is(err, errInjected) || rep.Result != RolledBack {
+		t.Fatalf("result %q, err %v: want rolled back", rep.Result, err)
+	}
+	if !strings.Contains(strings.Join(rep.Warnings, "\n"), "connection refused") {
+		t.Errorf("warnings %q do not mention the failed abort", rep.Warnings)
+	}
+	if src, _ := w.copies(); !src {
+		t.Error("the source does not run")
+	}
+}
+
 // TestThawDoesNotStarveBehindRemoteAbort: the target's abort hangs (an unreachable agent); it
 // gets its own short timeout, and the thaw its own context, so the source runs again.
 func TestThawDoesNotStarveBehindRemoteAbort(t *testing.T) {
@@ -466,7 +484,7 @@ func TestUndoStackMovesARepushedUndoToTheTop(t *testing.T) {
 	var s undoStack
 	var ran []string
 	for _, n := range []string{"a", "b", "c", "a"} {
-		s.push(n, Preflight, local, func(context.Context) error { ran = append(ran, n); return nil })
+		s.push(n, Preflight, local, required, func(context.Context) error { ran = append(ran, n); return nil })
 	}
 	rep := s.unwind(context.Background(), time.Second, time.Second)
 	if want := []string{"a", "c", "b"}; !slices.Equal(ran, want) || len(rep) != 3 {

@@ -59,11 +59,14 @@ type Report struct {
 
 // UndoReport is one undo the rollback ran.
 type UndoReport struct {
-	Name     string        `json:"name"`
-	PushedBy Phase         `json:"pushed_by"`
-	On       string        `json:"on"` // "source" or "target"
-	Duration time.Duration `json:"duration_ns"`
-	Error    string        `json:"error,omitempty"`
+	Name     string `json:"name"`
+	PushedBy Phase  `json:"pushed_by"`
+	On       string `json:"on"` // "source" or "target"
+	// BestEffort: its failure is a warning (it leaves only what is removed anyway), not a
+	// failed rollback.
+	BestEffort bool          `json:"best_effort,omitempty"`
+	Duration   time.Duration `json:"duration_ns"`
+	Error      string        `json:"error,omitempty"`
 }
 
 // PhaseReport is one phase's timing.

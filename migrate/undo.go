@@ -14,8 +14,20 @@ const (
 	remote where = true
 )
 
-// undoAbortTarget is the undo of everything the target holds: pushed when the session opens,
-// and pushed again (so moved to the top) when a restored copy may run there.
+// How much an undo matters.
+type need bool
+
+const (
+	// required: if it fails, exactly one working copy is not assured: the rollback failed.
+	required need = false
+	// bestEffort: its failure leaves only garbage that is removed anyway (a session the agent
+	// drops once it idles past its timeout or restarts): a warning.
+	bestEffort need = true
+)
+
+// undoAbortTarget is the undo of everything the target holds: pushed when the session opens
+// (best effort: the target holds only blobs then), and pushed again, required, when a restored
+// copy may run there (so it moves to the top and runs before the source thaws).
 const undoAbortTarget = "abort the session on the target"
 
 // undo reverses what a phase did.
@@ -23,6 +35,7 @@ type undo struct {
 	name  string
 	phase Phase
 	where where
+	need  need
 	fn    func(context.Context) error
 }
 
@@ -31,9 +44,9 @@ type undoStack []undo
 
 // push puts an undo on top. An undo of the same name already on the stack moves to the top
 // instead: it runs once, at the latest point it is needed.
-func (s *undoStack) push(name string, p Phase, w where, fn func(context.Context) error) {
+func (s *undoStack) push(name string, p Phase, w where, n need, fn func(context.Context) error) {
 	*s = slices.DeleteFunc(*s, func(u undo) bool { return u.name == name })
-	*s = append(*s, undo{name: name, phase: p, where: w, fn: fn})
+	*s = append(*s, undo{name: name, phase: p, where: w, need: n, fn: fn})
 }
 
 // unwind runs the undos from the top down, each under a context of its own (localTimeout or
@@ -49,7 +62,7 @@ func (s undoStack) unwind(ctx context.Context, localTimeout, remoteTimeout time.
 		start := time.Now()
 		err := u.fn(uctx)
 		cancel()
-		r := UndoReport{Name: u.name, PushedBy: u.phase, On: where, Duration: time.Since(start)}
+		r := UndoReport{Name: u.name, PushedBy: u.phase, On: where, BestEffort: bool(u.need), Duration: time.Since(start)}
 		if err != nil {
 			r.Error = err.Error()
 		}

@@ -61,14 +61,13 @@ const (
 type SessionRequest struct {
 	Namespace string `json:"namespace"`
 	Container string `json:"container"`
-	// CheckpointRef is the name the checkpoint image will have on the target.
-	CheckpointRef string `json:"checkpoint_ref"`
 	// TCP is TCPClose or TCPEstablished ("" means TCPClose).
 	TCP restore.TCPMode `json:"tcp"`
 	// Probe, if set, is an http:// URL the agent GETs from the target host to verify the
 	// restored container (2xx is healthy).
 	Probe string `json:"probe,omitempty"`
-	// SourceHost names the source, for the agent's logs.
+	// SourceHost is what the source calls itself; the agent logs it beside the name in the
+	// source's certificate, which is the one it trusts.
 	SourceHost string `json:"source_host"`
 	// HookSocket, if set, is the path inside the container of the application's migration hook
 	// (a Unix socket serving HTTP, see package hooksock): a clean absolute path. Requests to
@@ -122,6 +121,14 @@ type errorBody struct {
 
 // CommittedLabel marks a container the agent committed a migration of (its value: the session).
 const CommittedLabel = "ftwin-migrate.dev/committed"
+
+// RestoredForLabel marks a container the agent restored, with the name (from its certificate)
+// of the peer it restored it for: only that peer may ask about it or undo it.
+const RestoredForLabel = "ftwin-migrate.dev/restored-for"
+
+// CheckpointPrefix starts the names of the checkpoint images the agent registers; it names
+// them itself (CheckpointPrefix + session id) and never updates an existing image.
+const CheckpointPrefix = "ftwin-migrate.dev/received/"
 
 // ContainerState is what the agent knows of a container, for a migrator recovering from a crash.
 type ContainerState struct {

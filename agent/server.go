@@ -16,6 +16,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -24,6 +25,7 @@ import (
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/images"
 	"github.com/containerd/containerd/v2/core/leases"
+	"github.com/containerd/containerd/v2/pkg/identifiers"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
@@ -54,6 +56,17 @@ type Config struct {
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 	// SessionTimeout aborts a session idle this long. Default 2 minutes.
 	SessionTimeout time.Duration
+	// Namespaces are the containerd namespaces the agent restores into and answers about.
+	// Empty: any.
+	Namespaces []string
+	// Policy is what a restored container's spec may ask for (see Policy); the zero Policy
+	// allows only an unprivileged container with namespaces of its own.
+	Policy Policy
+	// Runtime is the runtime restored containers run under, whatever the checkpoint names:
+	// the target's choice, not the peer's. Default io.containerd.runc.v2 with no options.
+	Runtime string
+	// MaxSessions and MaxSessionsPerPeer cap open sessions. Defaults 32 and 4.
+	MaxSessions, MaxSessionsPerPeer int
 	// Log receives the agent's log. Default: slog.Default().
 	Log *slog.Logger
 }
@@ -72,6 +85,11 @@ type Agent struct {
 type session struct {
 	SessionRequest
 	id       string
+	peer     string // the name in the certificate of the peer that opened it
+	ref      string // the checkpoint image's name, CheckpointPrefix + id
+	verified bool   // the agent's own verify passed since the last restore
+	ctx      context.Context
+	cancel   context.CancelFunc // ends the session's requests in flight (abort)
 	lease    string
 	lastUsed time.Time
 	restored bool
@@ -103,6 +121,15 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.Dial == nil {
 		var d net.Dialer
 		cfg.Dial = d.DialContext
+	}
+	if cfg.Runtime == "" {
+		cfg.Runtime = "io.containerd.runc.v2"
+	}
+	if cfg.MaxSessions == 0 {
+		cfg.MaxSessions = 32
+	}
+	if cfg.MaxSessionsPerPeer == 0 {
+		cfg.MaxSessionsPerPeer = 4
 	}
 	a := &Agent{cfg: cfg, sessions: map[string]*session{}, stop: make(chan struct{})}
 	a.taskPid = a.containerTaskPid
@@ -178,10 +205,7 @@ func (a *Agent) Handler() http.Handler {
 	mux.HandleFunc("POST /v1/sessions/{id}/commit", a.withSession(a.commit))
 	mux.HandleFunc("GET /v1/containers/{namespace}/{id}", a.containerState)
 	mux.HandleFunc("POST /v1/containers/{namespace}/{id}/abort", a.abortContainer)
-	mux.HandleFunc("POST /v1/sessions/{id}/abort", func(w http.ResponseWriter, r *http.Request) {
-		a.abort(r.Context(), r.PathValue("id"), "aborted by the migrator")
-		w.WriteHeader(http.StatusNoContent)
-	})
+	mux.HandleFunc("POST /v1/sessions/{id}/abort", a.abortSession)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set(ProtocolHeader, strconv.Itoa(ProtocolVersion))
 		if v := r.Header.Get(ProtocolHeader); v != strconv.Itoa(ProtocolVersion) {
@@ -224,7 +248,7 @@ func (a *Agent) cpuinfoCheck(w http.ResponseWriter, r *http.Request) {
 	defer os.RemoveAll(dir)
 	f, err := os.Create(filepath.Join(dir, "cpuinfo.img"))
 	if err == nil {
-		_, err = io.Copy(f, io.LimitReader(r.Body, 1<<20))
+		_, err = io.Copy(f, http.MaxBytesReader(w, r.Body, maxRequestBody))
 		f.Close()
 	}
 	if err != nil {
@@ -239,14 +263,30 @@ func (a *Agent) cpuinfoCheck(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
+// maxRequestBody bounds the JSON bodies of requests.
+const maxRequestBody = 1 << 20
+
 func (a *Agent) open(w http.ResponseWriter, r *http.Request) {
+	peer := pki.PeerName(r.TLS)
+	if peer == "" {
+		writeError(w, http.StatusForbidden, errors.New("no verified client certificate: the agent only serves peers of its CA"))
+		return
+	}
 	var req SessionRequest
-	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxRequestBody)).Decode(&req); err != nil {
 		writeError(w, http.StatusBadRequest, fmt.Errorf("bad session request: %w", err))
 		return
 	}
-	if req.Namespace == "" || req.Container == "" || req.CheckpointRef == "" {
-		writeError(w, http.StatusBadRequest, errors.New("session request needs namespace, container and checkpoint_ref"))
+	if req.Namespace == "" || req.Container == "" {
+		writeError(w, http.StatusBadRequest, errors.New("session request needs namespace and container"))
+		return
+	}
+	if err := identifiers.Validate(req.Container); err != nil {
+		writeError(w, http.StatusBadRequest, fmt.Errorf("container id: %w", err))
+		return
+	}
+	if err := a.servesNamespace(req.Namespace); err != nil {
+		writeError(w, http.StatusForbidden, err)
 		return
 	}
 	var err error
@@ -265,22 +305,68 @@ func (a *Agent) open(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusConflict, fmt.Errorf("container %q already exists on %s in namespace %s", req.Container, a.cfg.Host, req.Namespace))
 		return
 	}
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	s := &session{SessionRequest: req, id: hex.EncodeToString(b[:]), peer: peer, lastUsed: time.Now()}
+	s.ref = CheckpointPrefix + s.id
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	if err := a.admit(s); err != nil {
+		s.cancel()
+		writeError(w, http.StatusTooManyRequests, err)
+		return
+	}
 	l, err := a.cfg.Client.LeasesService().Create(ctx, leases.WithRandomID(), leases.WithExpiration(a.cfg.SessionTimeout+time.Hour),
 		leases.WithLabels(map[string]string{sessionLabel: req.Container}))
 	if err != nil {
+		a.drop(s.id)
 		writeError(w, http.StatusInternalServerError, fmt.Errorf("take a containerd lease: %w", err))
 		return
 	}
-	var b [8]byte
-	_, _ = rand.Read(b[:])
-	s := &session{SessionRequest: req, id: hex.EncodeToString(b[:]), lease: l.ID, lastUsed: time.Now()}
-	a.mu.Lock()
-	a.sessions[s.id] = s
-	a.mu.Unlock()
-	a.cfg.Log.Info("session opened", "session", s.id, "container", req.Container, "from", req.SourceHost)
+	s.lease = l.ID
+	a.cfg.Log.Info("session opened", "session", s.id, "container", req.Container, "peer", peer, "declared_source", req.SourceHost)
 	writeJSON(w, Session{ID: s.id, Timeout: a.cfg.SessionTimeout})
 }
 
+// servesNamespace refuses a namespace the agent was not configured to serve.
+func (a *Agent) servesNamespace(ns string) error {
+	if len(a.cfg.Namespaces) == 0 || slices.Contains(a.cfg.Namespaces, ns) {
+		return nil
+	}
+	return fmt.Errorf("namespace %q is not served by the agent on %s (it serves %v)", ns, a.cfg.Host, a.cfg.Namespaces)
+}
+
+// admit registers s unless the session caps are reached.
+func (a *Agent) admit(s *session) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	mine := 0
+	for _, o := range a.sessions {
+		if o.peer == s.peer {
+			mine++
+		}
+	}
+	switch {
+	case len(a.sessions) >= a.cfg.MaxSessions:
+		return fmt.Errorf("the agent on %s has %d sessions open, its limit: try again later", a.cfg.Host, len(a.sessions))
+	case mine >= a.cfg.MaxSessionsPerPeer:
+		return fmt.Errorf("peer %s has %d sessions open on %s, the limit per peer: finish or abort them first", s.peer, mine, a.cfg.Host)
+	}
+	a.sessions[s.id] = s
+	return nil
+}
+
+// drop forgets session id without undoing anything.
+func (a *Agent) drop(id string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if s := a.sessions[id]; s != nil {
+		s.cancel()
+		delete(a.sessions, id)
+	}
+}
+
+// withSession runs h for the session named in the path, if the caller's certificate is the one
+// that opened it. The request's context also ends when the session is aborted.
 func (a *Agent) withSession(h func(context.Context, *session, http.ResponseWriter, *http.Request)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		a.mu.Lock()
@@ -290,18 +376,30 @@ func (a *Agent) withSession(h func(context.Context, *session, http.ResponseWrite
 			writeError(w, http.StatusNotFound, fmt.Errorf("no session %q on %s (aborted, timed out or never opened)", r.PathValue("id"), a.cfg.Host))
 			return
 		}
+		if peer := pki.PeerName(r.TLS); peer != s.peer {
+			writeError(w, http.StatusForbidden, fmt.Errorf("session %s on %s belongs to another peer than %q", s.id, a.cfg.Host, peer))
+			return
+		}
+		rctx, cancel := context.WithCancel(r.Context())
+		defer cancel()
+		stop := context.AfterFunc(s.ctx, cancel)
+		defer stop()
 		s.mu.Lock()
 		defer s.mu.Unlock()
+		if s.ctx.Err() != nil {
+			writeError(w, http.StatusNotFound, fmt.Errorf("session %s on %s was aborted", s.id, a.cfg.Host))
+			return
+		}
 		s.lastUsed = time.Now()
 		defer func() { s.lastUsed = time.Now() }()
-		ctx := leases.WithLease(namespaces.WithNamespace(r.Context(), s.Namespace), s.lease)
+		ctx := leases.WithLease(namespaces.WithNamespace(rctx, s.Namespace), s.lease)
 		h(ctx, s, w, r)
 	}
 }
 
 func (a *Agent) missing(ctx context.Context, _ *session, w http.ResponseWriter, r *http.Request) {
 	var want []ocispec.Descriptor
-	if err := json.NewDecoder(r.Body).Decode(&want); err != nil {
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxRequestBody)).Decode(&want); err != nil {
 		writeError(w, http.StatusBadRequest, err)
 		return
 	}
@@ -335,10 +433,15 @@ func (a *Agent) putBlob(ctx context.Context, _ *session, w http.ResponseWriter, 
 		writeError(w, http.StatusBadRequest, fmt.Errorf("bad size %q", q.Get("size")))
 		return
 	}
+	if free := a.freeBytes(); size > free {
+		writeError(w, http.StatusInsufficientStorage, fmt.Errorf("blob %s of %d MiB does not fit in the %d MiB free on %s", dgst, size>>20, free>>20, a.cfg.Host))
+		return
+	}
 	desc := ocispec.Descriptor{Digest: dgst, Size: size, MediaType: q.Get("mediatype")}
-	receive := func() error { return transfer.Receive(ctx, a.cfg.Client.ContentStore(), desc, r.Body) }
+	body := streamBody(w, r)
+	receive := func() error { return transfer.Receive(ctx, a.cfg.Client.ContentStore(), desc, body) }
 	if dir, ok := transfer.LocalStore(ctx, a.cfg.Client); ok {
-		receive = func() error { return transfer.ReceiveLocal(ctx, dir, a.cfg.Client.ContentStore(), desc, r.Body) }
+		receive = func() error { return transfer.ReceiveLocal(ctx, dir, a.cfg.Client.ContentStore(), desc, body) }
 	}
 	if err := receive(); err != nil {
 		status := http.StatusInternalServerError
@@ -355,7 +458,13 @@ func (a *Agent) putBlob(ctx context.Context, _ *session, w http.ResponseWriter, 
 func (a *Agent) putImage(_ context.Context, s *session, w http.ResponseWriter, r *http.Request) {
 	dir := filepath.Join(a.sessionDir(s.id), "criu-image")
 	_ = os.RemoveAll(dir)
-	sum, err := transfer.ReceiveDir(r.Body, dir)
+	// The image may take what is free, less a margin for the restore itself.
+	budget := a.freeBytes() - 256<<20
+	if budget <= 0 {
+		writeError(w, http.StatusInsufficientStorage, fmt.Errorf("no room for a CRIU image on %s: free some space", a.cfg.Host))
+		return
+	}
+	sum, err := transfer.ReceiveDir(streamBody(w, r), dir, budget)
 	if err != nil {
 		_ = os.RemoveAll(dir)
 		writeError(w, http.StatusUnprocessableEntity, fmt.Errorf("CRIU image rejected: %w", err))
@@ -365,24 +474,63 @@ func (a *Agent) putImage(_ context.Context, s *session, w http.ResponseWriter, r
 	writeJSON(w, ImageReceived{Digest: sum})
 }
 
+// freeBytes is the space free where the agent keeps CRIU images.
+func (a *Agent) freeBytes() int64 {
+	var st unix.Statfs_t
+	if unix.Statfs(a.cfg.WorkDir, &st) != nil {
+		return 0
+	}
+	return int64(st.Bavail) * st.Bsize
+}
+
+// Streams must keep moving: each read deadline is readStall away, and it is extended only
+// after another minProgress bytes arrived, so a trickle (a byte every few seconds) ends the
+// request instead of holding its session for ever.
+const (
+	readStall   = 30 * time.Second
+	minProgress = 64 << 10
+)
+
+// streamBody returns r's body with read deadlines that extend while data flows.
+func streamBody(w http.ResponseWriter, r *http.Request) io.Reader {
+	rc := http.NewResponseController(w)
+	_ = rc.SetReadDeadline(time.Now().Add(readStall))
+	return &progressReader{r: r.Body, rc: rc}
+}
+
+type progressReader struct {
+	r     io.Reader
+	rc    *http.ResponseController
+	since int64
+}
+
+func (p *progressReader) Read(b []byte) (int, error) {
+	n, err := p.r.Read(b)
+	if p.since += int64(n); p.since >= minProgress {
+		p.since = 0
+		_ = p.rc.SetReadDeadline(time.Now().Add(readStall))
+	}
+	return n, err
+}
+
 func (a *Agent) sessionDir(id string) string { return filepath.Join(a.cfg.WorkDir, "sessions", id) }
 
 func (a *Agent) restore(ctx context.Context, s *session, w http.ResponseWriter, r *http.Request) {
 	var req RestoreRequest
-	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxRequestBody)).Decode(&req); err != nil {
 		writeError(w, http.StatusBadRequest, err)
 		return
 	}
+	if s.restored {
+		writeError(w, http.StatusConflict, fmt.Errorf("session %s already restored %s", s.id, s.Container))
+		return
+	}
+	// The agent names the image itself and never updates one: a peer cannot repoint (nor, by
+	// aborting, delete) an image of this host.
 	is := a.cfg.Client.ImageService()
-	img := images.Image{Name: s.CheckpointRef, Target: req.Index}
-	if _, err := is.Create(ctx, img); errdefs.IsAlreadyExists(err) {
-		_, err = is.Update(ctx, img)
-		if err != nil {
-			writeError(w, http.StatusInternalServerError, err)
-			return
-		}
-	} else if err != nil {
-		writeError(w, http.StatusInternalServerError, fmt.Errorf("register checkpoint image: %w", err))
+	img := images.Image{Name: s.ref, Target: req.Index}
+	if _, err := is.Create(ctx, img); err != nil {
+		writeError(w, http.StatusInternalServerError, fmt.Errorf("register checkpoint image %s: %w", s.ref, err))
 		return
 	}
 	tcp, err := restore.WithTCP(s.TCP, a.cfg.WorkDir)
@@ -397,6 +545,10 @@ func (a *Agent) restore(ctx context.Context, s *session, w http.ResponseWriter, 
 	}
 	defer os.RemoveAll(work)
 	opts := []restore.Opt{
+		// The policy sees the spec as the peer sent it, before this host's own edits.
+		restore.WithSpecEdit(a.cfg.Policy.Check),
+		restore.WithRuntime(a.cfg.Runtime),
+		restore.WithLabels(map[string]string{RestoredForLabel: s.peer}),
 		restore.WithLogFile(a.LogPath(s.Namespace, s.Container)),
 		restore.WithCRIUWorkPath(work),
 		tcp,
@@ -411,12 +563,16 @@ func (a *Agent) restore(ctx context.Context, s *session, w http.ResponseWriter, 
 	if a.cfg.RestoreOpts != nil {
 		opts = append(opts, a.cfg.RestoreOpts(s.SessionRequest)...)
 	}
-	res, err := restore.Restore(ctx, a.cfg.Client, s.Container, s.CheckpointRef, opts...)
+	res, err := restore.Restore(ctx, a.cfg.Client, s.Container, s.ref, opts...)
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, err)
+		status := http.StatusInternalServerError
+		if errors.Is(err, errPolicy) {
+			status = http.StatusForbidden
+		}
+		writeError(w, status, err)
 		return
 	}
-	s.restored = true
+	s.restored, s.verified = true, false
 	a.cfg.Log.Info("restored", "session", s.id, "container", s.Container, "in", res.Duration)
 	writeJSON(w, RestoreResult{Duration: res.Duration, Pid: res.Task.Pid(), CRIU: res.CRIU})
 }
@@ -511,6 +667,7 @@ func (a *Agent) verify(ctx context.Context, s *session, w http.ResponseWriter, r
 		}
 		res.Probe = "ok"
 	}
+	s.verified = true
 	writeJSON(w, res)
 }
 
@@ -540,8 +697,8 @@ func (a *Agent) probe(ctx context.Context, url string) error {
 }
 
 func (a *Agent) commit(ctx context.Context, s *session, w http.ResponseWriter, r *http.Request) {
-	if !s.restored {
-		writeError(w, http.StatusConflict, errors.New("nothing to commit: the container was not restored"))
+	if !s.restored || !s.verified {
+		writeError(w, http.StatusConflict, fmt.Errorf("nothing to commit: %s was not restored and verified in session %s", s.Container, s.id))
 		return
 	}
 	bg := namespaces.WithNamespace(context.WithoutCancel(ctx), s.Namespace)
@@ -554,11 +711,9 @@ func (a *Agent) commit(ctx context.Context, s *session, w http.ResponseWriter, r
 		writeError(w, http.StatusInternalServerError, fmt.Errorf("mark %s committed: %w", s.Container, err))
 		return
 	}
-	a.mu.Lock()
-	delete(a.sessions, s.id)
-	a.mu.Unlock()
+	a.drop(s.id)
 	// The container holds its snapshot; the CRIU image is no longer needed.
-	_ = a.cfg.Client.ImageService().Delete(bg, s.CheckpointRef)
+	_ = a.cfg.Client.ImageService().Delete(bg, s.ref)
 	_ = a.cfg.Client.LeasesService().Delete(bg, leases.Lease{ID: s.lease})
 	_ = os.RemoveAll(a.sessionDir(s.id))
 	a.cfg.Log.Info("committed", "session", s.id, "container", s.Container)
@@ -577,14 +732,48 @@ func (a *Agent) sessionFor(ns, id string) *session {
 	return nil
 }
 
+// peerContainer checks that the caller may ask about container id in ns: the agent serves the
+// namespace, and the container, if there, was restored here for this caller. It returns the
+// caller's name, the open session restoring the container (nil if none, or another peer's) and
+// the container (nil if absent).
+func (a *Agent) peerContainer(ctx context.Context, ns, id, peer string) (*session, containerd.Container, error) {
+	if peer == "" {
+		return nil, nil, errors.New("no verified client certificate")
+	}
+	if err := a.servesNamespace(ns); err != nil {
+		return nil, nil, err
+	}
+	s := a.sessionFor(ns, id)
+	if s != nil && s.peer != peer {
+		return nil, nil, fmt.Errorf("%s is being restored on %s for another peer", id, a.cfg.Host)
+	}
+	c, err := a.cfg.Client.LoadContainer(ctx, id)
+	if err != nil {
+		return s, nil, nil
+	}
+	labels, err := c.Labels(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	if labels[RestoredForLabel] != peer {
+		return nil, nil, fmt.Errorf("%s on %s was not restored here for %s", id, a.cfg.Host, peer)
+	}
+	return s, c, nil
+}
+
 func (a *Agent) containerState(w http.ResponseWriter, r *http.Request) {
 	ns, id := r.PathValue("namespace"), r.PathValue("id")
 	ctx := namespaces.WithNamespace(r.Context(), ns)
+	s, c, err := a.peerContainer(ctx, ns, id, pki.PeerName(r.TLS))
+	if err != nil {
+		writeError(w, http.StatusForbidden, err)
+		return
+	}
 	var st ContainerState
-	if s := a.sessionFor(ns, id); s != nil {
+	if s != nil {
 		st.Session = s.id
 	}
-	if c, err := a.cfg.Client.LoadContainer(ctx, id); err == nil {
+	if c != nil {
 		st.Exists = true
 		if labels, err := c.Labels(ctx); err == nil {
 			st.Committed = labels[CommittedLabel] != ""
@@ -598,18 +787,23 @@ func (a *Agent) containerState(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, st)
 }
 
-// abortContainer undoes an uncommitted migration of a container: its open session is aborted,
-// or, with no session (the agent restarted), an uncommitted restored copy is removed.
+// abortContainer undoes an uncommitted migration of a container for the peer it was restored
+// for: its open session is aborted, or, with no session (the agent restarted), the uncommitted
+// restored copy is removed.
 func (a *Agent) abortContainer(w http.ResponseWriter, r *http.Request) {
 	ns, id := r.PathValue("namespace"), r.PathValue("id")
-	if s := a.sessionFor(ns, id); s != nil {
+	ctx := namespaces.WithNamespace(r.Context(), ns)
+	s, c, err := a.peerContainer(ctx, ns, id, pki.PeerName(r.TLS))
+	if err != nil {
+		writeError(w, http.StatusForbidden, err)
+		return
+	}
+	if s != nil {
 		a.abort(r.Context(), s.id, "aborted by a recovering migrator")
 		w.WriteHeader(http.StatusNoContent)
 		return
 	}
-	ctx := namespaces.WithNamespace(r.Context(), ns)
-	c, err := a.cfg.Client.LoadContainer(ctx, id)
-	if err != nil {
+	if c == nil {
 		w.WriteHeader(http.StatusNoContent) // nothing here
 		return
 	}
@@ -627,6 +821,20 @@ func (a *Agent) abortContainer(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
+// abortSession aborts a session of the caller's; a session already gone is no error.
+func (a *Agent) abortSession(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	a.mu.Lock()
+	s := a.sessions[id]
+	a.mu.Unlock()
+	if s != nil && s.peer != pki.PeerName(r.TLS) {
+		writeError(w, http.StatusForbidden, fmt.Errorf("session %s on %s belongs to another peer", id, a.cfg.Host))
+		return
+	}
+	a.abort(r.Context(), id, "aborted by the migrator")
+	w.WriteHeader(http.StatusNoContent)
+}
+
 // abort removes everything session id made: the restored container and task, the checkpoint
 // image and (through the lease) every blob received.
 func (a *Agent) abort(ctx context.Context, id, why string) {
@@ -637,6 +845,8 @@ func (a *Agent) abort(ctx context.Context, id, why string) {
 	if s == nil {
 		return
 	}
+	// End the session's requests in flight (a stalled upload, say) instead of waiting for them.
+	s.cancel()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	ctx = namespaces.WithNamespace(context.WithoutCancel(ctx), s.Namespace)
@@ -646,7 +856,7 @@ func (a *Agent) abort(ctx context.Context, id, why string) {
 		}
 		_ = c.Delete(ctx, containerd.WithSnapshotCleanup)
 	}
-	_ = a.cfg.Client.ImageService().Delete(ctx, s.CheckpointRef)
+	_ = a.cfg.Client.ImageService().Delete(ctx, s.ref)
 	_ = a.cfg.Client.LeasesService().Delete(ctx, leases.Lease{ID: s.lease}, leases.SynchronousDelete)
 	_ = os.RemoveAll(a.sessionDir(id))
 	a.cfg.Log.Info("session aborted", "session", id, "container", s.Container, "why", why)

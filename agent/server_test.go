@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"io"
 	"log/slog"
@@ -16,26 +15,58 @@ import (
 	"time"
 
 	"github.com/ftwin-migrate/ftwin-migrate/kafkahooks"
+	"github.com/ftwin-migrate/ftwin-migrate/pki"
 )
 
-// testAgent is an agent without containerd, for the handlers that never reach it: protocol
-// checks, session lookup, request validation and the hook relay (whose task lookup is faked).
-func testAgent(t *testing.T) (*Agent, *Client) {
+// testPKI makes a CA with the agent's host fog and two peers, cloud and edge.
+func testPKI(t *testing.T) string {
 	t.Helper()
+	dir := filepath.Join(t.TempDir(), "pki")
+	if err := pki.Init(dir, []pki.Host{{Name: "fog"}, {Name: "cloud"}, {Name: "edge"}}); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// testAgent is an agent without containerd, served over mutual TLS, for the handlers that
+// never reach containerd: protocol checks, session lookup and ownership, request validation
+// and the hook relay (whose task lookup is faked). It returns a client for peer cloud.
+func testAgent(t *testing.T) (*Agent, *Client, func(peer string) *Client) {
+	t.Helper()
+	dir := testPKI(t)
 	a := &Agent{
-		cfg:      Config{Host: "fog", WorkDir: t.TempDir(), SessionTimeout: time.Minute, Log: slog.New(slog.NewTextHandler(io.Discard, nil))},
+		cfg:      Config{Host: "fog", WorkDir: t.TempDir(), SessionTimeout: time.Minute, Namespaces: []string{"ftwin"}, Log: slog.New(slog.NewTextHandler(io.Discard, nil))},
 		sessions: map[string]*session{},
 		stop:     make(chan struct{}),
 	}
 	a.taskPid = func(context.Context, string) (uint32, error) { return uint32(os.Getpid()), nil }
-	srv := httptest.NewTLSServer(a.Handler())
+	srv := httptest.NewUnstartedServer(a.Handler())
+	var err error
+	if srv.TLS, err = pki.ServerConfig(dir, "fog"); err != nil {
+		t.Fatal(err)
+	}
+	srv.StartTLS()
 	t.Cleanup(srv.Close)
-	c := NewClient(strings.TrimPrefix(srv.URL, "https://"), &tls.Config{InsecureSkipVerify: true})
-	return a, c
+	peer := func(name string) *Client {
+		cfg, err := pki.ClientConfig(dir, name, "fog")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return NewClient(strings.TrimPrefix(srv.URL, "https://"), cfg)
+	}
+	return a, peer("cloud"), peer
+}
+
+// addSession registers an open session of peer without containerd.
+func addSession(a *Agent, id, peer string, req SessionRequest) *session {
+	s := &session{SessionRequest: req, id: id, peer: peer, ref: CheckpointPrefix + id, lastUsed: time.Now()}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	a.sessions[id] = s
+	return s
 }
 
 func TestProtocolMismatchIsRefused(t *testing.T) {
-	_, c := testAgent(t)
+	_, c, _ := testAgent(t)
 	req, _ := http.NewRequest(http.MethodGet, c.base+"/v1/hello", nil)
 	req.Header.Set(ProtocolHeader, strconv.Itoa(ProtocolVersion+1))
 	resp, err := c.hc.Do(req)
@@ -50,7 +81,7 @@ func TestProtocolMismatchIsRefused(t *testing.T) {
 }
 
 func TestUnknownSession(t *testing.T) {
-	_, c := testAgent(t)
+	_, c, _ := testAgent(t)
 	s := &SessionClient{c: c, ID: "nope"}
 	_, err := s.Verify(context.Background())
 	var re *RemoteError
@@ -60,27 +91,75 @@ func TestUnknownSession(t *testing.T) {
 }
 
 func TestBadSessionRequests(t *testing.T) {
-	_, c := testAgent(t)
-	ok := SessionRequest{Namespace: "ftwin", Container: "twin", CheckpointRef: "ftwin-migrate/checkpoint/twin:1"}
+	_, c, _ := testAgent(t)
+	ok := SessionRequest{Namespace: "ftwin", Container: "twin"}
 	for _, tc := range []struct {
-		name string
-		edit func(*SessionRequest)
-		want string
+		name   string
+		edit   func(*SessionRequest)
+		status int
+		want   string
 	}{
-		{"no container", func(r *SessionRequest) { r.Container = "" }, "needs namespace, container and checkpoint_ref"},
-		{"tcp mode", func(r *SessionRequest) { r.TCP = "half-open" }, `TCP mode "half-open"`},
-		{"relative hook socket", func(r *SessionRequest) { r.HookSocket = "run/hook.sock" }, "absolute path"},
-		{"climbing hook socket", func(r *SessionRequest) { r.HookSocket = "/run/../../../etc/hook.sock" }, "clean path"},
+		{"no container", func(r *SessionRequest) { r.Container = "" }, 400, "needs namespace and container"},
+		{"container id", func(r *SessionRequest) { r.Container = "../etc" }, 400, "container id"},
+		{"namespace not served", func(r *SessionRequest) { r.Namespace = "k8s.io" }, 403, `namespace "k8s.io" is not served`},
+		{"tcp mode", func(r *SessionRequest) { r.TCP = "half-open" }, 400, `TCP mode "half-open"`},
+		{"relative hook socket", func(r *SessionRequest) { r.HookSocket = "run/hook.sock" }, 400, "absolute path"},
+		{"climbing hook socket", func(r *SessionRequest) { r.HookSocket = "/run/../../../etc/hook.sock" }, 400, "clean path"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := ok
 			tc.edit(&r)
 			_, err := c.Open(context.Background(), r)
 			var re *RemoteError
-			if !errors.As(err, &re) || re.Status != http.StatusBadRequest || !strings.Contains(re.Message, tc.want) {
-				t.Errorf("err %v: want 400 with %q", err, tc.want)
+			if !errors.As(err, &re) || re.Status != tc.status || !strings.Contains(re.Message, tc.want) {
+				t.Errorf("err %v: want %d with %q", err, tc.status, tc.want)
 			}
 		})
+	}
+}
+
+func TestHugeSessionRequestIsRefused(t *testing.T) {
+	_, c, _ := testAgent(t)
+	body := `{"namespace":"ftwin","container":"twin","source_host":"` + strings.Repeat("x", 2<<20) + `"}`
+	err := c.do(context.Background(), http.MethodPost, "/v1/sessions", strings.NewReader(body), nil)
+	var re *RemoteError
+	if !errors.As(err, &re) || re.Status != http.StatusBadRequest || !strings.Contains(re.Message, "too large") {
+		t.Errorf("err %v: want 400 for a body over the limit", err)
+	}
+}
+
+// TestSessionsBelongToThePeerThatOpenedThem: another certificate of the same CA can neither
+// drive, commit nor abort a session it did not open.
+func TestSessionsBelongToThePeerThatOpenedThem(t *testing.T) {
+	a, _, peer := testAgent(t)
+	addSession(a, "s1", "cloud", SessionRequest{Namespace: "ftwin", Container: "twin"})
+	edge := &SessionClient{c: peer("edge"), ID: "s1"}
+	for name, call := range map[string]func(context.Context) error{
+		"verify": func(ctx context.Context) error { _, err := edge.Verify(ctx); return err },
+		"commit": edge.Commit,
+		"abort":  edge.Abort,
+	} {
+		err := call(context.Background())
+		var re *RemoteError
+		if !errors.As(err, &re) || re.Status != http.StatusForbidden || !strings.Contains(re.Message, "belongs to another peer") {
+			t.Errorf("%s by another peer: %v, want 403", name, err)
+		}
+	}
+	if a.sessions["s1"] == nil {
+		t.Fatal("another peer's abort removed the session")
+	}
+}
+
+// TestCommitNeedsAVerifyTheAgentSaw: a restored copy the agent did not see pass verify is not
+// committed.
+func TestCommitNeedsAVerifyTheAgentSaw(t *testing.T) {
+	a, c, _ := testAgent(t)
+	s := addSession(a, "s1", "cloud", SessionRequest{Namespace: "ftwin", Container: "twin"})
+	s.restored = true
+	err := (&SessionClient{c: c, ID: "s1"}).Commit(context.Background())
+	var re *RemoteError
+	if !errors.As(err, &re) || re.Status != http.StatusConflict || !strings.Contains(re.Message, "not restored and verified") {
+		t.Errorf("commit before verify: %v, want 409", err)
 	}
 }
 
@@ -101,7 +180,7 @@ func (stubParticipant) Status() kafkahooks.Status {
 // TestHookRelay: the relay carries a hook call to the container's socket and its answer back
 // as they are, without knowing the protocol; errors of the relay itself stay the agent's.
 func TestHookRelay(t *testing.T) {
-	a, c := testAgent(t)
+	a, c, _ := testAgent(t)
 	// The "container" is this process: its hook socket is reached through /proc/PID/root.
 	dir, err := os.MkdirTemp("", "ftwin-relay-")
 	if err != nil {
@@ -118,8 +197,7 @@ func TestHookRelay(t *testing.T) {
 	go func() { served <- kafkahooks.Serve(ctx, stubParticipant{}, kafkahooks.WithListener(ln)) }()
 	t.Cleanup(func() { cancel(); <-served })
 
-	s := &session{SessionRequest: SessionRequest{Namespace: "ftwin", Container: "twin", HookSocket: sock}, id: "s1", lastUsed: time.Now()}
-	a.sessions[s.id] = s
+	s := addSession(a, "s1", "cloud", SessionRequest{Namespace: "ftwin", Container: "twin", HookSocket: sock})
 	sc := &SessionClient{c: c, ID: s.id}
 	hook := kafkahooks.NewClient(sc.HookTransport(), "relay")
 

@@ -301,7 +301,7 @@ func (m *run) preflight(ctx context.Context) error {
 	m.warnSessionTimeout(task.ResidentBytes)
 	m.ckptRef = fmt.Sprintf("ftwin-migrate/checkpoint/%s:%d", m.o.Container, time.Now().UnixNano())
 	req := agent.SessionRequest{
-		Namespace: m.o.Namespace, Container: m.o.Container, CheckpointRef: m.ckptRef,
+		Namespace: m.o.Namespace, Container: m.o.Container,
 		TCP: m.o.TCP, Probe: m.o.Probe, SourceHost: m.o.SourceHost,
 	}
 	if sh, ok := m.hook.(*SocketHook); ok {

@@ -138,7 +138,7 @@ func (t fakeTarget) PutDir(ctx context.Context, r io.Reader) (int64, string, err
 		_, _ = io.Copy(io.Discard, r)
 		return 0, "", err
 	}
-	sum, err := transfer.ReceiveDir(r, t.t.TempDir())
+	sum, err := transfer.ReceiveDir(r, t.t.TempDir(), 0)
 	return 0, sum, err
 }
 func (t fakeTarget) Restore(ctx context.Context, _ ocispec.Descriptor, _ string) (agent.RestoreResult, error) {

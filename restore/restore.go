@@ -9,6 +9,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"time"
@@ -42,6 +43,23 @@ type config struct {
 	imagePath string
 	specEdits []func(*specs.Spec) error
 	noRW      bool
+	runtime   string
+	labels    map[string]string
+}
+
+// WithRuntime runs the restored container under runtime name (such as io.containerd.runc.v2)
+// with no runtime options, instead of the runtime and options recorded in the checkpoint: a
+// target that does not trust the source chooses its own.
+func WithRuntime(name string) Opt { return func(cfg *config) { cfg.runtime = name } }
+
+// WithLabels adds labels to the restored container record.
+func WithLabels(labels map[string]string) Opt {
+	return func(cfg *config) {
+		if cfg.labels == nil {
+			cfg.labels = map[string]string{}
+		}
+		maps.Copy(cfg.labels, labels)
+	}
 }
 
 // Opt configures Restore.
@@ -160,7 +178,17 @@ func Restore(ctx context.Context, client *containerd.Client, id, ref string, opt
 	if _, err := client.LoadContainer(ctx, id); err == nil {
 		return nil, fmt.Errorf("restore: container %q already exists on the target: %w", id, errdefs.ErrAlreadyExists)
 	}
-	copts := []containerd.RestoreOpts{containerd.WithRestoreImage, containerd.WithRestoreSpec, containerd.WithRestoreRuntime}
+	copts := []containerd.RestoreOpts{containerd.WithRestoreImage, containerd.WithRestoreSpec}
+	if cfg.runtime != "" {
+		copts = append(copts, withRuntime(cfg.runtime))
+	} else {
+		copts = append(copts, containerd.WithRestoreRuntime)
+	}
+	if len(cfg.labels) > 0 {
+		copts = append(copts, func(context.Context, string, *containerd.Client, containerd.Image, *ocispec.Index) containerd.NewContainerOpts {
+			return containerd.WithAdditionalContainerLabels(cfg.labels)
+		})
+	}
 	if len(cfg.specEdits) > 0 {
 		copts = append(copts, editSpec(cfg.specEdits))
 	}
@@ -239,6 +267,15 @@ func readIndex(ctx context.Context, client *containerd.Client, ckpt containerd.I
 		return nil, fmt.Errorf("restore: parse checkpoint index %s: %w", ckpt.Target().Digest, err)
 	}
 	return &index, nil
+}
+
+func withRuntime(name string) containerd.RestoreOpts {
+	return func(context.Context, string, *containerd.Client, containerd.Image, *ocispec.Index) containerd.NewContainerOpts {
+		return func(_ context.Context, _ *containerd.Client, c *containers.Container) error {
+			c.Runtime = containers.RuntimeInfo{Name: name}
+			return nil
+		}
+	}
 }
 
 func editSpec(edits []func(*specs.Spec) error) containerd.RestoreOpts {

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	containerd "github.com/containerd/containerd/v2/client"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/schollz/progressbar/v3"
 	"github.com/urfave/cli/v2"
 	"golang.org/x/term"
@@ -63,6 +64,11 @@ func receiveCommand() *cli.Command {
 			&cli.StringFlag{Name: "work-dir", Value: "/var/lib/ftwin-migrate/agent", Usage: "CRIU config files and restored containers' logs"},
 			&cli.DurationFlag{Name: "session-timeout", Value: 2 * time.Minute, Usage: "abort a migration session idle this long"},
 			&cli.StringFlag{Name: "cgroup-parent", Usage: "put restored containers at PARENT/NAMESPACE/ID in the cgroup hierarchy (default: the source's path)"},
+			&cli.StringSliceFlag{Name: "serve-namespace", Usage: "containerd namespace to restore into and answer about (repeatable; default: any)"},
+			&cli.StringSliceFlag{Name: "allow-host-namespace", Usage: "host namespace a restored container may share: network, pid, ipc, uts (repeatable)"},
+			&cli.StringSliceFlag{Name: "allow-bind-mount", Usage: "host path (and below) a restored container may bind-mount (repeatable)"},
+			&cli.StringSliceFlag{Name: "allow-capability", Usage: "capability beyond containerd's defaults a restored container may hold, e.g. CAP_NET_ADMIN (repeatable)"},
+			&cli.BoolFlag{Name: "allow-devices", Usage: "let restored containers have device nodes and device cgroup rules of their own"},
 		}, containerdFlags...), pkiFlags...),
 		Action: func(c *cli.Context) error {
 			host := hostName(c)
@@ -75,8 +81,12 @@ func receiveCommand() *cli.Command {
 				return err
 			}
 			defer client.Close()
+			policy, err := policyFlags(c)
+			if err != nil {
+				return err
+			}
 			cfg := agent.Config{Host: host, Client: client, WorkDir: c.String("work-dir"), SessionTimeout: c.Duration("session-timeout"),
-				Log: slog.New(slog.NewTextHandler(os.Stderr, nil))}
+				Log: slog.New(slog.NewTextHandler(os.Stderr, nil)), Policy: policy, Namespaces: c.StringSlice("serve-namespace")}
 			if parent := c.String("cgroup-parent"); parent != "" {
 				cfg.RestoreOpts = func(r agent.SessionRequest) []restore.Opt {
 					return []restore.Opt{restore.WithCgroupsPath(path.Join(parent, r.Namespace, r.Container))}
@@ -171,6 +181,25 @@ func migrateCommand() *cli.Command {
 			return err
 		},
 	}
+}
+
+// policyFlags reads the --allow-* flags of receive.
+func policyFlags(c *cli.Context) (agent.Policy, error) {
+	p := agent.Policy{BindMounts: c.StringSlice("allow-bind-mount"), Capabilities: c.StringSlice("allow-capability"), Devices: c.Bool("allow-devices")}
+	for _, ns := range c.StringSlice("allow-host-namespace") {
+		switch t := specs.LinuxNamespaceType(ns); t {
+		case specs.NetworkNamespace, specs.PIDNamespace, specs.IPCNamespace, specs.UTSNamespace:
+			p.HostNamespaces = append(p.HostNamespaces, t)
+		default:
+			return p, fmt.Errorf("--allow-host-namespace %q: want network, pid, ipc or uts (a restored container always has a mount namespace of its own)", ns)
+		}
+	}
+	for _, b := range p.BindMounts {
+		if !path.IsAbs(b) {
+			return p, fmt.Errorf("--allow-bind-mount %q: want an absolute host path", b)
+		}
+	}
+	return p, nil
 }
 
 // hookFlags reads --hook and checks --hook-socket.

@@ -55,7 +55,7 @@ func TestMigrateCLI(t *testing.T) {
 	if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil {
 		t.Fatalf("migrate --json printed no report: %v\n%s", err, r)
 	}
-	if rep.Result != "committed" || rep.To != "fog" || len(rep.Phases) != 7 || rep.CRIU == nil {
+	if rep.Result != "committed" || rep.To != "fog" || len(rep.Phases) != 8 || rep.CRIU == nil {
 		t.Errorf("report: %+v", rep)
 	}
 	last, err := state.Last(cloudLog)

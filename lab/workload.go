@@ -33,6 +33,8 @@ type Workload struct {
 	Args []string
 	// Env is added to the process's environment (KEY=VALUE).
 	Env []string
+	// SpecOpts change the container's spec after the lab's own options.
+	SpecOpts []oci.SpecOpts
 }
 
 // LogPath is where the stdout and stderr of container id on this host go.
@@ -89,8 +91,8 @@ func (h *Host) Run(ctx context.Context, w Workload) error {
 	c, err := client.NewContainer(ctx, w.ID,
 		containerd.WithImage(img),
 		containerd.WithNewSnapshot(w.ID+"-rootfs", img),
-		containerd.WithNewSpec(oci.WithImageConfig(img), oci.WithProcessArgs(args...), oci.WithEnv(w.Env),
-			oci.WithHostNamespace(specs.NetworkNamespace), oci.WithCgroup(h.CgroupsPath(Namespace, w.ID))),
+		containerd.WithNewSpec(append([]oci.SpecOpts{oci.WithImageConfig(img), oci.WithProcessArgs(args...), oci.WithEnv(w.Env),
+			oci.WithHostNamespace(specs.NetworkNamespace), oci.WithCgroup(h.CgroupsPath(Namespace, w.ID))}, w.SpecOpts...)...),
 	)
 	if err != nil {
 		return fmt.Errorf("lab: host %s: create container %s: %w", h.Name, w.ID, err)

@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"net"
 	"path/filepath"
 	"slices"
 )
@@ -51,13 +52,14 @@ func verifyClient(cs tls.ConnectionState) error {
 // The server's certificate must chain to the CA in dir and be a host certificate valid for
 // server auth. Its name is checked against expectPeer, not against the dialled address: the
 // agent is addressed by IP:port, and its certificate need not list that IP. If expectPeer is
-// set, the server certificate must be issued for that host name; if expectPeer is empty, any
-// host certificate issued by this CA is accepted, i.e. any member of the lab may answer.
+// set, the server certificate must be issued for that host name (or list that IP address);
+// if expectPeer is empty, any host certificate issued by this CA is accepted, i.e. any member
+// of the lab may answer.
 //
 // To do this the config sets InsecureSkipVerify and does the whole verification itself in
 // VerifyConnection; do not replace or clear VerifyConnection.
 func ClientConfig(dir, host, expectPeer string) (*tls.Config, error) {
-	if expectPeer != "" {
+	if expectPeer != "" && net.ParseIP(expectPeer) == nil {
 		if err := checkName(expectPeer); err != nil {
 			return nil, fmt.Errorf("pki: expected peer: %w", err)
 		}

@@ -124,7 +124,7 @@ func migrateCommand() *cli.Command {
 		ArgsUsage: "CONTAINER",
 		Flags: append(append([]cli.Flag{
 			&cli.StringFlag{Name: "to", Required: true, Usage: "target agent address, host:port"},
-			&cli.StringFlag{Name: "peer", Usage: "the target's host name in the PKI (checked against its certificate)"},
+			&cli.StringFlag{Name: "peer", Usage: "the target's host name in the PKI, checked against its certificate (default: the host of --to, a name or an address its certificate lists)"},
 			&cli.StringFlag{Name: "probe", Usage: "http:// URL the target checks before commit, e.g. http://127.0.0.1:8080/healthz"},
 			&cli.StringFlag{Name: "tcp", Value: string(restore.TCPClose), Usage: "established connections on the target: close (clients reconnect) or established (same address)"},
 			&cli.DurationFlag{Name: "phase-timeout", Value: 2 * time.Minute, Usage: "roll back if a phase takes longer"},
@@ -147,7 +147,7 @@ func migrateCommand() *cli.Command {
 				return err
 			}
 			host := hostName(c)
-			tlsCfg, err := pki.ClientConfig(c.String("pki"), host, c.String("peer"))
+			tlsCfg, err := pki.ClientConfig(c.String("pki"), host, peerName(c))
 			if err != nil {
 				return err
 			}
@@ -181,6 +181,17 @@ func migrateCommand() *cli.Command {
 			return err
 		},
 	}
+}
+
+// peerName is --peer, or else the host of --to: the agent's certificate must be issued for it.
+func peerName(c *cli.Context) string {
+	if p := c.String("peer"); p != "" {
+		return p
+	}
+	if h, _, err := net.SplitHostPort(c.String("to")); err == nil {
+		return h
+	}
+	return c.String("to")
 }
 
 // policyFlags reads the --allow-* flags of receive.

@@ -50,10 +50,6 @@ type Daemon struct {
 // Socket returns the daemon's gRPC address for a containerd client.
 func Socket(dir string) string { return filepath.Join(dir, "containerd.sock") }
 
-// RuncRoot returns the directory where runc keeps container state for a namespace, as seen
-// from the root mount namespace.
-func RuncRoot(dir, namespace string) string { return filepath.Join(dir, "run", "runc", namespace) }
-
 func pidFile(dir string) string { return filepath.Join(dir, "containerd.pid") }
 
 // Start launches containerd as described by cfg and waits until it answers.

@@ -119,7 +119,7 @@ func migrateCommand() *cli.Command {
 			&cli.BoolFlag{Name: "json", Usage: "print the report as JSON"},
 			&cli.StringFlag{Name: "hook-socket", Value: migrate.DefaultHookSocket, Usage: "the application's hook socket inside the container (\"none\": freeze the application as it is)"},
 			&cli.StringSliceFlag{Name: "brokers", Usage: "Kafka bootstrap servers: check the application's boundary against the group's committed offsets"},
-			&cli.DurationFlag{Name: "session-timeout", Usage: "the consumer group's session timeout, for the downtime warning (default: what the application reports, else 45s)"},
+			&cli.DurationFlag{Name: "session-timeout", Usage: "the consumer group's session timeout, for the warning when the expected downtime approaches it (default 45s)"},
 		}, containerdFlags...), pkiFlags...),
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {

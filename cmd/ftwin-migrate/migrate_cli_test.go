@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ftwin-migrate/ftwin-migrate/internal/counter/state"
 	"github.com/ftwin-migrate/ftwin-migrate/migrate"
-	"github.com/ftwin-migrate/ftwin-migrate/test/workloads/counter/state"
 )
 
 // TestMigrateCLI: the admin's path on a lab — lab up, lab run, `migrate` as printed by lab up —

@@ -439,7 +439,7 @@ func TestContainerdDaemonCheck(t *testing.T) {
 	}
 	sock := startContainerd(t, bin)
 	c := containerdDaemonCheck(ctx, sock, true)
-	if c.Status != OK || !strings.Contains(c.Detail, "containerd "+want) {
+	if c.Status != OK || !strings.Contains(c.Detail, want) { // the daemon may say v2.3.7
 		t.Errorf("running daemon: %+v; want OK with version %s", c, want)
 	}
 }

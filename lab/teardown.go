@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/ftwin-migrate/ftwin-migrate/ctrd"
+	"github.com/ftwin-migrate/ftwin-migrate/internal/wait"
 )
 
 // Leftovers is what exists of a lab, found by its names and paths.
@@ -107,10 +108,11 @@ func Teardown(ctx context.Context, baseDir, name string) error {
 	for _, pid := range ctrd.PidsMentioning(dir + "/") {
 		_ = syscall.Kill(pid, syscall.SIGKILL)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for len(ctrd.PidsMentioning(dir+"/")) > 0 && time.Now().Before(deadline) {
-		time.Sleep(50 * time.Millisecond)
-	}
+	// Give them up to 10s to be gone, even when ctx is done: the rest of the teardown goes on
+	// in any case.
+	gone, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	_ = wait.Until(gone, 50*time.Millisecond, func() (bool, error) { return len(ctrd.PidsMentioning(dir+"/")) == 0, nil })
+	cancel()
 	for _, m := range ctrd.MountsUnder(dir) {
 		if err := syscall.Unmount(m, syscall.MNT_DETACH); err != nil {
 			errs = append(errs, fmt.Errorf("lab: unmount %s: %w", m, err))

@@ -18,6 +18,7 @@ import (
 
 	"github.com/ftwin-migrate/ftwin-migrate/broker"
 	"github.com/ftwin-migrate/ftwin-migrate/internal/counter/state"
+	"github.com/ftwin-migrate/ftwin-migrate/internal/wait"
 	"github.com/ftwin-migrate/ftwin-migrate/lab"
 	"github.com/ftwin-migrate/ftwin-migrate/pki"
 )
@@ -174,17 +175,20 @@ func startAgents(ctx context.Context, l *lab.Lab) error {
 }
 
 func waitListening(ctx context.Context, addr string) error {
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	var dialErr error
+	err := wait.Until(ctx, 50*time.Millisecond, func() (bool, error) {
 		c, err := net.DialTimeout("tcp", addr, time.Second)
-		if err == nil {
-			return c.Close()
+		if dialErr = err; err != nil {
+			return false, nil
 		}
-		if time.Now().After(deadline) || ctx.Err() != nil {
-			return fmt.Errorf("nothing listens on %s: %w", addr, err)
-		}
-		time.Sleep(50 * time.Millisecond)
+		return true, c.Close()
+	})
+	if err != nil && dialErr != nil {
+		return fmt.Errorf("nothing listens on %s: %w", addr, dialErr)
 	}
+	return err
 }
 
 func labRun(c *cli.Context) error {
@@ -424,18 +428,26 @@ func labSmoke(c *cli.Context) error {
 
 // waitNext waits for the first state in path that continues prev (same process start, later tick).
 func waitNext(ctx context.Context, path string, prev state.State) (state.State, error) {
-	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) && ctx.Err() == nil {
-		if f, err := os.Open(path); err == nil {
-			states, _ := state.ParseLines(f)
-			f.Close()
-			for _, s := range states {
-				if s.StartNS == prev.StartNS && s.Tick > prev.Tick {
-					return s, nil
-				}
+	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	var next state.State
+	err := wait.Until(ctx, 50*time.Millisecond, func() (bool, error) {
+		f, err := os.Open(path)
+		if err != nil {
+			return false, nil // not written yet
+		}
+		defer f.Close()
+		states, _ := state.ParseLines(f)
+		for _, s := range states {
+			if s.StartNS == prev.StartNS && s.Tick > prev.Tick {
+				next = s
+				return true, nil
 			}
 		}
-		time.Sleep(50 * time.Millisecond)
+		return false, nil
+	})
+	if err != nil {
+		return state.State{}, fmt.Errorf("no output continuing tick %d appeared in %s: %w", prev.Tick, path, err)
 	}
-	return state.State{}, fmt.Errorf("no output continuing tick %d appeared in %s", prev.Tick, path)
+	return next, nil
 }

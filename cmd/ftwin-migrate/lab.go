@@ -130,8 +130,8 @@ func labUp(c *cli.Context) error {
 	}
 	a, b := l.Hosts[0], l.Hosts[len(l.Hosts)-1]
 	fmt.Printf("\nagents listen on HOST:%d; certificates in %s. To move a container %s→%s:\n", lab.AgentPort, labPKI(l), a.Name, b.Name)
-	fmt.Printf("  ftwin-migrate migrate --to %s:%d --address %s --namespace %s --pki %s --host %s ID\n",
-		b.IP, lab.AgentPort, a.Address(), lab.Namespace, labPKI(l), a.Name)
+	fmt.Printf("  ftwin-migrate --address %s --namespace %s migrate --to %s:%d --pki %s --host %s ID\n",
+		a.Address(), lab.Namespace, b.IP, lab.AgentPort, labPKI(l), a.Name)
 	return nil
 }
 
@@ -157,7 +157,7 @@ func startAgents(ctx context.Context, l *lab.Lab) error {
 			return err
 		}
 		addr := net.JoinHostPort(h.IP, fmt.Sprint(lab.AgentPort))
-		cmd := h.Command(context.Background(), exe, "receive", "--listen", addr, "--address", h.Address(),
+		cmd := h.Command(context.Background(), exe, "--address", h.Address(), "receive", "--listen", addr,
 			"--pki", labPKI(l), "--host", h.Name, "--work-dir", filepath.Join(h.Dir, "agent"), "--cgroup-parent", h.CgroupParent())
 		cmd.Stdout, cmd.Stderr = logf, logf
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}

@@ -27,13 +27,6 @@ func SocketPath() string {
 	return DefaultSocketPath
 }
 
-// ContainerSocketPath is the path, seen from the host, of the default hook socket of the
-// container whose init process is pid. It goes through the container's root, so it works
-// from any mount namespace that sees /proc of the container's PID namespace.
-func ContainerSocketPath(pid int) string {
-	return "/proc/" + strconv.Itoa(pid) + "/root" + DefaultSocketPath
-}
-
 // State is what an application reports in its status.
 type State string
 

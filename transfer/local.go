@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sync"
 
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/content"
@@ -38,9 +39,20 @@ func LocalStore(ctx context.Context, client *containerd.Client) (content.Store, 
 	if _, err := os.Stat(root); err != nil {
 		return nil, false
 	}
+	// One store per directory and process: opening one probes the file system (and logs that
+	// it has no fs-verity) every time.
+	if s, ok := localStores.Load(root); ok {
+		return s.(content.Store), true
+	}
 	store, err := local.NewStore(root)
-	return store, err == nil
+	if err != nil {
+		return nil, false
+	}
+	s, _ := localStores.LoadOrStore(root, store)
+	return s.(content.Store), true
 }
+
+var localStores sync.Map // root → content.Store
 
 // ReceiveLocal is Receive for a target whose content store directory is on this machine: the
 // blob is decompressed straight into the directory (its digest checked before it is committed

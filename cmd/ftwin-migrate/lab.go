@@ -158,7 +158,8 @@ func startAgents(ctx context.Context, l *lab.Lab) error {
 		}
 		addr := net.JoinHostPort(h.IP, fmt.Sprint(lab.AgentPort))
 		cmd := h.Command(context.Background(), exe, "--address", h.Address(), "receive", "--listen", addr,
-			"--pki", labPKI(l), "--host", h.Name, "--work-dir", filepath.Join(h.Dir, "agent"), "--cgroup-parent", h.CgroupParent())
+			"--pki", labPKI(l), "--host", h.Name, "--work-dir", filepath.Join(h.Dir, "agent"), "--cgroup-parent", h.CgroupParent(),
+			"--serve-namespace", lab.Namespace, "--allow-host-namespace", "network")
 		cmd.Stdout, cmd.Stderr = logf, logf
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 		err = cmd.Start()

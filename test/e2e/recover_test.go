@@ -31,7 +31,7 @@ func TestRecoverAfterMigratorKilled(t *testing.T) {
 	cli := testbin.Build(t, "github.com/ftwin-migrate/ftwin-migrate/cmd/ftwin-migrate")
 	before := lastState(t, cloud, id)
 	cmd := exec.Command(cli, "--address", cloud.Address(), "--namespace", lab.Namespace, "migrate", "--pki", ml.pki,
-		"--host", cloud.Name, "--to", ml.agents[fog.Name].Addr, "--hook-socket", "none", id)
+		"--host", cloud.Name, "--to", ml.agents[fog.Name].Addr, "--hook", "off", id)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -79,7 +79,7 @@ func TestRecoverAfterMigratorKilled(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	what, err := migrate.Recover(ctx, client, migrate.RecoverOptions{Namespace: lab.Namespace, Container: id, TLS: tlsCfg, HookSocket: "none"})
+	what, err := migrate.Recover(ctx, client, migrate.RecoverOptions{Namespace: lab.Namespace, Container: id, TLS: tlsCfg, HookMode: migrate.HookOff})
 	if err != nil {
 		t.Fatalf("recover: %v", err)
 	}

@@ -81,14 +81,16 @@ func (c *Client) Open(ctx context.Context, req SessionRequest) (*SessionClient, 
 	if err := c.do(ctx, http.MethodPost, "/v1/sessions", bytes.NewReader(body), &s); err != nil {
 		return nil, err
 	}
-	return &SessionClient{c: c, ID: s.ID, Timeout: s.Timeout}, nil
+	return &SessionClient{c: c, ID: s.ID, Timeout: s.Timeout, HeartbeatTimeout: s.HeartbeatTimeout, Namespace: req.Namespace, Container: req.Container}, nil
 }
 
 // SessionClient drives one migration session. It implements transfer.Remote.
 type SessionClient struct {
-	c       *Client
-	ID      string
-	Timeout time.Duration
+	c                    *Client
+	ID                   string
+	Timeout              time.Duration
+	HeartbeatTimeout     time.Duration
+	Namespace, Container string
 }
 
 func (s *SessionClient) path(p string) string { return "/v1/sessions/" + s.ID + p }
@@ -166,6 +168,16 @@ func (t relayTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 // Commit tells the agent the migration is final.
 func (s *SessionClient) Commit(ctx context.Context) error {
 	return s.c.do(ctx, http.MethodPost, s.path("/commit"), nil, nil)
+}
+
+// Heartbeat keeps the session's restored, uncommitted copy alive.
+func (s *SessionClient) Heartbeat(ctx context.Context) error {
+	return s.c.do(ctx, http.MethodPost, s.path("/heartbeat"), nil, nil)
+}
+
+// ContainerState asks the agent what it knows of the session's container.
+func (s *SessionClient) ContainerState(ctx context.Context) (ContainerState, error) {
+	return s.c.ContainerState(ctx, s.Namespace, s.Container)
 }
 
 // Abort tells the agent to remove everything of the session.

@@ -16,6 +16,7 @@
 //	POST /v1/sessions/{id}/restore      RestoreRequest → RestoreResult
 //	POST /v1/sessions/{id}/verify       → VerifyResult
 //	*    /v1/sessions/{id}/hook/{path}  relays METHOD /{path} to the restored container's hook socket
+//	POST /v1/sessions/{id}/heartbeat    keeps a restored, uncommitted copy alive (see Session)
 //	POST /v1/sessions/{id}/commit
 //	POST /v1/sessions/{id}/abort
 //	GET  /v1/containers/{namespace}/{id}          ContainerState (for recovery after a crashed migrator)
@@ -79,6 +80,9 @@ type SessionRequest struct {
 type Session struct {
 	ID      string        `json:"id"`
 	Timeout time.Duration `json:"timeout_ns"` // idle time after which the agent aborts it
+	// HeartbeatTimeout: once a copy is restored, the agent aborts the session (killing the
+	// uncommitted copy) when it hears nothing from the migrator this long.
+	HeartbeatTimeout time.Duration `json:"heartbeat_timeout_ns"`
 }
 
 // RestoreRequest asks the agent to restore the container from the checkpoint index it received.

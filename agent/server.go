@@ -20,6 +20,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	containerd "github.com/containerd/containerd/v2/client"
@@ -56,6 +57,9 @@ type Config struct {
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 	// SessionTimeout aborts a session idle this long. Default 2 minutes.
 	SessionTimeout time.Duration
+	// HeartbeatTimeout aborts a session whose restored, uncommitted copy heard nothing from
+	// its migrator this long (the migrator heartbeats meanwhile). Default 15s.
+	HeartbeatTimeout time.Duration
 	// Namespaces are the containerd namespaces the agent restores into and answers about.
 	// Empty: any.
 	Namespaces []string
@@ -91,7 +95,7 @@ type session struct {
 	ctx      context.Context
 	cancel   context.CancelFunc // ends the session's requests in flight (abort)
 	lease    string
-	lastUsed time.Time
+	lastUsed atomic.Int64 // unix nanoseconds of the last request or heartbeat
 	restored bool
 	imageDir string     // where the CRIU image sent to /criu-image was unpacked
 	imageSum string     // and its digest
@@ -122,6 +126,9 @@ func New(cfg Config) (*Agent, error) {
 		var d net.Dialer
 		cfg.Dial = d.DialContext
 	}
+	if cfg.HeartbeatTimeout == 0 {
+		cfg.HeartbeatTimeout = 15 * time.Second
+	}
 	if cfg.Runtime == "" {
 		cfg.Runtime = "io.containerd.runc.v2"
 	}
@@ -134,6 +141,9 @@ func New(cfg Config) (*Agent, error) {
 	a := &Agent{cfg: cfg, sessions: map[string]*session{}, stop: make(chan struct{})}
 	a.taskPid = a.containerTaskPid
 	if err := a.dropStaleSessions(context.Background()); err != nil {
+		return nil, err
+	}
+	if err := a.removeLeftovers(context.Background()); err != nil {
 		return nil, err
 	}
 	go a.janitor()
@@ -163,6 +173,61 @@ func (a *Agent) dropStaleSessions(ctx context.Context) error {
 				return fmt.Errorf("agent: remove stale session lease %s: %w", l.ID, err)
 			}
 			a.cfg.Log.Info("removed a stale session", "namespace", ns, "lease", l.ID, "container", l.Labels[sessionLabel])
+		}
+	}
+	return nil
+}
+
+// removeLeftovers removes what an earlier agent process left of sessions it can no longer
+// finish: restored copies never committed (their migrator has rolled back or will, and a
+// copy must not run beside its source), checkpoint images it registered, and its session,
+// CRIU restore and cpuinfo directories.
+func (a *Agent) removeLeftovers(ctx context.Context) error {
+	nss, err := a.cfg.Client.NamespaceService().List(ctx)
+	if err != nil {
+		return fmt.Errorf("agent: list containerd namespaces: %w", err)
+	}
+	for _, ns := range nss {
+		if a.servesNamespace(ns) != nil {
+			continue
+		}
+		nctx := namespaces.WithNamespace(ctx, ns)
+		cs, err := a.cfg.Client.Containers(nctx, `labels."`+RestoredForLabel+`"`)
+		if err != nil {
+			return fmt.Errorf("agent: list restored containers in %s: %w", ns, err)
+		}
+		for _, c := range cs {
+			labels, err := c.Labels(nctx)
+			if err != nil || labels[CommittedLabel] != "" {
+				continue
+			}
+			if t, err := c.Task(nctx, nil); err == nil {
+				_, _ = t.Delete(nctx, containerd.WithProcessKill)
+			}
+			if err := c.Delete(nctx, containerd.WithSnapshotCleanup); err != nil && !errdefs.IsNotFound(err) {
+				return fmt.Errorf("agent: remove uncommitted restored container %s/%s: %w", ns, c.ID(), err)
+			}
+			a.cfg.Log.Info("removed an uncommitted restored copy left by an earlier agent", "namespace", ns, "container", c.ID(), "for", labels[RestoredForLabel])
+		}
+		imgs, err := a.cfg.Client.ImageService().List(nctx)
+		if err != nil {
+			return fmt.Errorf("agent: list checkpoint images in %s: %w", ns, err)
+		}
+		for _, img := range imgs {
+			if !strings.HasPrefix(img.Name, CheckpointPrefix) {
+				continue
+			}
+			if err := a.cfg.Client.ImageService().Delete(nctx, img.Name); err != nil && !errdefs.IsNotFound(err) {
+				return fmt.Errorf("agent: remove checkpoint image %s: %w", img.Name, err)
+			}
+		}
+	}
+	for _, pattern := range []string{"sessions", "criu-restore-*", "cpuinfo-*"} {
+		dirs, _ := filepath.Glob(filepath.Join(a.cfg.WorkDir, pattern))
+		for _, d := range dirs {
+			if err := os.RemoveAll(d); err != nil {
+				return fmt.Errorf("agent: remove leftover %s: %w", d, err)
+			}
 		}
 	}
 	return nil
@@ -206,6 +271,7 @@ func (a *Agent) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/containers/{namespace}/{id}", a.containerState)
 	mux.HandleFunc("POST /v1/containers/{namespace}/{id}/abort", a.abortContainer)
 	mux.HandleFunc("POST /v1/sessions/{id}/abort", a.abortSession)
+	mux.HandleFunc("POST /v1/sessions/{id}/heartbeat", a.heartbeat)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set(ProtocolHeader, strconv.Itoa(ProtocolVersion))
 		if v := r.Header.Get(ProtocolHeader); v != strconv.Itoa(ProtocolVersion) {
@@ -307,7 +373,8 @@ func (a *Agent) open(w http.ResponseWriter, r *http.Request) {
 	}
 	var b [8]byte
 	_, _ = rand.Read(b[:])
-	s := &session{SessionRequest: req, id: hex.EncodeToString(b[:]), peer: peer, lastUsed: time.Now()}
+	s := &session{SessionRequest: req, id: hex.EncodeToString(b[:]), peer: peer}
+	s.touch()
 	s.ref = CheckpointPrefix + s.id
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	if err := a.admit(s); err != nil {
@@ -324,7 +391,7 @@ func (a *Agent) open(w http.ResponseWriter, r *http.Request) {
 	}
 	s.lease = l.ID
 	a.cfg.Log.Info("session opened", "session", s.id, "container", req.Container, "peer", peer, "declared_source", req.SourceHost)
-	writeJSON(w, Session{ID: s.id, Timeout: a.cfg.SessionTimeout})
+	writeJSON(w, Session{ID: s.id, Timeout: a.cfg.SessionTimeout, HeartbeatTimeout: a.cfg.HeartbeatTimeout})
 }
 
 // servesNamespace refuses a namespace the agent was not configured to serve.
@@ -365,6 +432,26 @@ func (a *Agent) drop(id string) {
 	}
 }
 
+func (s *session) touch() { s.lastUsed.Store(time.Now().UnixNano()) }
+
+func (s *session) idle() time.Duration { return time.Since(time.Unix(0, s.lastUsed.Load())) }
+
+// heartbeat keeps a session alive without waiting for a request of it in flight.
+func (a *Agent) heartbeat(w http.ResponseWriter, r *http.Request) {
+	a.mu.Lock()
+	s := a.sessions[r.PathValue("id")]
+	a.mu.Unlock()
+	switch {
+	case s == nil:
+		writeError(w, http.StatusNotFound, fmt.Errorf("no session %q on %s (aborted, timed out or never opened)", r.PathValue("id"), a.cfg.Host))
+	case s.peer != pki.PeerName(r.TLS):
+		writeError(w, http.StatusForbidden, fmt.Errorf("session %s on %s belongs to another peer", s.id, a.cfg.Host))
+	default:
+		s.touch()
+		w.WriteHeader(http.StatusNoContent)
+	}
+}
+
 // withSession runs h for the session named in the path, if the caller's certificate is the one
 // that opened it. The request's context also ends when the session is aborted.
 func (a *Agent) withSession(h func(context.Context, *session, http.ResponseWriter, *http.Request)) http.HandlerFunc {
@@ -390,8 +477,8 @@ func (a *Agent) withSession(h func(context.Context, *session, http.ResponseWrite
 			writeError(w, http.StatusNotFound, fmt.Errorf("session %s on %s was aborted", s.id, a.cfg.Host))
 			return
 		}
-		s.lastUsed = time.Now()
-		defer func() { s.lastUsed = time.Now() }()
+		s.touch()
+		defer s.touch()
 		ctx := leases.WithLease(namespaces.WithNamespace(rctx, s.Namespace), s.lease)
 		h(ctx, s, w, r)
 	}
@@ -871,12 +958,17 @@ func (a *Agent) janitor() {
 			return
 		case <-t.C:
 		}
-		var idle []string
+		var idle, quiet []string
 		a.mu.Lock()
 		for id, s := range a.sessions {
 			if s.mu.TryLock() {
-				if time.Since(s.lastUsed) > a.cfg.SessionTimeout {
+				switch idleFor := s.idle(); {
+				case idleFor > a.cfg.SessionTimeout:
 					idle = append(idle, id)
+				case s.restored && idleFor > a.cfg.HeartbeatTimeout:
+					// A restored, uncommitted copy whose migrator went quiet: it must not run
+					// beside a source the migrator may thaw.
+					quiet = append(quiet, id)
 				}
 				s.mu.Unlock()
 			}
@@ -884,6 +976,9 @@ func (a *Agent) janitor() {
 		a.mu.Unlock()
 		for _, id := range idle {
 			a.abort(context.Background(), id, "idle past the session timeout")
+		}
+		for _, id := range quiet {
+			a.abort(context.Background(), id, "no heartbeat from the migrator while its copy ran uncommitted")
 		}
 	}
 }

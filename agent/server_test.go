@@ -59,7 +59,8 @@ func testAgent(t *testing.T) (*Agent, *Client, func(peer string) *Client) {
 
 // addSession registers an open session of peer without containerd.
 func addSession(a *Agent, id, peer string, req SessionRequest) *session {
-	s := &session{SessionRequest: req, id: id, peer: peer, ref: CheckpointPrefix + id, lastUsed: time.Now()}
+	s := &session{SessionRequest: req, id: id, peer: peer, ref: CheckpointPrefix + id}
+	s.touch()
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	a.sessions[id] = s
 	return s
@@ -227,5 +228,24 @@ func TestHookRelay(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusNotFound || resp.Header.Get(RelayHeader) != "hook" {
 		t.Errorf("unknown call: %d (relay %q), want the hook's 404", resp.StatusCode, resp.Header.Get(RelayHeader))
+	}
+}
+
+// TestHeartbeat keeps a session alive, for its own peer only.
+func TestHeartbeat(t *testing.T) {
+	a, c, peer := testAgent(t)
+	s := addSession(a, "s1", "cloud", SessionRequest{Namespace: "ftwin", Container: "twin"})
+	s.lastUsed.Store(time.Now().Add(-time.Hour).UnixNano())
+	if err := (&SessionClient{c: peer("edge"), ID: "s1"}).Heartbeat(context.Background()); err == nil || !strings.Contains(err.Error(), "another peer") {
+		t.Errorf("another peer's heartbeat: %v, want a refusal", err)
+	}
+	if s.idle() < time.Minute {
+		t.Error("another peer's heartbeat kept the session alive")
+	}
+	if err := (&SessionClient{c: c, ID: "s1"}).Heartbeat(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if s.idle() > time.Minute {
+		t.Error("the heartbeat did not keep the session alive")
 	}
 }

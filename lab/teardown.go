@@ -126,7 +126,7 @@ func Teardown(ctx context.Context, baseDir, name string) error {
 	}
 	// A veth goes with its peer's namespace, asynchronously: one may vanish under us.
 	for _, link := range Find(baseDir, name).Links {
-		if err := run(ctx, "ip", "link", "delete", link); err != nil && !strings.Contains(err.Error(), "Cannot find device") {
+		if err := run(ctx, "ip", "link", "delete", link); err != nil && !strings.Contains(err.Error(), "Cannot find device") && !strings.Contains(err.Error(), "No such device") {
 			errs = append(errs, err)
 		}
 	}
@@ -135,8 +135,13 @@ func Teardown(ctx context.Context, baseDir, name string) error {
 	}
 	// runc removes a container's own cgroup but leaves its parents; cgroup directories go with
 	// rmdir, deepest first, once no process is left in them.
+	// A process killed a moment ago may take a while to leave its cgroup (EBUSY until then).
 	for _, d := range cgroupDirs(name) {
-		if err := syscall.Rmdir(d); err != nil && !errors.Is(err, syscall.ENOENT) {
+		err := syscall.Rmdir(d)
+		for deadline := time.Now().Add(5 * time.Second); errors.Is(err, syscall.EBUSY) && time.Now().Before(deadline); err = syscall.Rmdir(d) {
+			time.Sleep(50 * time.Millisecond)
+		}
+		if err != nil && !errors.Is(err, syscall.ENOENT) {
 			errs = append(errs, fmt.Errorf("lab: remove cgroup %s: %w", d, err))
 		}
 	}

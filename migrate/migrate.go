@@ -31,6 +31,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	containerd "github.com/containerd/containerd/v2/client"
@@ -194,6 +195,13 @@ type run struct {
 	ckptRef  string
 	ckpt     *checkpointDirs
 	index    ocispec.Descriptor // the checkpoint index
+	session  agent.Session
+
+	// From the restore on: the last time the target answered, and whether a copy may run
+	// there although the rollback asked for it to go (the source must then stay frozen).
+	lastContact    atomic.Int64
+	copyMayRun     bool
+	stopHeartbeats func()
 }
 
 // checkpointDirs are the local directories of a dump: CRIU's work files and its image.
@@ -201,6 +209,11 @@ type checkpointDirs struct{ work, image string }
 
 func (m *run) pipeline(ctx context.Context) error {
 	defer m.cleanup(context.WithoutCancel(ctx))
+	defer func() {
+		if m.stopHeartbeats != nil {
+			m.stopHeartbeats()
+		}
+	}()
 	for _, step := range []struct {
 		p  Phase
 		fn func(context.Context) error
@@ -311,7 +324,7 @@ func (m *run) preflight(ctx context.Context) error {
 	// too (the agent also drops it once it idles past its timeout).
 	m.undo.push(undoAbortTarget, Preflight, remote, bestEffort, m.tgt.Abort)
 	s, err := m.tgt.Open(ctx, req)
-	m.rep.Session = s.ID
+	m.session, m.rep.Session = s, s.ID
 	return err
 }
 
@@ -342,7 +355,7 @@ func (m *run) quiesce(ctx context.Context) error {
 	}
 	// Abort on rollback even if prepare fails or times out: the application may reach the
 	// boundary after we stopped waiting and would then hold for ever.
-	m.undo.push("tell the source application to carry on", Quiesce, local, required, m.hook.Abort)
+	m.undo.pushUndo(undo{name: "tell the source application to carry on", phase: Quiesce, where: local, need: required, fn: m.hook.Abort, guard: m.sourceMayRun})
 	b, err := m.hook.Prepare(ctx)
 	if err != nil {
 		return err
@@ -376,7 +389,8 @@ func (m *run) checkCommitted(ctx context.Context) error {
 func (m *run) checkpoint(ctx context.Context) error {
 	// Record where the container is going before it freezes: should this process die, Recover
 	// finds the frozen source and settles it with the target.
-	m.undo.push("clear the source's migration label", Checkpoint, local, required, func(ctx context.Context) error { return m.src.SetMigrating(ctx, "") })
+	m.undo.pushUndo(undo{name: "clear the source's migration label", phase: Checkpoint, where: local, need: required,
+		fn: func(ctx context.Context) error { return m.src.SetMigrating(ctx, "") }, guard: m.sourceMayRun})
 	if err := m.src.SetMigrating(ctx, m.o.Target); err != nil {
 		return err
 	}
@@ -386,7 +400,7 @@ func (m *run) checkpoint(ctx context.Context) error {
 	if err := m.src.Freeze(ctx); err != nil {
 		return err
 	}
-	m.undo.push("thaw the source", Checkpoint, local, required, m.thaw)
+	m.undo.pushUndo(undo{name: "thaw the source", phase: Checkpoint, where: local, need: required, fn: m.thaw, guard: m.sourceMayRun})
 	var err error
 	m.ckpt = &checkpointDirs{}
 	if m.o.WorkDir != "" {
@@ -411,6 +425,79 @@ func (m *run) checkpoint(ctx context.Context) error {
 	m.index = res.Target
 	if m.rep.CRIU = res.CRIU; m.rep.CRIU == nil {
 		m.rep.Warnings = append(m.rep.Warnings, "CRIU dump statistics unavailable")
+	}
+	return nil
+}
+
+// heartbeatTimeout is how long the agent lets an uncommitted copy run without hearing from
+// us (agents before heartbeats said nothing: their idle timeout then).
+func (m *run) heartbeatTimeout() time.Duration {
+	if m.session.HeartbeatTimeout > 0 {
+		return m.session.HeartbeatTimeout
+	}
+	return m.session.Timeout
+}
+
+// startHeartbeats keeps the target's copy alive until the pipeline ends.
+func (m *run) startHeartbeats(ctx context.Context) {
+	m.lastContact.Store(time.Now().UnixNano())
+	hctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	done := make(chan struct{})
+	m.stopHeartbeats = func() { cancel(); <-done }
+	every := max(m.heartbeatTimeout()/4, 10*time.Millisecond)
+	go func() {
+		defer close(done)
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-hctx.Done():
+				return
+			case <-t.C:
+			}
+			bctx, bcancel := context.WithTimeout(hctx, every)
+			if m.tgt.Heartbeat(bctx) == nil {
+				m.lastContact.Store(time.Now().UnixNano())
+			}
+			bcancel()
+		}
+	}()
+}
+
+// abortCopy is the undo of the restore: the target's copy must be gone before the source
+// thaws. If the agent does not confirm the abort, it is given until its heartbeat deadline
+// (after which it kills the copy itself, and an agent that restarts removes it) and asked
+// again; if it still cannot say the copy is gone, the source stays frozen for Recover.
+func (m *run) abortCopy(ctx context.Context) error {
+	if m.stopHeartbeats != nil {
+		m.stopHeartbeats()
+		m.stopHeartbeats = nil
+	}
+	err := m.tgt.Abort(ctx)
+	if err == nil {
+		return nil
+	}
+	deadline := time.Unix(0, m.lastContact.Load()).Add(m.heartbeatTimeout())
+	select {
+	case <-time.After(time.Until(deadline)):
+	case <-ctx.Done():
+	}
+	gone, serr := m.tgt.CopyGone(ctx)
+	if serr == nil && gone {
+		return nil
+	}
+	if serr == nil {
+		serr = errors.New("it still holds a running copy")
+	}
+	m.copyMayRun = true
+	return fmt.Errorf("the target did not confirm that its copy is gone (abort: %v; asked again past its heartbeat deadline: %v)", err, serr)
+}
+
+// sourceMayRun guards the source's undos: while a copy may run on the target, the source
+// stays frozen (and labelled, for Recover).
+func (m *run) sourceMayRun() error {
+	if m.copyMayRun {
+		return errors.New("the source stays frozen: a copy may still run on the target (when it is reachable again run `ftwin-migrate recover " + m.o.Container + "`; --force-thaw if it is gone for good)")
 	}
 	return nil
 }
@@ -442,8 +529,12 @@ func (m *run) transfer(ctx context.Context) error {
 
 func (m *run) restore(ctx context.Context) error {
 	// From here on the target may run a copy: it must be gone before the source thaws, so
-	// the session's abort moves to the top of the stack.
-	m.undo.push(undoAbortTarget, Restore, remote, required, m.tgt.Abort)
+	// the session's abort moves to the top of the stack; and the agent kills the copy itself
+	// should the heartbeats stop.
+	m.startHeartbeats(ctx)
+	hb := m.heartbeatTimeout()
+	m.undo.pushUndo(undo{name: undoAbortTarget, phase: Restore, where: remote, need: required, fn: m.abortCopy,
+		timeout: hb + 2*m.o.RemoteUndoTimeout})
 	digest := ""
 	if m.rep.Image != nil {
 		digest = m.rep.Image.Digest

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -35,6 +36,12 @@ type world struct {
 	sessionOpen, copyRunning, committed bool
 	// the application
 	prepared, copyResumed bool
+	// agentKillsQuietCopy: the agent kills its uncommitted copy once heartbeats stop, so it
+	// says it is gone when asked after the deadline.
+	agentKillsQuietCopy bool
+
+	mu         sync.Mutex // heartbeats come from a goroutine of their own
+	heartbeats int
 }
 
 func newWorld(t *testing.T) *world {
@@ -123,7 +130,7 @@ func (t fakeTarget) Open(ctx context.Context, _ agent.SessionRequest) (agent.Ses
 		return agent.Session{}, err
 	}
 	t.sessionOpen = true
-	return agent.Session{ID: "s1", Timeout: time.Minute}, nil
+	return agent.Session{ID: "s1", Timeout: time.Minute, HeartbeatTimeout: 40 * time.Millisecond}, nil
 }
 func (t fakeTarget) Receiver() Receiver { return t }
 func (t fakeTarget) Missing(ctx context.Context, _ []ocispec.Descriptor) ([]ocispec.Descriptor, error) {
@@ -154,6 +161,21 @@ func (t fakeTarget) Verify(ctx context.Context) (agent.VerifyResult, error) {
 		return agent.VerifyResult{}, err
 	}
 	return agent.VerifyResult{Running: t.copyRunning}, nil
+}
+func (t fakeTarget) Heartbeat(context.Context) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.heartbeats++
+	return nil
+}
+func (t fakeTarget) CopyGone(ctx context.Context) (bool, error) {
+	if err := t.call(ctx, "target.CopyGone"); err != nil {
+		return false, err
+	}
+	if t.agentKillsQuietCopy {
+		t.copyRunning = false
+	}
+	return !t.copyRunning, nil
 }
 func (t fakeTarget) Commit(ctx context.Context) error {
 	if err := t.call(ctx, "target.Commit"); err != nil {
@@ -392,25 +414,64 @@ func TestUnconfirmedSessionAbortIsAWarning(t *testing.T) {
 	}
 }
 
-// TestThawDoesNotStarveBehindRemoteAbort: the target's abort hangs (an unreachable agent); it
-// gets its own short timeout, and the thaw its own context, so the source runs again.
+// TestThawDoesNotStarveBehindRemoteAbort: the target's abort hangs (an agent behind a dead
+// link); it gets a short timeout of its own, the source waits out the agent's heartbeat
+// deadline — past which the agent kills its uncommitted copy itself — asks again, and thaws.
 func TestThawDoesNotStarveBehindRemoteAbort(t *testing.T) {
 	w := newWorld(t)
 	w.fail["target.Verify"] = errInjected
 	w.block["target.Abort"] = true
+	w.agentKillsQuietCopy = true
 	start := time.Now()
 	rep, _ := w.run(t, Options{RemoteUndoTimeout: 50 * time.Millisecond, LocalUndoTimeout: time.Second, PhaseTimeout: time.Second})
 	if time.Since(start) > 5*time.Second {
 		t.Errorf("rollback took %v", time.Since(start))
 	}
-	if w.srcFrozen {
-		t.Error("the source stayed frozen behind a hanging abort")
+	if src, tgt := w.copies(); !src || tgt {
+		t.Errorf("source runs %v, target runs %v: want the source only", src, tgt)
 	}
-	if rep.Result != RollbackFailed {
-		t.Errorf("result %q: the abort did not confirm, so the rollback cannot claim %q", rep.Result, RolledBack)
+	if rep.Result != RolledBack || rep.Downtime <= 0 {
+		t.Errorf("result %q, downtime %v: want rolled back, with the downtime ending at the thaw", rep.Result, rep.Downtime)
 	}
-	if rep.Downtime <= 0 {
-		t.Error("the downtime of a rolled-back migration ends at the thaw, and was not recorded")
+}
+
+// TestHeartbeatsWhileACopyRunsUncommitted: from the restore on, the migrator heartbeats (here
+// every 10 ms, a quarter of the agent's 40 ms deadline) while verify takes its time.
+func TestHeartbeatsWhileACopyRunsUncommitted(t *testing.T) {
+	w := newWorld(t)
+	w.block["target.Verify"] = true
+	w.agentKillsQuietCopy = true
+	w.run(t, Options{PhaseTimeout: 200 * time.Millisecond})
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.heartbeats < 3 {
+		t.Errorf("%d heartbeats in 200 ms of verify, want several", w.heartbeats)
+	}
+}
+
+// TestSourceStaysFrozenWhileACopyMayRun: the target can neither abort nor say its copy is gone
+// (unreachable): thawing could make two copies, so the source stays frozen and labelled, the
+// rollback fails and names recover.
+func TestSourceStaysFrozenWhileACopyMayRun(t *testing.T) {
+	w := newWorld(t)
+	w.fail["target.Verify"] = errInjected
+	w.fail["target.Abort"] = errors.New("connection refused")
+	w.fail["target.CopyGone"] = errors.New("connection refused")
+	rep, err := w.run(t, Options{})
+	if rep.Result != RollbackFailed || err == nil || !strings.Contains(err.Error(), "ftwin-migrate recover twin") {
+		t.Fatalf("result %q, err %v: want a failed rollback naming recover", rep.Result, err)
+	}
+	if !w.srcFrozen || w.srcLabel == "" || !w.prepared {
+		t.Errorf("source frozen %v, label %q, application still prepared %v: want all left for recover", w.srcFrozen, w.srcLabel, w.prepared)
+	}
+	var skipped []string
+	for _, u := range rep.Undo {
+		if u.Skipped {
+			skipped = append(skipped, u.Name)
+		}
+	}
+	if want := []string{undoThaw, undoLabel, undoHook}; !slices.Equal(skipped, want) {
+		t.Errorf("skipped %q, want %q", skipped, want)
 	}
 }
 

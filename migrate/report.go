@@ -64,9 +64,11 @@ type UndoReport struct {
 	On       string `json:"on"` // "source" or "target"
 	// BestEffort: its failure is a warning (it leaves only what is removed anyway), not a
 	// failed rollback.
-	BestEffort bool          `json:"best_effort,omitempty"`
-	Duration   time.Duration `json:"duration_ns"`
-	Error      string        `json:"error,omitempty"`
+	BestEffort bool `json:"best_effort,omitempty"`
+	// Skipped: it was not run, for the reason in Error.
+	Skipped  bool          `json:"skipped,omitempty"`
+	Duration time.Duration `json:"duration_ns"`
+	Error    string        `json:"error,omitempty"`
 }
 
 // PhaseReport is one phase's timing.
@@ -97,7 +99,10 @@ func (r *Report) WriteSummary(w io.Writer) error {
 		fmt.Fprintln(w, "  rollback:")
 		for _, u := range r.Undo {
 			status := "done"
-			if u.Error != "" {
+			switch {
+			case u.Skipped:
+				status = "SKIPPED: " + u.Error
+			case u.Error != "":
 				status = "FAILED: " + u.Error
 			}
 			fmt.Fprintf(w, "    %s (%s, pushed by %s): %v %s\n", u.Name, u.On, u.PushedBy, u.Duration.Round(time.Millisecond), status)

@@ -29,6 +29,11 @@ type Target interface {
 	HookTransport() http.RoundTripper
 	// Verify asks whether the restored container runs and passes its probe.
 	Verify(ctx context.Context) (agent.VerifyResult, error)
+	// Heartbeat tells the agent the migrator is alive: it kills an uncommitted restored copy
+	// whose migrator went quiet for the session's HeartbeatTimeout.
+	Heartbeat(ctx context.Context) error
+	// CopyGone asks whether the target holds no running, uncommitted copy of the container.
+	CopyGone(ctx context.Context) (bool, error)
 	// Commit makes the migration final on the target.
 	Commit(ctx context.Context) error
 	// Abort removes everything of the session on the target, the restored container included.
@@ -76,6 +81,16 @@ func (t *agentTarget) HookTransport() http.RoundTripper { return t.s.HookTranspo
 
 func (t *agentTarget) Verify(ctx context.Context) (agent.VerifyResult, error) {
 	return t.s.Verify(ctx)
+}
+
+func (t *agentTarget) Heartbeat(ctx context.Context) error { return t.s.Heartbeat(ctx) }
+
+func (t *agentTarget) CopyGone(ctx context.Context) (bool, error) {
+	st, err := t.s.ContainerState(ctx)
+	if err != nil {
+		return false, err
+	}
+	return !st.Exists || (!st.Running && !st.Committed), nil
 }
 
 func (t *agentTarget) Commit(ctx context.Context) error { return t.s.Commit(ctx) }

@@ -37,6 +37,10 @@ type undo struct {
 	where where
 	need  need
 	fn    func(context.Context) error
+	// timeout, if set, replaces the default timeout of where.
+	timeout time.Duration
+	// guard, if set, is asked first: an error skips the undo (and counts as its failure).
+	guard func() error
 }
 
 // undoStack holds the undos of the phases that ran, the latest on top.
@@ -45,8 +49,13 @@ type undoStack []undo
 // push puts an undo on top. An undo of the same name already on the stack moves to the top
 // instead: it runs once, at the latest point it is needed.
 func (s *undoStack) push(name string, p Phase, w where, n need, fn func(context.Context) error) {
-	*s = slices.DeleteFunc(*s, func(u undo) bool { return u.name == name })
-	*s = append(*s, undo{name: name, phase: p, where: w, need: n, fn: fn})
+	s.pushUndo(undo{name: name, phase: p, where: w, need: n, fn: fn})
+}
+
+// pushUndo is push for an undo with a timeout or a guard of its own.
+func (s *undoStack) pushUndo(u undo) {
+	*s = slices.DeleteFunc(*s, func(o undo) bool { return o.name == u.name })
+	*s = append(*s, u)
 }
 
 // unwind runs the undos from the top down, each under a context of its own (localTimeout or
@@ -58,11 +67,22 @@ func (s undoStack) unwind(ctx context.Context, localTimeout, remoteTimeout time.
 		if u.where == remote {
 			timeout, where = remoteTimeout, "target"
 		}
+		if u.timeout > 0 {
+			timeout = u.timeout
+		}
+		r := UndoReport{Name: u.name, PushedBy: u.phase, On: where, BestEffort: bool(u.need)}
+		if u.guard != nil {
+			if err := u.guard(); err != nil {
+				r.Skipped, r.Error = true, err.Error()
+				out = append(out, r)
+				continue
+			}
+		}
 		uctx, cancel := context.WithTimeout(ctx, timeout)
 		start := time.Now()
 		err := u.fn(uctx)
 		cancel()
-		r := UndoReport{Name: u.name, PushedBy: u.phase, On: where, BestEffort: bool(u.need), Duration: time.Since(start)}
+		r.Duration = time.Since(start)
 		if err != nil {
 			r.Error = err.Error()
 		}

@@ -137,10 +137,13 @@ func Teardown(ctx context.Context, baseDir, name string) error {
 	// rmdir, deepest first, once no process is left in them.
 	// A process killed a moment ago may take a while to leave its cgroup (EBUSY until then).
 	for _, d := range cgroupDirs(name) {
-		err := syscall.Rmdir(d)
-		for deadline := time.Now().Add(5 * time.Second); errors.Is(err, syscall.EBUSY) && time.Now().Before(deadline); err = syscall.Rmdir(d) {
-			time.Sleep(50 * time.Millisecond)
-		}
+		var err error
+		busy, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		_ = wait.Until(busy, 50*time.Millisecond, func() (bool, error) {
+			err = syscall.Rmdir(d)
+			return !errors.Is(err, syscall.EBUSY), nil
+		})
+		cancel()
 		if err != nil && !errors.Is(err, syscall.ENOENT) {
 			errs = append(errs, fmt.Errorf("lab: remove cgroup %s: %w", d, err))
 		}

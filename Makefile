@@ -2,12 +2,13 @@
 #   make demo    the main job: a digital twin live-migrated cloud→fog→cloud under load, verified
 #   make test    everything, real containerd + CRIU + Kafka (installs what it needs first)
 #   make unit    the fast tests: no root, no daemons
+#   make check   gofmt, go vet and staticcheck; fails on any finding
 SHELL := /bin/bash
 GO ?= go
 BIN := bin
 export GOFLAGS ?= -mod=mod
 
-.PHONY: all install build demo test unit vet bench bench-short clean lab-down
+.PHONY: all install build demo test unit vet check bench bench-short clean lab-down
 
 all: build
 
@@ -24,6 +25,18 @@ demo: install build
 
 vet:
 	$(GO) vet ./...
+
+# staticcheck, pinned, built from its module into bin/tools (not committed) on first use.
+STATICCHECK_VERSION := v0.8.2
+STATICCHECK := $(BIN)/tools/staticcheck-$(STATICCHECK_VERSION)/staticcheck
+
+$(STATICCHECK):
+	GOBIN=$(abspath $(dir $@)) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+
+check: vet $(STATICCHECK)
+	@unformatted=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './bin/*')); \
+	if [ -n "$$unformatted" ]; then echo "gofmt: run gofmt -w on:"; echo "$$unformatted"; exit 1; fi
+	$(STATICCHECK) ./...
 
 unit:
 	$(GO) test -short -count=1 ./...

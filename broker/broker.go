@@ -12,6 +12,8 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/ftwin-migrate/ftwin-migrate/internal/wait"
 )
 
 // Kind names a broker implementation.
@@ -93,17 +95,14 @@ func WaitReady(ctx context.Context, addr string) error {
 	}
 	defer cl.Close()
 	var last error
-	for {
+	err = wait.Until(ctx, 200*time.Millisecond, func() (bool, error) {
 		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
 		last = cl.Ping(pctx)
-		cancel()
-		if last == nil {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("broker at %s not ready: %w (last error: %v)", addr, ctx.Err(), last)
-		case <-time.After(200 * time.Millisecond):
-		}
+		return last == nil, nil
+	})
+	if err != nil {
+		return fmt.Errorf("broker at %s not ready: %w (last error: %v)", addr, err, last)
 	}
+	return nil
 }

@@ -33,8 +33,6 @@ type Result struct {
 	Target ocispec.Descriptor
 	// Duration is the wall time of the checkpoint call (CRIU dump plus writing the image).
 	Duration time.Duration
-	// LeftRunning says whether the task kept running after the dump.
-	LeftRunning bool
 	// CRIU is CRIU's dump statistics (nil if CRIU wrote none).
 	CRIU *stats.DumpStatsEntry
 }
@@ -43,7 +41,6 @@ type config struct {
 	ref       string
 	exit      bool
 	openTCP   bool
-	rw        bool
 	imagePath string
 	workPath  string
 }
@@ -61,9 +58,6 @@ func WithExit() Opt { return func(c *config) { c.exit = true } }
 // WithTCPEstablished dumps established TCP connections (CRIU --tcp-established).
 func WithTCPEstablished() Opt { return func(c *config) { c.openTCP = true } }
 
-// WithoutRW leaves the container's read-write layer out of the checkpoint.
-func WithoutRW() Opt { return func(c *config) { c.rw = false } }
-
 // WithImagePath has CRIU write its image into dir (visible in the daemon's mount namespace)
 // instead of the checkpoint image in the content store: the checkpoint index then holds the
 // container's spec, runtime options and read-write layer only, and the image directory is moved
@@ -77,7 +71,7 @@ func WithWorkPath(dir string) Opt { return func(c *config) { c.workPath = dir } 
 
 // Checkpoint dumps the running task of container id and records it as a checkpoint image.
 func Checkpoint(ctx context.Context, client *containerd.Client, id string, opts ...Opt) (*Result, error) {
-	cfg := config{rw: true}
+	var cfg config
 	for _, o := range opts {
 		o(&cfg)
 	}
@@ -109,11 +103,8 @@ func Checkpoint(ctx context.Context, client *containerd.Client, id string, opts 
 		defer os.RemoveAll(cfg.workPath)
 	}
 	// Options run in order: the runc options must be set before WithCheckpointTask reads them.
-	copts := []containerd.CheckpointOpts{withRuncOptions(cfg), containerd.WithCheckpointImage, containerd.WithCheckpointRuntime}
-	if cfg.rw {
-		copts = append(copts, containerd.WithCheckpointRW)
-	}
-	copts = append(copts, containerd.WithCheckpointTask)
+	copts := []containerd.CheckpointOpts{withRuncOptions(cfg), containerd.WithCheckpointImage, containerd.WithCheckpointRuntime,
+		containerd.WithCheckpointRW, containerd.WithCheckpointTask}
 	if cfg.imagePath != "" {
 		// containerd adds the spec only beside an image it packs itself.
 		copts = append(copts, withSpec)
@@ -122,9 +113,11 @@ func Checkpoint(ctx context.Context, client *containerd.Client, id string, opts 
 	start := time.Now()
 	img, err := c.Checkpoint(ctx, cfg.ref, copts...)
 	if err != nil {
-		return nil, fmt.Errorf("checkpoint: dump of %q failed (the task keeps running): %w", id, err)
+		// CRIU lets go of the tasks it could not dump: the task is left as it was, so a
+		// task the caller froze stays frozen until the caller thaws it.
+		return nil, fmt.Errorf("checkpoint: dump of %q failed (the task is left as it was: running, or paused if it was paused): %w", id, err)
 	}
-	res := &Result{Ref: img.Name(), Target: img.Target(), Duration: time.Since(start), LeftRunning: !cfg.exit}
+	res := &Result{Ref: img.Name(), Target: img.Target(), Duration: time.Since(start)}
 	res.CRIU, _ = DumpStats(ctx, client.ContentStore(), res.Target, cfg.workPath)
 	return res, nil
 }

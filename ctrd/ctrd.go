@@ -25,6 +25,8 @@ import (
 	"time"
 
 	containerd "github.com/containerd/containerd/v2/client"
+
+	"github.com/ftwin-migrate/ftwin-migrate/internal/wait"
 )
 
 // Config describes one daemon.
@@ -49,10 +51,6 @@ type Daemon struct {
 
 // Socket returns the daemon's gRPC address for a containerd client.
 func Socket(dir string) string { return filepath.Join(dir, "containerd.sock") }
-
-// RuncRoot returns the directory where runc keeps container state for a namespace, as seen
-// from the root mount namespace.
-func RuncRoot(dir, namespace string) string { return filepath.Join(dir, "run", "runc", namespace) }
 
 func pidFile(dir string) string { return filepath.Join(dir, "containerd.pid") }
 
@@ -112,26 +110,30 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 		return nil, fmt.Errorf("ctrd: write pid file: %w", err)
 	}
 
-	deadline := time.Now().Add(cfg.StartTimeout)
-	for {
+	var exitErr, pingErr error
+	up, cancel := context.WithTimeout(ctx, cfg.StartTimeout)
+	defer cancel()
+	err = wait.Until(up, 50*time.Millisecond, func() (bool, error) {
 		select {
 		case err := <-exited:
-			return nil, fmt.Errorf("ctrd: containerd exited during startup (%v); see %s", err, filepath.Join(cfg.Dir, "containerd.log"))
+			exitErr = fmt.Errorf("ctrd: containerd exited during startup (%v); see %s", err, filepath.Join(cfg.Dir, "containerd.log"))
+			return false, exitErr
 		default:
 		}
-		if err := ping(ctx, Socket(cfg.Dir)); err == nil {
-			return d, nil
-		} else if time.Now().After(deadline) {
-			_ = d.Stop(ctx)
-			return nil, fmt.Errorf("ctrd: containerd at %s did not answer within %s: %w", Socket(cfg.Dir), cfg.StartTimeout, err)
-		}
-		select {
-		case <-ctx.Done():
-			_ = d.Stop(ctx)
-			return nil, ctx.Err()
-		case <-time.After(50 * time.Millisecond):
-		}
+		pingErr = ping(ctx, Socket(cfg.Dir))
+		return pingErr == nil, nil
+	})
+	switch {
+	case err == nil:
+		return d, nil
+	case exitErr != nil:
+		return nil, exitErr
+	case ctx.Err() != nil:
+		_ = d.Stop(ctx)
+		return nil, ctx.Err()
 	}
+	_ = d.Stop(ctx)
+	return nil, fmt.Errorf("ctrd: containerd at %s did not answer within %s: %w", Socket(cfg.Dir), cfg.StartTimeout, pingErr)
 }
 
 func ping(ctx context.Context, sock string) error {
@@ -184,14 +186,12 @@ func Kill(ctx context.Context, dir string) error {
 	for _, pid := range PidsMentioning(dir) {
 		_ = syscall.Kill(pid, syscall.SIGKILL)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for len(PidsMentioning(dir)) > 0 {
-		if time.Now().After(deadline) {
-			errs = append(errs, fmt.Errorf("ctrd: processes of %s still alive after SIGKILL: %v", dir, PidsMentioning(dir)))
-			break
-		}
-		time.Sleep(50 * time.Millisecond)
+	// Up to 10s for them to be gone, even when ctx is done: what is left is unmounted anyway.
+	gone, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	if wait.Until(gone, 50*time.Millisecond, func() (bool, error) { return len(PidsMentioning(dir)) == 0, nil }) != nil {
+		errs = append(errs, fmt.Errorf("ctrd: processes of %s still alive after SIGKILL: %v", dir, PidsMentioning(dir)))
 	}
+	cancel()
 	for _, m := range MountsUnder(dir) {
 		if err := syscall.Unmount(m, syscall.MNT_DETACH); err != nil && !errors.Is(err, syscall.EINVAL) && !errors.Is(err, syscall.ENOENT) {
 			errs = append(errs, fmt.Errorf("ctrd: unmount %s: %w", m, err))

@@ -12,6 +12,8 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/ftwin-migrate/ftwin-migrate/internal/wait"
 )
 
 // LoopConfig describes a consume-process-produce loop (see NewLoop).
@@ -295,10 +297,7 @@ func (l *Loop) connect(ctx context.Context, first bool) error {
 			for t, ps := range m {
 				for p, o := range ps {
 					if at := o.EpochOffset().Offset; at >= 0 {
-						if offs[t] == nil {
-							offs[t] = map[int32]int64{}
-						}
-						offs[t][p] = at
+						offs.Set(t, p, at)
 					}
 				}
 			}
@@ -520,90 +519,92 @@ func (l *Loop) prepare(ctx context.Context) ctlResp {
 	return ctlResp{b: b}
 }
 
-// settle waits until the last transaction is complete on the broker (its markers written: an
-// EndTxn answers before that) and the group's committed offsets are stable, and checks that
-// the broker's offsets are the client's. It returns them: the boundary.
+// settlePoll is how often settle asks the broker again.
+const settlePoll = 10 * time.Millisecond
+
+// settle waits until the last transaction is complete on the broker and the group's committed
+// offsets are stable, and checks that the broker's offsets are the client's. It returns them:
+// the boundary.
 func (l *Loop) settle(ctx context.Context, cl *kgo.Client) (Offsets, error) {
 	adm := kadm.NewClient(cl)
-	pause := func() error {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(10 * time.Millisecond):
-			return nil
-		}
-	}
 	if l.sess != nil {
-		for {
-			txns, err := adm.DescribeTransactions(ctx, l.cfg.TransactionalID)
-			if err != nil {
-				// Not fatal (an ACL may forbid it): the offsets below are what matters.
-				l.logf("kafkahooks: describe transaction %q: %v", l.cfg.TransactionalID, err)
-				break
-			}
-			d := txns[l.cfg.TransactionalID]
-			if d.Err != nil {
-				l.logf("kafkahooks: describe transaction %q: %v", l.cfg.TransactionalID, d.Err)
-				break
-			}
-			if d.State == "Ongoing" {
-				return nil, fmt.Errorf("transaction %q is still open at the boundary (producer %d epoch %d)", l.cfg.TransactionalID, d.ProducerID, d.ProducerEpoch)
-			}
-			if d.State != "PrepareCommit" && d.State != "PrepareAbort" && d.State != "PrepareEpochFence" {
-				break
-			}
-			if err := pause(); err != nil {
-				return nil, fmt.Errorf("wait for transaction %q to complete (%s): %w", l.cfg.TransactionalID, d.State, err)
-			}
+		if err := l.awaitTransaction(ctx, adm); err != nil {
+			return nil, err
 		}
 	}
-	mine := toOffsets(cl.CommittedOffsets())
-	for {
+	return l.stableOffsets(ctx, adm, offsetsFromEpochs(cl.CommittedOffsets()))
+}
+
+// awaitTransaction waits until the loop's last transaction is complete on the broker: its
+// markers are written (an EndTxn answers before that). A transaction still open is an error.
+// When the broker cannot describe the transaction (an ACL may forbid it) it logs that and
+// returns nil: the stable offsets that follow are what matters.
+func (l *Loop) awaitTransaction(ctx context.Context, adm *kadm.Client) error {
+	id := l.cfg.TransactionalID
+	state := ""
+	err := wait.Until(ctx, settlePoll, func() (bool, error) {
+		txns, err := adm.DescribeTransactions(ctx, id)
+		if err != nil {
+			l.logf("kafkahooks: describe transaction %q: %v", id, err)
+			return true, nil
+		}
+		d := txns[id]
+		if d.Err != nil {
+			l.logf("kafkahooks: describe transaction %q: %v", id, d.Err)
+			return true, nil
+		}
+		state = d.State
+		switch d.State {
+		case "Ongoing":
+			return false, fmt.Errorf("transaction %q is still open at the boundary (producer %d epoch %d)", id, d.ProducerID, d.ProducerEpoch)
+		case "PrepareCommit", "PrepareAbort", "PrepareEpochFence":
+			return false, nil
+		}
+		return true, nil
+	})
+	if err != nil && ctx.Err() != nil && errors.Is(err, ctx.Err()) {
+		return fmt.Errorf("wait for transaction %q to complete (%s): %w", id, state, err)
+	}
+	return err
+}
+
+// stableOffsets waits until the group's committed offsets are stable at the broker (an
+// OffsetFetch with require_stable answers no UNSTABLE_OFFSET_COMMIT), and returns those of
+// the partitions in mine, the client's own committed offsets, after checking that they are
+// the same: other members' partitions are not part of our boundary.
+func (l *Loop) stableOffsets(ctx context.Context, adm *kadm.Client, mine Offsets) (Offsets, error) {
+	var ours Offsets
+	err := wait.Until(ctx, settlePoll, func() (bool, error) {
 		resp, err := adm.FetchOffsetsForTopics(kadm.RequireStable(ctx), l.cfg.Group, l.cfg.Topics...)
 		if err != nil {
-			return nil, fmt.Errorf("fetch the committed offsets of group %q: %w", l.cfg.Group, err)
+			return false, fmt.Errorf("fetch the committed offsets of group %q: %w", l.cfg.Group, err)
 		}
 		unstable := false
 		var perr error
-		broker := Offsets{}
-		resp.Each(func(o kadm.OffsetResponse) {
+		resp.EachError(func(o kadm.OffsetResponse) {
 			switch {
 			case errors.Is(o.Err, kerr.UnstableOffsetCommit):
 				unstable = true
-			case o.Err != nil:
+			case perr == nil:
 				perr = fmt.Errorf("committed offset of %s[%d]: %w", o.Topic, o.Partition, o.Err)
-			case o.At >= 0:
-				if broker[o.Topic] == nil {
-					broker[o.Topic] = map[int32]int64{}
-				}
-				broker[o.Topic][o.Partition] = o.At
 			}
 		})
-		if perr != nil {
-			return nil, perr
+		if perr != nil || unstable {
+			return false, perr
 		}
-		if !unstable {
-			// Other members' partitions are not part of our boundary.
-			ours := Offsets{}
-			for t, ps := range mine {
-				for p := range ps {
-					if o, ok := broker[t][p]; ok {
-						if ours[t] == nil {
-							ours[t] = map[int32]int64{}
-						}
-						ours[t][p] = o
-					}
-				}
-			}
-			if !equalOffsets(ours, mine) {
-				return nil, fmt.Errorf("the broker's committed offsets %v are not the client's %v", ours, mine)
-			}
-			return ours, nil
+		ours = OffsetsFromKadm(resp).Only(mine)
+		if !ours.Equal(mine) {
+			return false, fmt.Errorf("the broker's committed offsets %v are not the client's %v", ours, mine)
 		}
-		if err := pause(); err != nil {
-			return nil, fmt.Errorf("wait for the committed offsets to be stable: %w", err)
-		}
+		return true, nil
+	})
+	if err != nil && ctx.Err() != nil && errors.Is(err, ctx.Err()) {
+		return nil, fmt.Errorf("wait for the committed offsets to be stable: %w", err)
 	}
+	if err != nil {
+		return nil, err
+	}
+	return ours, nil
 }
 
 // reinit replaces the client and waits until fetching restarted from the committed offsets.
@@ -638,7 +639,7 @@ func (l *Loop) reinit(ctx context.Context) (Offsets, error) {
 		// abort replaces it again.
 		return nil, fmt.Errorf("wait for the group to assign partitions and fetch offsets: %w", ctx.Err())
 	}
-	if boundary != nil && !equalOffsets(offs, boundary.Offsets) {
+	if boundary != nil && !offs.Equal(boundary.Offsets) {
 		l.logf("kafkahooks: WARNING: resuming from %v, not from the boundary %v: another consumer committed meanwhile", offs, boundary.Offsets)
 	}
 	l.mu.Lock()
@@ -707,39 +708,7 @@ func (l *Loop) Status() Status {
 	case b != nil:
 		s.Offsets = b.Offsets
 	case cl != nil:
-		s.Offsets = toOffsets(cl.CommittedOffsets())
+		s.Offsets = offsetsFromEpochs(cl.CommittedOffsets())
 	}
 	return s
-}
-
-func toOffsets(m map[string]map[int32]kgo.EpochOffset) Offsets {
-	offs := Offsets{}
-	for t, ps := range m {
-		for p, eo := range ps {
-			if eo.Offset < 0 {
-				continue
-			}
-			if offs[t] == nil {
-				offs[t] = map[int32]int64{}
-			}
-			offs[t][p] = eo.Offset
-		}
-	}
-	return offs
-}
-
-func equalOffsets(a, b Offsets) bool {
-	n := 0
-	for t, ps := range a {
-		for p, o := range ps {
-			n++
-			if bo, ok := b[t][p]; !ok || bo != o {
-				return false
-			}
-		}
-	}
-	for _, ps := range b {
-		n -= len(ps)
-	}
-	return n == 0
 }

@@ -27,10 +27,6 @@ func SocketPath() string {
 	return DefaultSocketPath
 }
 
-// Offsets are committed offsets (the next offset to consume) by topic and partition. In JSON
-// the partitions are strings: {"sensors":{"0":123,"1":98}}.
-type Offsets = map[string]map[int32]int64
-
 // State is what an application reports in its status.
 type State string
 

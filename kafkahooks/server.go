@@ -89,82 +89,82 @@ func Serve(ctx context.Context, p Participant, opts ...ServeOpt) error {
 // It must be served without keep-alives (http.Server.SetKeepAlivesEnabled(false)).
 func NewHandler(p Participant) http.Handler { return newHandler(p, nil) }
 
+// calls are the protocol's calls: path and method.
+var calls = []struct{ method, path string }{
+	{http.MethodPost, "/v1/prepare"},
+	{http.MethodPost, "/v1/resume"},
+	{http.MethodPost, "/v1/abort"},
+	{http.MethodGet, "/v1/status"},
+}
+
 type handler struct {
 	p    Participant
 	logf func(format string, args ...any)
 	mu   sync.Mutex // serialises prepare, resume and abort
 }
 
-func newHandler(p Participant, logf func(string, ...any)) *handler {
+func newHandler(p Participant, logf func(string, ...any)) http.Handler {
 	if logf == nil {
 		logf = func(string, ...any) {}
 	}
-	return &handler{p: p, logf: logf}
+	h := &handler{p: p, logf: logf}
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /v1/prepare", h.serialised("prepare", func(ctx context.Context) (any, error) {
+		b, err := h.p.Prepare(ctx)
+		b.Protocol = Version
+		return b, err
+	}))
+	mux.HandleFunc("POST /v1/resume", h.serialised("resume", func(ctx context.Context) (any, error) {
+		offs, err := h.p.Resume(ctx)
+		return resumeResponse{Protocol: Version, Offsets: offs}, err
+	}))
+	mux.HandleFunc("POST /v1/abort", h.serialised("abort", func(ctx context.Context) (any, error) {
+		return struct{}{}, h.p.Abort(ctx)
+	}))
+	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, h.p.Status())
+	})
+	// The patterns above win over these for their method: what is left is a wrong method
+	// (405) or an unknown path (404), answered in JSON as every other error.
+	for _, c := range calls {
+		mux.HandleFunc(c.path, func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Allow", c.method)
+			writeError(w, http.StatusMethodNotAllowed, fmt.Sprintf("%s takes %s, not %s", c.path, c.method, r.Method))
+		})
+	}
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, fmt.Sprintf("no such call %s (protocol %d has /v1/prepare, /v1/resume, /v1/abort, /v1/status)", r.URL.Path, Version))
+	})
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set(HeaderVersion, strconv.Itoa(Version))
+		w.Header().Set("Connection", "close")
+		switch v := r.Header.Get(HeaderVersion); v {
+		case strconv.Itoa(Version):
+			mux.ServeHTTP(w, r)
+		case "":
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("missing header %s (this server speaks protocol %d)", HeaderVersion, Version))
+		default:
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("protocol mismatch: the client speaks %s %q, this server speaks %d", HeaderVersion, v, Version))
+		}
+	})
 }
 
-func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	w.Header().Set(HeaderVersion, strconv.Itoa(Version))
-	w.Header().Set("Connection", "close")
-	v := r.Header.Get(HeaderVersion)
-	if v == "" {
-		writeError(w, http.StatusBadRequest, fmt.Sprintf("missing header %s (this server speaks protocol %d)", HeaderVersion, Version))
-		return
+// serialised answers a call that changes the state (prepare, resume, abort): one at a time,
+// logged with its duration, its error mapped to a status by statusOf.
+func (h *handler) serialised(op string, call func(context.Context) (any, error)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		start := time.Now()
+		body, err := call(r.Context())
+		if err != nil {
+			h.logf("kafkahooks: %s failed after %s: %v", op, time.Since(start).Round(time.Millisecond), err)
+			writeError(w, statusOf(err), fmt.Sprintf("%s: %v", op, err))
+			return
+		}
+		h.logf("kafkahooks: %s done in %s", op, time.Since(start).Round(time.Millisecond))
+		writeJSON(w, http.StatusOK, body)
 	}
-	if v != strconv.Itoa(Version) {
-		writeError(w, http.StatusBadRequest, fmt.Sprintf("protocol mismatch: the client speaks %s %q, this server speaks %d", HeaderVersion, v, Version))
-		return
-	}
-	var op string
-	var method string
-	switch r.URL.Path {
-	case "/v1/prepare":
-		op, method = "prepare", http.MethodPost
-	case "/v1/resume":
-		op, method = "resume", http.MethodPost
-	case "/v1/abort":
-		op, method = "abort", http.MethodPost
-	case "/v1/status":
-		op, method = "status", http.MethodGet
-	default:
-		writeError(w, http.StatusNotFound, fmt.Sprintf("no such call %s (protocol %d has /v1/prepare, /v1/resume, /v1/abort, /v1/status)", r.URL.Path, Version))
-		return
-	}
-	if r.Method != method {
-		w.Header().Set("Allow", method)
-		writeError(w, http.StatusMethodNotAllowed, fmt.Sprintf("%s takes %s, not %s", r.URL.Path, method, r.Method))
-		return
-	}
-	if op == "status" {
-		writeJSON(w, http.StatusOK, h.p.Status())
-		return
-	}
-
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	start := time.Now()
-	var body any
-	var err error
-	switch op {
-	case "prepare":
-		var b Boundary
-		b, err = h.p.Prepare(r.Context())
-		b.Protocol = Version
-		body = b
-	case "resume":
-		var offs Offsets
-		offs, err = h.p.Resume(r.Context())
-		body = resumeResponse{Protocol: Version, Offsets: offs}
-	case "abort":
-		err = h.p.Abort(r.Context())
-		body = struct{}{}
-	}
-	if err != nil {
-		h.logf("kafkahooks: %s failed after %s: %v", op, time.Since(start).Round(time.Millisecond), err)
-		writeError(w, statusOf(err), fmt.Sprintf("%s: %v", op, err))
-		return
-	}
-	h.logf("kafkahooks: %s done in %s", op, time.Since(start).Round(time.Millisecond))
-	writeJSON(w, http.StatusOK, body)
 }
 
 func statusOf(err error) int {

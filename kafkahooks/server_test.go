@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -280,5 +281,60 @@ func TestOffsetsJSON(t *testing.T) {
 	}
 	if !strings.Contains(string(b), `"offsets":{"sensors":{"0":123,"2":7}}`) {
 		t.Errorf("boundary JSON %s", b)
+	}
+}
+
+// TestErrorAnswers checks every error answer of the handler: status, JSON body, Allow and the
+// protocol header, as PROTOCOL.md describes them.
+func TestErrorAnswers(t *testing.T) {
+	h := NewHandler(newFake())
+	for _, c := range []struct {
+		method, path, version string
+		code                  int
+		allow                 string
+		msg                   []string
+	}{
+		{"GET", "/v1/prepare", "1", http.StatusMethodNotAllowed, "POST", []string{"/v1/prepare takes POST, not GET"}},
+		{"PUT", "/v1/resume", "1", http.StatusMethodNotAllowed, "POST", []string{"/v1/resume takes POST"}},
+		{"DELETE", "/v1/abort", "1", http.StatusMethodNotAllowed, "POST", []string{"/v1/abort takes POST"}},
+		{"POST", "/v1/status", "1", http.StatusMethodNotAllowed, "GET", []string{"/v1/status takes GET, not POST"}},
+		{"POST", "/v2/prepare", "1", http.StatusNotFound, "", []string{"no such call /v2/prepare", "/v1/status"}},
+		{"GET", "/", "1", http.StatusNotFound, "", []string{"no such call /"}},
+		{"GET", "/v1/status/x", "1", http.StatusNotFound, "", []string{"no such call /v1/status/x"}},
+		{"GET", "/v1/status", "", http.StatusBadRequest, "", []string{"missing header " + HeaderVersion, "speaks protocol 1"}},
+		{"POST", "/v1/prepare", "2", http.StatusBadRequest, "", []string{`client speaks Ftwin-Hook-Protocol "2"`, "this server speaks 1"}},
+		{"GET", "/nowhere", "0", http.StatusBadRequest, "", []string{`"0"`}}, // the version is checked first
+	} {
+		req := httptest.NewRequest(c.method, c.path, nil)
+		if c.version != "" {
+			req.Header.Set(HeaderVersion, c.version)
+		}
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		name := c.method + " " + c.path + " (version " + c.version + ")"
+		if rec.Code != c.code {
+			t.Errorf("%s: status %d, want %d", name, rec.Code, c.code)
+		}
+		if got := rec.Header().Get("Allow"); got != c.allow {
+			t.Errorf("%s: Allow %q, want %q", name, got, c.allow)
+		}
+		if got := rec.Header().Get(HeaderVersion); got != "1" {
+			t.Errorf("%s: %s %q, want 1", name, HeaderVersion, got)
+		}
+		if got := rec.Header().Get("Content-Type"); got != "application/json" {
+			t.Errorf("%s: Content-Type %q", name, got)
+		}
+		if got := rec.Header().Get("Connection"); got != "close" {
+			t.Errorf("%s: Connection %q, want close", name, got)
+		}
+		var e errorResponse
+		if err := json.Unmarshal(rec.Body.Bytes(), &e); err != nil {
+			t.Errorf("%s: body %q is not an error answer: %v", name, rec.Body, err)
+		}
+		for _, m := range c.msg {
+			if !strings.Contains(e.Error, m) {
+				t.Errorf("%s: error %q does not say %q", name, e.Error, m)
+			}
+		}
 	}
 }

@@ -2,19 +2,17 @@ package lab
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"path/filepath"
-	"time"
 
 	containerd "github.com/containerd/containerd/v2/client"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/ftwin-migrate/ftwin-migrate/agent"
+	"github.com/ftwin-migrate/ftwin-migrate/internal/agentserver"
 	"github.com/ftwin-migrate/ftwin-migrate/pki"
 	"github.com/ftwin-migrate/ftwin-migrate/restore"
 )
@@ -25,9 +23,7 @@ const AgentPort = 7443
 // RunningAgent is a migration agent served in this process from inside a host's network
 // namespace.
 type RunningAgent struct {
-	*agent.Agent
-	Addr   string
-	srv    *http.Server
+	*agentserver.Server
 	client *containerd.Client
 }
 
@@ -65,30 +61,23 @@ func (h *Host) StartAgent(ctx context.Context, pkiDir string, edit func(*agent.C
 	if edit != nil {
 		edit(&cfg)
 	}
-	a, err := agent.New(cfg)
-	if err != nil {
-		client.Close()
-		return nil, err
-	}
 	addr := net.JoinHostPort(h.IP, fmt.Sprint(AgentPort))
 	ln, err := h.Listen("tcp", addr)
 	if err != nil {
-		a.Close()
 		client.Close()
 		return nil, fmt.Errorf("lab: agent of host %s: %w", h.Name, err)
 	}
-	srv := &http.Server{Handler: a.Handler(), TLSConfig: tlsCfg, ReadHeaderTimeout: 10 * time.Second}
-	go func() { _ = srv.Serve(tls.NewListener(ln, tlsCfg)) }()
-	return &RunningAgent{Agent: a, Addr: addr, srv: srv, client: client}, nil
+	srv, err := agentserver.Start(cfg, ln, tlsCfg)
+	if err != nil {
+		client.Close()
+		return nil, fmt.Errorf("lab: agent of host %s: %w", h.Name, err)
+	}
+	return &RunningAgent{Server: srv, client: client}, nil
 }
 
 // Kill stops serving at once, as a killed agent process would: connections are cut and open
 // sessions are left as they are.
-func (r *RunningAgent) Kill() error { return errors.Join(r.srv.Close(), r.client.Close()) }
+func (r *RunningAgent) Kill() error { return errors.Join(r.Server.Kill(), r.client.Close()) }
 
 // Close stops serving (cutting open connections, as a killed agent would) and aborts open sessions.
-func (r *RunningAgent) Close() error {
-	err := r.srv.Close()
-	r.Agent.Close()
-	return errors.Join(err, r.client.Close())
-}
+func (r *RunningAgent) Close() error { return errors.Join(r.Server.Close(), r.client.Close()) }

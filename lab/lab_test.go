@@ -17,23 +17,12 @@ import (
 
 	"github.com/ftwin-migrate/ftwin-migrate/broker"
 	"github.com/ftwin-migrate/ftwin-migrate/internal/testbin"
+	"github.com/ftwin-migrate/ftwin-migrate/internal/testutil"
 	"github.com/ftwin-migrate/ftwin-migrate/lab"
 )
 
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if testing.Short() {
-		t.Skip("integration test (make unit skips it; make test runs it)")
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("needs root")
-	}
-	for _, tool := range []string{"containerd", "runc", "ip", "tc"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s not installed (run `make install`)", tool)
-		}
-	}
-}
+// labTools are what a lab needs on PATH.
+var labTools = []string{"containerd", "runc", "ip", "tc"}
 
 func uniqueName() string {
 	var b [3]byte
@@ -65,7 +54,7 @@ func TestConfigErrors(t *testing.T) {
 // TestKafkaFromHosts: each host reaches the lab's broker from its own network namespace, for
 // the embedded kfake and for a real Apache Kafka broker.
 func TestKafkaFromHosts(t *testing.T) {
-	requireRoot(t)
+	testutil.RequireRoot(t, labTools...)
 	for _, kind := range []broker.Kind{broker.Embedded, broker.Apache} {
 		t.Run(string(kind), func(t *testing.T) {
 			if kind == broker.Apache {
@@ -115,7 +104,7 @@ func TestKafkaFromHosts(t *testing.T) {
 
 // TestUplinkThrottle: a throttled lab has a tbf qdisc at the given rate on both ends of each link.
 func TestUplinkThrottle(t *testing.T) {
-	requireRoot(t)
+	testutil.RequireRoot(t, labTools...)
 	ctx := context.Background()
 	base, name := t.TempDir(), uniqueName()
 	l, err := lab.Up(ctx, lab.Config{Name: name, BaseDir: base, Hosts: []string{"fog"}, UplinkMbit: 100, Subnet: "10.231.8.0/24"})
@@ -145,7 +134,7 @@ func TestUplinkThrottle(t *testing.T) {
 // TestTeardownAfterKilledRun: a process brings a lab up, starts a container and is killed with
 // SIGKILL; Find sees what it left and Teardown removes all of it.
 func TestTeardownAfterKilledRun(t *testing.T) {
-	requireRoot(t)
+	testutil.RequireRoot(t, labTools...)
 	if os.Getenv("FTWIN_LAB_CHILD") != "" {
 		return
 	}

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/ftwin-migrate/ftwin-migrate/ctrd"
+	"github.com/ftwin-migrate/ftwin-migrate/internal/wait"
 )
 
 // Leftovers is what exists of a lab, found by its names and paths.
@@ -107,10 +108,11 @@ func Teardown(ctx context.Context, baseDir, name string) error {
 	for _, pid := range ctrd.PidsMentioning(dir + "/") {
 		_ = syscall.Kill(pid, syscall.SIGKILL)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for len(ctrd.PidsMentioning(dir+"/")) > 0 && time.Now().Before(deadline) {
-		time.Sleep(50 * time.Millisecond)
-	}
+	// Give them up to 10s to be gone, even when ctx is done: the rest of the teardown goes on
+	// in any case.
+	gone, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	_ = wait.Until(gone, 50*time.Millisecond, func() (bool, error) { return len(ctrd.PidsMentioning(dir+"/")) == 0, nil })
+	cancel()
 	for _, m := range ctrd.MountsUnder(dir) {
 		if err := syscall.Unmount(m, syscall.MNT_DETACH); err != nil {
 			errs = append(errs, fmt.Errorf("lab: unmount %s: %w", m, err))
@@ -135,10 +137,13 @@ func Teardown(ctx context.Context, baseDir, name string) error {
 	// rmdir, deepest first, once no process is left in them.
 	// A process killed a moment ago may take a while to leave its cgroup (EBUSY until then).
 	for _, d := range cgroupDirs(name) {
-		err := syscall.Rmdir(d)
-		for deadline := time.Now().Add(5 * time.Second); errors.Is(err, syscall.EBUSY) && time.Now().Before(deadline); err = syscall.Rmdir(d) {
-			time.Sleep(50 * time.Millisecond)
-		}
+		var err error
+		busy, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		_ = wait.Until(busy, 50*time.Millisecond, func() (bool, error) {
+			err = syscall.Rmdir(d)
+			return !errors.Is(err, syscall.EBUSY), nil
+		})
+		cancel()
 		if err != nil && !errors.Is(err, syscall.ENOENT) {
 			errs = append(errs, fmt.Errorf("lab: remove cgroup %s: %w", d, err))
 		}

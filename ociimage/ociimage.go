@@ -24,8 +24,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
-// DefaultSnapshotter is the snapshotter Build unpacks into unless
-// WithSnapshotter says otherwise. Containers must use the same one.
+// DefaultSnapshotter is the snapshotter Build unpacks into. Containers must use the same one.
 const DefaultSnapshotter = "overlayfs"
 
 // defaultPath is the PATH of the image's environment.
@@ -35,21 +34,14 @@ const defaultPath = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbi
 type Opt func(*options)
 
 type options struct {
-	entrypoint  []string
-	snapshotter string
-	labels      map[string]string
+	entrypoint []string
+	labels     map[string]string
 }
 
 // WithEntrypoint sets the image's entrypoint (default: /bin/<binary name>).
 // With no arguments the default is kept.
 func WithEntrypoint(args ...string) Opt {
 	return func(o *options) { o.entrypoint = append([]string(nil), args...) }
-}
-
-// WithSnapshotter sets the snapshotter the image is unpacked into (default
-// DefaultSnapshotter).
-func WithSnapshotter(name string) Opt {
-	return func(o *options) { o.snapshotter = name }
 }
 
 // WithLabels adds labels to the image record in containerd's image store
@@ -75,7 +67,7 @@ func WithLabels(labels map[string]string) Opt {
 // and returns the existing image.
 func Build(ctx context.Context, client *containerd.Client, ref, binaryPath string, opts ...Opt) (containerd.Image, error) {
 	name := filepath.Base(binaryPath)
-	o := options{snapshotter: DefaultSnapshotter}
+	var o options
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -98,8 +90,8 @@ func Build(ctx context.Context, client *containerd.Client, ref, binaryPath strin
 		return nil, fmt.Errorf("build image %s: register: %w", ref, err)
 	}
 	img := containerd.NewImage(client, rec)
-	if err := img.Unpack(ctx, o.snapshotter); err != nil {
-		return nil, fmt.Errorf("build image %s: unpack into %s: %w", ref, o.snapshotter, err)
+	if err := img.Unpack(ctx, DefaultSnapshotter); err != nil {
+		return nil, fmt.Errorf("build image %s: unpack into %s: %w", ref, DefaultSnapshotter, err)
 	}
 	return img, nil
 }

@@ -3,6 +3,7 @@ package ociimage_test
 import (
 	"context"
 	"github.com/ftwin-migrate/ftwin-migrate/internal/testbin"
+	"github.com/ftwin-migrate/ftwin-migrate/internal/testutil"
 	"net"
 	"net/http"
 	"os"
@@ -21,8 +22,8 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
+	"github.com/ftwin-migrate/ftwin-migrate/internal/counter/state"
 	"github.com/ftwin-migrate/ftwin-migrate/ociimage"
-	"github.com/ftwin-migrate/ftwin-migrate/test/workloads/counter/state"
 )
 
 const counterPkg = "github.com/ftwin-migrate/ftwin-migrate/test/workloads/counter"
@@ -223,15 +224,7 @@ func freeAddr(t *testing.T) string {
 // when the test ends (after the test's own cleanups, which run first).
 func startContainerd(t *testing.T) *containerd.Client {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("integration test (make unit skips it; make test runs it)")
-	}
-	if _, err := exec.LookPath("containerd"); err != nil {
-		t.Skip("containerd is not installed:", err)
-	}
-	if os.Geteuid() != 0 {
-		t.Fatal("this test runs a containerd and must run as root")
-	}
+	testutil.RequireRoot(t, "containerd")
 
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "config.toml")

@@ -42,7 +42,6 @@ type config struct {
 	workPath  string
 	imagePath string
 	specEdits []func(*specs.Spec) error
-	noRW      bool
 	runtime   string
 	labels    map[string]string
 }
@@ -156,9 +155,6 @@ func WithCRIUWorkPath(dir string) Opt { return func(cfg *config) { cfg.workPath 
 // checkpoint.WithImagePath) instead of the image in the checkpoint's content.
 func WithCRIUImagePath(dir string) Opt { return func(cfg *config) { cfg.imagePath = dir } }
 
-// WithoutRW skips re-applying the checkpointed read-write layer.
-func WithoutRW() Opt { return func(cfg *config) { cfg.noRW = true } }
-
 // Restore creates container id on client from checkpoint image ref and starts its task from
 // the CRIU image. The checkpoint image must already be in client's containerd.
 func Restore(ctx context.Context, client *containerd.Client, id, ref string, opts ...Opt) (res *Result, err error) {
@@ -192,10 +188,8 @@ func Restore(ctx context.Context, client *containerd.Client, id, ref string, opt
 	if len(cfg.specEdits) > 0 {
 		copts = append(copts, editSpec(cfg.specEdits))
 	}
-	if !cfg.noRW {
-		if _, err := containerd.GetIndexByMediaType(index, ocispec.MediaTypeImageLayerGzip); err == nil {
-			copts = append(copts, containerd.WithRestoreRW)
-		}
+	if _, err := containerd.GetIndexByMediaType(index, ocispec.MediaTypeImageLayerGzip); err == nil {
+		copts = append(copts, containerd.WithRestoreRW)
 	}
 	c, err := client.Restore(ctx, id, ckpt, copts...)
 	if err != nil {

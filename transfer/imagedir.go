@@ -90,38 +90,23 @@ func ReceiveDir(r io.Reader, dir string, limit int64) (string, error) {
 	return hex.EncodeToString(sum.Sum(nil)), nil
 }
 
+// writeFlatTar writes dir, which must hold regular files only (a CRIU image directory), as a
+// tar stream.
 func writeFlatTar(w io.Writer, dir string) error {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return err
 	}
-	tw := tar.NewWriter(w)
 	for _, e := range entries {
 		if !e.Type().IsRegular() {
 			return fmt.Errorf("%s/%s is not a regular file", dir, e.Name())
 		}
-		if err := addFile(tw, filepath.Join(dir, e.Name())); err != nil {
-			return err
-		}
+	}
+	tw := tar.NewWriter(w)
+	if err := tw.AddFS(os.DirFS(dir)); err != nil {
+		return err
 	}
 	return tw.Close()
-}
-
-func addFile(tw *tar.Writer, path string) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return err
-	}
-	if err := tw.WriteHeader(&tar.Header{Name: fi.Name(), Mode: int64(fi.Mode().Perm()), Size: fi.Size(), Typeflag: tar.TypeReg}); err != nil {
-		return err
-	}
-	_, err = io.Copy(tw, f)
-	return err
 }
 
 func readFlatTar(r io.Reader, dir string) error {

@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"context"
 	"io"
-	"os"
-	"os/exec"
 	"testing"
 
 	containerd "github.com/containerd/containerd/v2/client"
@@ -15,6 +13,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/ftwin-migrate/ftwin-migrate/ctrd"
+	"github.com/ftwin-migrate/ftwin-migrate/internal/testutil"
 )
 
 // BenchmarkContentRead compares, in one run, reading a 64 MiB blob of a containerd through its
@@ -22,12 +21,7 @@ import (
 //
 //	go test -run '^$' -bench ContentRead ./transfer
 func BenchmarkContentRead(b *testing.B) {
-	if os.Geteuid() != 0 {
-		b.Skip("needs root")
-	}
-	if _, err := exec.LookPath("containerd"); err != nil {
-		b.Skip("containerd not installed (run `make install`)")
-	}
+	testutil.RequireRoot(b, "containerd")
 	ctx := namespaces.WithNamespace(context.Background(), "bench")
 	d, err := ctrd.Start(ctx, ctrd.Config{Dir: b.TempDir()})
 	if err != nil {

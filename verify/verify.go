@@ -10,7 +10,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"slices"
 	"sort"
 	"time"
@@ -80,8 +79,6 @@ type Option func(*config)
 type config struct {
 	expected   map[string]int64
 	inputTopic string
-	dialer     func(ctx context.Context, network, host string) (net.Conn, error)
-	opts       []kgo.Opt
 }
 
 // ExpectMaxSeq sets the expected outputs: for every device, sequence numbers 1 to its maximum
@@ -94,16 +91,6 @@ func ExpectMaxSeq(maxSeq map[string]int64) Option {
 // read to its high watermarks at call time. Every input must have been processed by then.
 func InputTopic(topic string) Option { return func(c *config) { c.inputTopic = topic } }
 
-// WithDialer connects to the brokers through dial (e.g. lab.Host.DialContext).
-func WithDialer(dial func(ctx context.Context, network, host string) (net.Conn, error)) Option {
-	return func(c *config) { c.dialer = dial }
-}
-
-// WithClientOpts adds options to the reading client.
-func WithClientOpts(opts ...kgo.Opt) Option {
-	return func(c *config) { c.opts = append(c.opts, opts...) }
-}
-
 // Output reads topic with read_committed from the start to the high watermarks at call time
 // and analyses it. An open transaction below those marks makes it wait until the transaction
 // ends (or ctx does).
@@ -112,11 +99,7 @@ func Output(ctx context.Context, brokers []string, topic string, opts ...Option)
 	for _, o := range opts {
 		o(&c)
 	}
-	kopts := c.opts
-	if c.dialer != nil {
-		kopts = append(kopts, kgo.Dialer(c.dialer))
-	}
-	cl, err := NewReader(brokers, kopts...)
+	cl, err := NewReader(brokers)
 	if err != nil {
 		return Report{}, fmt.Errorf("verify: create a Kafka client: %w", err)
 	}

@@ -84,9 +84,6 @@ func TestAnalyzeUnexpected(t *testing.T) {
 // TestOutputKfake reads a topic with a committed and an aborted transaction, so the last
 // offsets of the partitions are transaction markers, and infers the expectation from an input.
 func TestOutputKfake(t *testing.T) {
-	if testing.Short() {
-		t.Skip("uses an in-process broker")
-	}
 	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(2, "in", "out"))
 	if err != nil {
 		t.Fatal(err)

@@ -14,12 +14,12 @@ func doctorCommand() *cli.Command {
 		Name:  "doctor",
 		Usage: "check what this host offers for checkpoint/restore and migration; exits non-zero on a blocker",
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "address", Aliases: []string{"a"}, Usage: "containerd socket to check (default: the system daemon's, optional)"},
 			&cli.StringFlag{Name: "checkpoint-dir", Usage: "directory where checkpoints are written (free-space check)", Value: os.TempDir()},
 			&cli.BoolFlag{Name: "json", Usage: "print the report as JSON"},
 		},
 		Action: func(c *cli.Context) error {
 			opts := []doctor.Opt{doctor.WithCheckpointDir(c.String("checkpoint-dir"))}
+			// The global --address: without it the system daemon's is checked, and is optional.
 			if c.IsSet("address") {
 				opts = append(opts, doctor.WithContainerdAddress(c.String("address")))
 			}

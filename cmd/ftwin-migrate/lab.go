@@ -17,9 +17,10 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/ftwin-migrate/ftwin-migrate/broker"
+	"github.com/ftwin-migrate/ftwin-migrate/internal/counter/state"
+	"github.com/ftwin-migrate/ftwin-migrate/internal/wait"
 	"github.com/ftwin-migrate/ftwin-migrate/lab"
 	"github.com/ftwin-migrate/ftwin-migrate/pki"
-	"github.com/ftwin-migrate/ftwin-migrate/test/workloads/counter/state"
 )
 
 var labFlags = []cli.Flag{
@@ -129,8 +130,8 @@ func labUp(c *cli.Context) error {
 	}
 	a, b := l.Hosts[0], l.Hosts[len(l.Hosts)-1]
 	fmt.Printf("\nagents listen on HOST:%d; certificates in %s. To move a container %s→%s:\n", lab.AgentPort, labPKI(l), a.Name, b.Name)
-	fmt.Printf("  ftwin-migrate migrate --to %s:%d --address %s --namespace %s --pki %s --host %s ID\n",
-		b.IP, lab.AgentPort, a.Address(), lab.Namespace, labPKI(l), a.Name)
+	fmt.Printf("  ftwin-migrate --address %s --namespace %s migrate --to %s:%d --pki %s --host %s ID\n",
+		a.Address(), lab.Namespace, b.IP, lab.AgentPort, labPKI(l), a.Name)
 	return nil
 }
 
@@ -156,7 +157,7 @@ func startAgents(ctx context.Context, l *lab.Lab) error {
 			return err
 		}
 		addr := net.JoinHostPort(h.IP, fmt.Sprint(lab.AgentPort))
-		cmd := h.Command(context.Background(), exe, "receive", "--listen", addr, "--address", h.Address(),
+		cmd := h.Command(context.Background(), exe, "--address", h.Address(), "receive", "--listen", addr,
 			"--pki", labPKI(l), "--host", h.Name, "--work-dir", filepath.Join(h.Dir, "agent"), "--cgroup-parent", h.CgroupParent(),
 			"--serve-namespace", lab.Namespace, "--allow-host-namespace", "network")
 		cmd.Stdout, cmd.Stderr = logf, logf
@@ -175,17 +176,20 @@ func startAgents(ctx context.Context, l *lab.Lab) error {
 }
 
 func waitListening(ctx context.Context, addr string) error {
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	var dialErr error
+	err := wait.Until(ctx, 50*time.Millisecond, func() (bool, error) {
 		c, err := net.DialTimeout("tcp", addr, time.Second)
-		if err == nil {
-			return c.Close()
+		if dialErr = err; err != nil {
+			return false, nil
 		}
-		if time.Now().After(deadline) || ctx.Err() != nil {
-			return fmt.Errorf("nothing listens on %s: %w", addr, err)
-		}
-		time.Sleep(50 * time.Millisecond)
+		return true, c.Close()
+	})
+	if err != nil && dialErr != nil {
+		return fmt.Errorf("nothing listens on %s: %w", addr, dialErr)
 	}
+	return err
 }
 
 func labRun(c *cli.Context) error {
@@ -425,18 +429,26 @@ func labSmoke(c *cli.Context) error {
 
 // waitNext waits for the first state in path that continues prev (same process start, later tick).
 func waitNext(ctx context.Context, path string, prev state.State) (state.State, error) {
-	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) && ctx.Err() == nil {
-		if f, err := os.Open(path); err == nil {
-			states, _ := state.ParseLines(f)
-			f.Close()
-			for _, s := range states {
-				if s.StartNS == prev.StartNS && s.Tick > prev.Tick {
-					return s, nil
-				}
+	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	var next state.State
+	err := wait.Until(ctx, 50*time.Millisecond, func() (bool, error) {
+		f, err := os.Open(path)
+		if err != nil {
+			return false, nil // not written yet
+		}
+		defer f.Close()
+		states, _ := state.ParseLines(f)
+		for _, s := range states {
+			if s.StartNS == prev.StartNS && s.Tick > prev.Tick {
+				next = s
+				return true, nil
 			}
 		}
-		time.Sleep(50 * time.Millisecond)
+		return false, nil
+	})
+	if err != nil {
+		return state.State{}, fmt.Errorf("no output continuing tick %d appeared in %s: %w", prev.Tick, path, err)
 	}
-	return state.State{}, fmt.Errorf("no output continuing tick %d appeared in %s", prev.Tick, path)
+	return next, nil
 }

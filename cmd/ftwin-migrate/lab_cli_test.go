@@ -22,6 +22,8 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/ftwin-migrate/ftwin-migrate/internal/testutil"
 )
 
 var (
@@ -38,19 +40,11 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
+// requireLabTools skips the test unless it can bring up a lab (root, network namespaces,
+// containerd, CRIU).
 func requireLabTools(t *testing.T) {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("integration test (make unit skips it; make test runs it)")
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (network namespaces, containerd, CRIU)")
-	}
-	for _, tool := range []string{"containerd", "runc", "criu", "ip", "tc", "nsenter", "unshare"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s not installed (run `make install`)", tool)
-		}
-	}
+	testutil.RequireRoot(t, "containerd", "runc", "criu", "ip", "tc", "nsenter", "unshare")
 }
 
 // binaries builds the CLI (from this package's directory) and the counter workload, once.

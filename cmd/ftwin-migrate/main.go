@@ -18,10 +18,13 @@ type exitError struct{ code int }
 
 func (e exitError) Error() string { return fmt.Sprintf("exit status %d", e.code) }
 
-func main() {
-	app := &cli.App{
+// newApp is the command line: global flags first, as ctr's (ftwin-migrate --address SOCK
+// --namespace NS migrate ...), then the command and its flags.
+func newApp() *cli.App {
+	return &cli.App{
 		Name:  "ftwin-migrate",
 		Usage: "live-migrate stateful stream processors (containerd containers) between cloud and fog hosts",
+		Flags: containerdFlags,
 		Commands: []*cli.Command{
 			doctorCommand(),
 			labCommand(),
@@ -36,6 +39,10 @@ func main() {
 			benchCommand(),
 		},
 	}
+}
+
+func main() {
+	app := newApp()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := app.RunContext(ctx, os.Args); err != nil {

@@ -2,19 +2,18 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"path"
 	"strings"
 	"time"
 
 	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/schollz/progressbar/v3"
 	"github.com/urfave/cli/v2"
@@ -22,16 +21,19 @@ import (
 
 	"github.com/ftwin-migrate/ftwin-migrate/agent"
 	"github.com/ftwin-migrate/ftwin-migrate/hooksock"
+	"github.com/ftwin-migrate/ftwin-migrate/internal/agentserver"
 	"github.com/ftwin-migrate/ftwin-migrate/migrate"
 	"github.com/ftwin-migrate/ftwin-migrate/pki"
 	"github.com/ftwin-migrate/ftwin-migrate/restore"
 )
 
-// Flags shared with ctr: --address and --namespace.
+// containerdFlags are the global flags, as ctr's: --address and --namespace, before the command.
 var containerdFlags = []cli.Flag{
-	&cli.StringFlag{Name: "address", Aliases: []string{"a"}, Value: "/run/containerd/containerd.sock", Usage: "containerd socket", EnvVars: []string{"CONTAINERD_ADDRESS"}},
+	&cli.StringFlag{Name: "address", Aliases: []string{"a"}, Value: defaultAddress, Usage: "containerd socket", EnvVars: []string{"CONTAINERD_ADDRESS"}},
 	&cli.StringFlag{Name: "namespace", Aliases: []string{"n"}, Value: "default", Usage: "containerd namespace", EnvVars: []string{"CONTAINERD_NAMESPACE"}},
 }
+
+const defaultAddress = "/run/containerd/containerd.sock"
 
 var pkiFlags = []cli.Flag{
 	&cli.StringFlag{Name: "pki", Value: "/etc/ftwin-migrate/pki", Usage: "directory with ca.crt and this host's HOST.crt/HOST.key (see `certs init`)"},
@@ -46,12 +48,15 @@ func hostName(c *cli.Context) string {
 	return h
 }
 
-func connect(c *cli.Context) (*containerd.Client, error) {
-	client, err := containerd.New(c.String("address"), containerd.WithTimeout(5*time.Second))
+// connect connects to the containerd at --address and returns the client and the command's
+// context in --namespace, as ctr does. The caller closes the client.
+func connect(c *cli.Context) (*containerd.Client, context.Context, error) {
+	addr := c.String("address")
+	client, err := containerd.New(addr, containerd.WithTimeout(5*time.Second))
 	if err != nil {
-		return nil, fmt.Errorf("connect to containerd at %s (is it running? --address): %w", c.String("address"), err)
+		return nil, nil, fmt.Errorf("connect to containerd at %s (is it running? give its socket with --address before the command): %w", addr, err)
 	}
-	return client, nil
+	return client, namespaces.WithNamespace(c.Context, c.String("namespace")), nil
 }
 
 func receiveCommand() *cli.Command {
@@ -59,7 +64,7 @@ func receiveCommand() *cli.Command {
 		Name:      "receive",
 		Usage:     "run the migration agent on a target host: takes checkpoints over mutual TLS and restores them",
 		ArgsUsage: " ",
-		Flags: append(append([]cli.Flag{
+		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "listen", Value: ":7443", Usage: "address to serve on"},
 			&cli.StringFlag{Name: "work-dir", Value: "/var/lib/ftwin-migrate/agent", Usage: "CRIU config files and restored containers' logs"},
 			&cli.DurationFlag{Name: "session-timeout", Value: 2 * time.Minute, Usage: "abort a migration session idle this long"},
@@ -69,14 +74,14 @@ func receiveCommand() *cli.Command {
 			&cli.StringSliceFlag{Name: "allow-bind-mount", Usage: "host path (and below) a restored container may bind-mount (repeatable)"},
 			&cli.StringSliceFlag{Name: "allow-capability", Usage: "capability beyond containerd's defaults a restored container may hold, e.g. CAP_NET_ADMIN (repeatable)"},
 			&cli.BoolFlag{Name: "allow-devices", Usage: "let restored containers have device nodes and device cgroup rules of their own"},
-		}, containerdFlags...), pkiFlags...),
+		}, pkiFlags...),
 		Action: func(c *cli.Context) error {
 			host := hostName(c)
 			tlsCfg, err := pki.ServerConfig(c.String("pki"), host)
 			if err != nil {
 				return err
 			}
-			client, err := connect(c)
+			client, _, err := connect(c)
 			if err != nil {
 				return err
 			}
@@ -92,27 +97,25 @@ func receiveCommand() *cli.Command {
 					return []restore.Opt{restore.WithCgroupsPath(path.Join(parent, r.Namespace, r.Container))}
 				}
 			}
-			a, err := agent.New(cfg)
-			if err != nil {
-				return err
-			}
-			defer a.Close()
 			ln, err := net.Listen("tcp", c.String("listen"))
 			if err != nil {
 				return fmt.Errorf("listen on %s: %w", c.String("listen"), err)
 			}
-			srv := &http.Server{Handler: a.Handler(), TLSConfig: tlsCfg, ReadHeaderTimeout: 10 * time.Second}
-			go func() {
-				<-c.Context.Done()
+			srv, err := agentserver.Start(cfg, ln, tlsCfg)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(os.Stderr, "ftwin-migrate agent %s (protocol %d) listening on %s\n", host, agent.ProtocolVersion, srv.Addr)
+			select {
+			case err := <-srv.Done():
+				srv.Agent.Close()
+				return err
+			case <-c.Context.Done():
 				sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 				defer cancel()
 				_ = srv.Shutdown(sctx)
-			}()
-			fmt.Fprintf(os.Stderr, "ftwin-migrate agent %s (protocol %d) listening on %s\n", host, agent.ProtocolVersion, ln.Addr())
-			if err := srv.Serve(tls.NewListener(ln, tlsCfg)); err != http.ErrServerClosed {
-				return err
+				return nil
 			}
-			return nil
 		},
 	}
 }
@@ -122,7 +125,7 @@ func migrateCommand() *cli.Command {
 		Name:      "migrate",
 		Usage:     "live-migrate a running container to the agent at --to",
 		ArgsUsage: "CONTAINER",
-		Flags: append(append([]cli.Flag{
+		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "to", Required: true, Usage: "target agent address, host:port"},
 			&cli.StringFlag{Name: "peer", Usage: "the target's host name in the PKI, checked against its certificate (default: the host of --to, a name or an address its certificate lists)"},
 			&cli.StringFlag{Name: "probe", Usage: "http:// URL the target checks before commit, e.g. http://127.0.0.1:8080/healthz"},
@@ -133,7 +136,7 @@ func migrateCommand() *cli.Command {
 			&cli.StringFlag{Name: "hook-socket", Value: migrate.DefaultHookSocket, Usage: "the application's hook socket inside the container (an absolute path)"},
 			&cli.StringSliceFlag{Name: "brokers", Usage: "Kafka bootstrap servers: check the application's boundary against the group's committed offsets"},
 			&cli.DurationFlag{Name: "session-timeout", Value: 45 * time.Second, Usage: "the consumer group's session timeout, for the warning when the expected downtime approaches it"},
-		}, containerdFlags...), pkiFlags...),
+		}, pkiFlags...),
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
 				return fmt.Errorf("migrate takes one argument, the container id (got %d)", c.NArg())
@@ -151,7 +154,7 @@ func migrateCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			client, err := connect(c)
+			client, _, err := connect(c)
 			if err != nil {
 				return err
 			}

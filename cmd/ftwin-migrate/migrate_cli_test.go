@@ -4,12 +4,13 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/ftwin-migrate/ftwin-migrate/internal/counter/state"
 	"github.com/ftwin-migrate/ftwin-migrate/migrate"
-	"github.com/ftwin-migrate/ftwin-migrate/test/workloads/counter/state"
 )
 
 // TestMigrateCLI: the admin's path on a lab — lab up, lab run, `migrate` as printed by lab up —
@@ -25,10 +26,10 @@ func TestMigrateCLI(t *testing.T) {
 	cloudLog := filepath.Join(l.dir(), "hosts", "cloud", "logs", "twin.log")
 	waitTick(t, cloudLog, 3)
 
-	base := []string{"--address", filepath.Join(l.dir(), "hosts", "cloud", "containerd.sock"), "--namespace", "ftwin",
-		"--pki", filepath.Join(l.dir(), "pki"), "--host", "cloud"}
+	global := []string{"--address", filepath.Join(l.dir(), "hosts", "cloud", "containerd.sock"), "--namespace", "ftwin"}
+	base := []string{"--pki", filepath.Join(l.dir(), "pki"), "--host", "cloud"}
 	migrateArgs := func(extra ...string) []string {
-		return append(append([]string{"migrate"}, base...), extra...)
+		return slices.Concat(global, []string{"migrate"}, base, extra)
 	}
 
 	// Bad input: clear errors, nothing moves.
@@ -71,7 +72,7 @@ func TestMigrateCLI(t *testing.T) {
 	// Offline: checkpoint on fog into a directory and inspect it.
 	dir := filepath.Join(t.TempDir(), "ckpt")
 	fogBase := []string{"--address", filepath.Join(l.dir(), "hosts", "fog", "containerd.sock"), "--namespace", "ftwin"}
-	if r := l.run(append(append([]string{"checkpoint"}, fogBase...), "-o", dir, "twin")...); r.code != 0 {
+	if r := l.run(slices.Concat(fogBase, []string{"checkpoint", "-o", dir, "twin"})...); r.code != 0 {
 		t.Fatal(r)
 	}
 	r = l.run("inspect", dir)

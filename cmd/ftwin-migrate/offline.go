@@ -7,7 +7,6 @@ import (
 	"os"
 
 	containerd "github.com/containerd/containerd/v2/client"
-	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/urfave/cli/v2"
 
 	"github.com/ftwin-migrate/ftwin-migrate/checkpoint"
@@ -21,22 +20,21 @@ func checkpointCommand() *cli.Command {
 		Name:      "checkpoint",
 		Usage:     "checkpoint a running container (CRIU through containerd) into a directory, for offline moves",
 		ArgsUsage: "CONTAINER",
-		Flags: append([]cli.Flag{
+		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Required: true, Usage: "directory to write (an OCI image layout); must not exist or be empty"},
 			&cli.BoolFlag{Name: "exit", Usage: "stop the task after the dump (default: it keeps running)"},
 			&cli.BoolFlag{Name: "tcp-established", Value: true, Usage: "dump established TCP connections (a Kafka client has some); --tcp-established=false refuses them"},
-		}, containerdFlags...),
+		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
 				return fmt.Errorf("checkpoint takes one argument, the container id (got %d)", c.NArg())
 			}
 			id := c.Args().First()
-			client, err := connect(c)
+			client, ctx, err := connect(c)
 			if err != nil {
 				return err
 			}
 			defer client.Close()
-			ctx := namespaces.WithNamespace(c.Context, c.String("namespace"))
 			var opts []checkpoint.Opt
 			if c.Bool("exit") {
 				opts = append(opts, checkpoint.WithExit())
@@ -88,11 +86,11 @@ func restoreCommand() *cli.Command {
 		Name:      "restore",
 		Usage:     "restore a container from a checkpoint directory written by `checkpoint -o` (its base image must be present)",
 		ArgsUsage: "PATH",
-		Flags: append([]cli.Flag{
+		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "id", Usage: "container id (default: the checkpointed container's)"},
 			&cli.StringFlag{Name: "log", Usage: "file for the restored task's stdout and stderr (default: discarded)"},
 			&cli.StringFlag{Name: "tcp", Value: string(restore.TCPClose), Usage: "established connections: close (clients reconnect; another host) or established (same address)"},
-		}, containerdFlags...),
+		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
 				return fmt.Errorf("restore takes one argument, the checkpoint directory (got %d)", c.NArg())
@@ -109,12 +107,11 @@ func restoreCommand() *cli.Command {
 			if id == "" {
 				return fmt.Errorf("%s does not name its container: pass --id", dir)
 			}
-			client, err := connect(c)
+			client, ctx, err := connect(c)
 			if err != nil {
 				return err
 			}
 			defer client.Close()
-			ctx := namespaces.WithNamespace(c.Context, c.String("namespace"))
 			ref, _, err := transfer.ImportDir(ctx, client, dir)
 			if err != nil {
 				return err

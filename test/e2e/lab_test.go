@@ -8,28 +8,20 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"os"
-	"os/exec"
 	"testing"
 	"time"
 
+	"github.com/ftwin-migrate/ftwin-migrate/internal/counter/state"
 	"github.com/ftwin-migrate/ftwin-migrate/internal/testbin"
+	"github.com/ftwin-migrate/ftwin-migrate/internal/testutil"
 	"github.com/ftwin-migrate/ftwin-migrate/lab"
-	"github.com/ftwin-migrate/ftwin-migrate/test/workloads/counter/state"
 )
 
+// requireLabTools skips the test unless it can bring up a lab (root, network namespaces,
+// containerd, CRIU).
 func requireLabTools(t *testing.T) {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("integration test (make unit skips it; make test runs it)")
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (network namespaces, containerd, CRIU)")
-	}
-	for _, tool := range []string{"containerd", "runc", "criu", "ip"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s not installed (run `make install`)", tool)
-		}
-	}
+	testutil.RequireRoot(t, "containerd", "runc", "criu", "ip")
 }
 
 // buildCounter compiles the stateful test workload as a static binary.

@@ -8,10 +8,10 @@ import (
 	"time"
 
 	"github.com/ftwin-migrate/ftwin-migrate/agent"
+	"github.com/ftwin-migrate/ftwin-migrate/internal/counter/state"
 	"github.com/ftwin-migrate/ftwin-migrate/lab"
 	"github.com/ftwin-migrate/ftwin-migrate/migrate"
 	"github.com/ftwin-migrate/ftwin-migrate/pki"
-	"github.com/ftwin-migrate/ftwin-migrate/test/workloads/counter/state"
 )
 
 const probeURL = "http://127.0.0.1:8080/healthz"

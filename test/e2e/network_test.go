@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ftwin-migrate/ftwin-migrate/internal/counter/state"
 	"github.com/ftwin-migrate/ftwin-migrate/migrate"
-	"github.com/ftwin-migrate/ftwin-migrate/test/workloads/counter/state"
 )
 
 // lineServer collects the state lines workloads send it, with the address they came from.

@@ -30,7 +30,7 @@ func TestRecoverAfterMigratorKilled(t *testing.T) {
 	}
 	cli := testbin.Build(t, "github.com/ftwin-migrate/ftwin-migrate/cmd/ftwin-migrate")
 	before := lastState(t, cloud, id)
-	cmd := exec.Command(cli, "migrate", "--address", cloud.Address(), "--namespace", lab.Namespace, "--pki", ml.pki,
+	cmd := exec.Command(cli, "--address", cloud.Address(), "--namespace", lab.Namespace, "migrate", "--pki", ml.pki,
 		"--host", cloud.Name, "--to", ml.agents[fog.Name].Addr, "--hook", "off", id)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

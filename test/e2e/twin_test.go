@@ -233,7 +233,7 @@ func TestTwinOfflineCheckpointBoundary(t *testing.T) {
 	cli := testbin.Build(t, "github.com/ftwin-migrate/ftwin-migrate/cmd/ftwin-migrate")
 	time.Sleep(time.Second)
 	dir := filepath.Join(t.TempDir(), "ckpt")
-	out, err := exec.Command(cli, "checkpoint", "--address", s.Lab.Hosts[0].Address(), "--namespace", lab.Namespace, "-o", dir, scenario.ContainerID).CombinedOutput()
+	out, err := exec.Command(cli, "--address", s.Lab.Hosts[0].Address(), "--namespace", lab.Namespace, "checkpoint", "-o", dir, scenario.ContainerID).CombinedOutput()
 	if err != nil {
 		t.Fatalf("checkpoint: %v\n%s", err, out)
 	}

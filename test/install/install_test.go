@@ -15,22 +15,14 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ftwin-migrate/ftwin-migrate/internal/testutil"
 )
 
 const (
 	sourcesFile = "/etc/apt/sources.list.d/ftwin-migrate.sources"
 	prefsFile   = "/etc/apt/preferences.d/ftwin-migrate"
 )
-
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if testing.Short() {
-		t.Skip("runs hack/install.sh for real (make unit skips it; make test runs it)")
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("hack/install.sh needs root")
-	}
-}
 
 // repoRoot is two levels up from this package's directory, the test's working directory.
 func repoRoot(t *testing.T) string {
@@ -195,7 +187,7 @@ func diffLines(a, b string) string {
 // nothing, assembles nothing, leaves packages, apt files and the Kafka classpath as they were
 // and reports everything present.
 func TestSecondRunChangesNothing(t *testing.T) {
-	requireRoot(t)
+	testutil.RequireRoot(t) // runs hack/install.sh for real
 	root := repoRoot(t)
 	home := defaultKafkaHome(kafkaVersion(t, root))
 
@@ -223,7 +215,7 @@ func TestSecondRunChangesNothing(t *testing.T) {
 // TestKafkaAssembledIntoFreshHome: pointed at an empty FTWIN_KAFKA_HOME, the installer
 // assembles the broker classpath there from Maven; a rerun with the same home assembles nothing.
 func TestKafkaAssembledIntoFreshHome(t *testing.T) {
-	requireRoot(t)
+	testutil.RequireRoot(t) // runs hack/install.sh for real
 	root := repoRoot(t)
 	version := kafkaVersion(t, root)
 	home := filepath.Join(t.TempDir(), "kafka")
@@ -267,7 +259,7 @@ func TestKafkaAssembledIntoFreshHome(t *testing.T) {
 // repaired (the marker says it is done), so the final check fails; the installer exits
 // non-zero and names the missing jar.
 func TestFailedCheckNamesWhatIsMissing(t *testing.T) {
-	requireRoot(t)
+	testutil.RequireRoot(t) // runs hack/install.sh for real
 	root := repoRoot(t)
 	version := kafkaVersion(t, root)
 	home := t.TempDir()

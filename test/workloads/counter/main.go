@@ -27,8 +27,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ftwin-migrate/ftwin-migrate/internal/counter/state"
 	"github.com/ftwin-migrate/ftwin-migrate/test/workloads/counter/memstate"
-	"github.com/ftwin-migrate/ftwin-migrate/test/workloads/counter/state"
 )
 
 // Full verification runs at most once per minVerifyGap, and never more often

@@ -14,8 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ftwin-migrate/ftwin-migrate/internal/counter/state"
 	"github.com/ftwin-migrate/ftwin-migrate/test/workloads/counter/memstate"
-	"github.com/ftwin-migrate/ftwin-migrate/test/workloads/counter/state"
 )
 
 // TestProcess runs the real binary: its output lines, its HTTP endpoints and

@@ -45,6 +45,7 @@ func (e *PolicyError) Error() string {
 // Check returns a *PolicyError naming everything in s the policy refuses, or nil.
 func (p Policy) Check(s *specs.Spec) error {
 	var refused []string
+	//lint:ignore SA1019 refusing the deprecated Prestart hooks is the point
 	if s.Hooks != nil && (len(s.Hooks.Prestart)+len(s.Hooks.CreateRuntime)+len(s.Hooks.CreateContainer)+
 		len(s.Hooks.StartContainer)+len(s.Hooks.Poststart)+len(s.Hooks.Poststop) > 0) {
 		refused = append(refused, "OCI hooks (they run on the host as root)")

@@ -35,6 +35,7 @@ func TestPolicy(t *testing.T) {
 		{"lab workload", lab, nil, nil},
 		{"host network not allowed", Policy{}, nil, []string{"the host's network namespace"}},
 		{"prestart hook", lab, func(s *specs.Spec) {
+			//lint:ignore SA1019 refusing the deprecated Prestart hooks is the point
 			s.Hooks = &specs.Hooks{Prestart: []specs.Hook{{Path: "/bin/sh", Args: []string{"sh", "-c", "id > /tmp/pwned"}}}}
 		}, []string{"OCI hooks"}},
 		{"createRuntime hook", lab, func(s *specs.Spec) {

@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/http"
-	"sort"
-	"strconv"
 
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -130,26 +128,5 @@ func committedOffsets(ctx context.Context, brokers []string, opts []kgo.Opt, gro
 	if err != nil {
 		return nil, fmt.Errorf("fetch committed offsets of group %s: %w", group, err)
 	}
-	out := kafkahooks.Offsets{}
-	resp.Each(func(o kadm.OffsetResponse) {
-		if out[o.Topic] == nil {
-			out[o.Topic] = map[int32]int64{}
-		}
-		out[o.Topic][o.Partition] = o.At
-	})
-	return out, nil
+	return kafkahooks.OffsetsFromKadm(resp), nil
 }
-
-// OffsetsString renders offsets stably: topic[partition]=offset, sorted.
-func OffsetsString(o kafkahooks.Offsets) string {
-	var parts []string
-	for t, ps := range o {
-		for p, off := range ps {
-			parts = append(parts, t+"["+strconv.Itoa(int(p))+"]="+strconv.FormatInt(off, 10))
-		}
-	}
-	sort.Strings(parts)
-	return fmt.Sprint(parts)
-}
-
-func offsetsEqual(a, b kafkahooks.Offsets) bool { return OffsetsString(a) == OffsetsString(b) }

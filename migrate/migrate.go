@@ -379,7 +379,7 @@ func (m *run) checkCommitted(ctx context.Context) error {
 	for t := range m.boundary.Offsets {
 		mine[t] = committed[t]
 	}
-	if !offsetsEqual(mine, m.boundary.Offsets) {
+	if !mine.Equal(m.boundary.Offsets) {
 		return fmt.Errorf("group %s: committed offsets on the broker %v differ from the boundary the application reported %v", m.boundary.Group, mine, m.boundary.Offsets)
 	}
 	m.rep.BoundaryCheck.CommittedBefore = true
@@ -561,7 +561,7 @@ func (m *run) resume(ctx context.Context) error {
 	}
 	c := m.rep.BoundaryCheck
 	c.Resumed, c.ResumedAt = true, at
-	c.ResumedMatch = m.boundary != nil && offsetsEqual(at, m.boundary.Offsets)
+	c.ResumedMatch = m.boundary != nil && at.Equal(m.boundary.Offsets)
 	if !c.ResumedMatch {
 		return fmt.Errorf("the restored application resumed at %v, not at the boundary %v", at, m.boundary.Offsets)
 	}

@@ -132,7 +132,7 @@ func (r *Report) WriteSummary(w io.Writer) error {
 	if b := r.Boundary; b == nil {
 		fmt.Fprintln(w, "  boundary: none taken (no application hook)")
 	} else {
-		fmt.Fprintf(w, "  boundary: group %s instance %s generation %d offsets %s\n", b.Group, b.InstanceID, b.Generation, OffsetsString(b.Offsets))
+		fmt.Fprintf(w, "  boundary: group %s instance %s generation %d offsets %s\n", b.Group, b.InstanceID, b.Generation, b.Offsets)
 	}
 	if c := r.BoundaryCheck; c != nil {
 		resumed := "not resumed"

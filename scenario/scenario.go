@@ -339,7 +339,7 @@ func (s *Scenario) Finish(ctx context.Context) (Result, error) {
 				mr.BoundaryChecked = c.CommittedBefore && c.ResumedMatch
 			}
 			if b := r.Boundary; b != nil {
-				mr.Boundary = migrate.OffsetsString(b.Offsets)
+				mr.Boundary = b.Offsets.String()
 			}
 		}
 		mr.StreamGapMs = ms(gapDuring(events, m.Start, m.End))

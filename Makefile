@@ -8,7 +8,7 @@ GO ?= go
 BIN := bin
 export GOFLAGS ?= -mod=mod
 
-.PHONY: all install build demo test unit vet check bench bench-short clean lab-down
+.PHONY: all install build demo test unit vet check fuzz bench bench-short clean lab-down
 
 all: build
 
@@ -40,6 +40,16 @@ check: vet $(STATICCHECK)
 
 unit:
 	$(GO) test -short -count=1 ./...
+
+# The fuzzers (peer input: the CRIU image tar reader, the agent's session requests, the hook
+# server and client), FUZZTIME each; their seed corpora also run in every `go test`.
+FUZZTIME ?= 10s
+FUZZERS := transfer:FuzzReadFlatTar agent:FuzzSessionRequest kafkahooks:FuzzServer kafkahooks:FuzzClient
+fuzz:
+	@set -eo pipefail; for f in $(FUZZERS); do \
+	  echo "fuzz ./$${f%%:*} $${f##*:} for $(FUZZTIME)"; \
+	  $(GO) test -run '^$$' -fuzz "^$${f##*:}$$" -fuzztime $(FUZZTIME) ./$${f%%:*} | grep -v '^fuzz: elapsed'; \
+	done
 
 # Packages run one at a time (-p 1): the integration tests bring up labs and daemons, and the
 # machine has 2 cores.

@@ -338,33 +338,10 @@ func (a *Agent) open(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusForbidden, errors.New("no verified client certificate: the agent only serves peers of its CA"))
 		return
 	}
-	var req SessionRequest
-	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxRequestBody)).Decode(&req); err != nil {
-		writeError(w, http.StatusBadRequest, fmt.Errorf("bad session request: %w", err))
+	req, status, err := a.decodeSessionRequest(http.MaxBytesReader(w, r.Body, maxRequestBody))
+	if err != nil {
+		writeError(w, status, err)
 		return
-	}
-	if req.Namespace == "" || req.Container == "" {
-		writeError(w, http.StatusBadRequest, errors.New("session request needs namespace and container"))
-		return
-	}
-	if err := identifiers.Validate(req.Container); err != nil {
-		writeError(w, http.StatusBadRequest, fmt.Errorf("container id: %w", err))
-		return
-	}
-	if err := a.servesNamespace(req.Namespace); err != nil {
-		writeError(w, http.StatusForbidden, err)
-		return
-	}
-	var err error
-	if req.TCP, err = restore.ParseTCPMode(string(req.TCP)); err != nil {
-		writeError(w, http.StatusBadRequest, err)
-		return
-	}
-	if req.HookSocket != "" {
-		if err := hooksock.CheckSocket(req.HookSocket); err != nil {
-			writeError(w, http.StatusBadRequest, err)
-			return
-		}
 	}
 	ctx := namespaces.WithNamespace(r.Context(), req.Namespace)
 	if _, err := a.cfg.Client.LoadContainer(ctx, req.Container); err == nil {
@@ -392,6 +369,40 @@ func (a *Agent) open(w http.ResponseWriter, r *http.Request) {
 	s.lease = l.ID
 	a.cfg.Log.Info("session opened", "session", s.id, "container", req.Container, "peer", peer, "declared_source", req.SourceHost)
 	writeJSON(w, Session{ID: s.id, Timeout: a.cfg.SessionTimeout, HeartbeatTimeout: a.cfg.HeartbeatTimeout})
+}
+
+// decodeSessionRequest reads and checks a session request; on error it says which status to
+// answer with.
+func (a *Agent) decodeSessionRequest(body io.Reader) (SessionRequest, int, error) {
+	var req SessionRequest
+	if err := json.NewDecoder(body).Decode(&req); err != nil {
+		return req, http.StatusBadRequest, fmt.Errorf("bad session request: %w", err)
+	}
+	if req.Namespace == "" || req.Container == "" {
+		return req, http.StatusBadRequest, errors.New("session request needs namespace and container")
+	}
+	if err := identifiers.Validate(req.Container); err != nil {
+		return req, http.StatusBadRequest, fmt.Errorf("container id: %w", err)
+	}
+	if err := identifiers.Validate(req.Namespace); err != nil {
+		return req, http.StatusBadRequest, fmt.Errorf("namespace: %w", err)
+	}
+	if err := a.servesNamespace(req.Namespace); err != nil {
+		return req, http.StatusForbidden, err
+	}
+	var err error
+	if req.TCP, err = restore.ParseTCPMode(string(req.TCP)); err != nil {
+		return req, http.StatusBadRequest, err
+	}
+	if req.HookSocket != "" {
+		if err := hooksock.CheckSocket(req.HookSocket); err != nil {
+			return req, http.StatusBadRequest, err
+		}
+	}
+	if req.Probe != "" && !strings.HasPrefix(req.Probe, "http://") {
+		return req, http.StatusBadRequest, fmt.Errorf("probe %q: want an http:// URL", req.Probe)
+	}
+	return req, 0, nil
 }
 
 // servesNamespace refuses a namespace the agent was not configured to serve.

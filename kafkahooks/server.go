@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"path"
+	"strings"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -138,10 +140,13 @@ func newHandler(p Participant, logf func(string, ...any)) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set(HeaderVersion, strconv.Itoa(Version))
 		w.Header().Set("Connection", "close")
-		switch v := r.Header.Get(HeaderVersion); v {
-		case strconv.Itoa(Version):
+		switch v := r.Header.Get(HeaderVersion); {
+		case v == strconv.Itoa(Version) && (path.Clean(r.URL.Path) != r.URL.Path || !strings.HasPrefix(r.URL.Path, "/")):
+			// ServeMux would redirect an unclean path (307); the protocol has no such call.
+			writeError(w, http.StatusNotFound, fmt.Sprintf("no such call %q (protocol %d has /v1/prepare, /v1/resume, /v1/abort, /v1/status)", r.URL.Path, Version))
+		case v == strconv.Itoa(Version):
 			mux.ServeHTTP(w, r)
-		case "":
+		case v == "":
 			writeError(w, http.StatusBadRequest, fmt.Sprintf("missing header %s (this server speaks protocol %d)", HeaderVersion, Version))
 		default:
 			writeError(w, http.StatusBadRequest, fmt.Sprintf("protocol mismatch: the client speaks %s %q, this server speaks %d", HeaderVersion, v, Version))

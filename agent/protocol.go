@@ -33,8 +33,9 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
-// ProtocolVersion is the version of the agent protocol this build speaks.
-const ProtocolVersion = 1
+// ProtocolVersion is the version of the agent protocol this build speaks (2: the agent names
+// checkpoint images, sessions heartbeat, the hook relay is generic).
+const ProtocolVersion = 2
 
 // ProtocolHeader carries the protocol version on every request and response.
 const ProtocolHeader = "Ftwin-Protocol"

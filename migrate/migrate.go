@@ -312,7 +312,7 @@ func (m *run) preflight(ctx context.Context) error {
 		return err
 	}
 	m.warnSessionTimeout(task.ResidentBytes)
-	m.ckptRef = fmt.Sprintf("ftwin-migrate/checkpoint/%s:%d", m.o.Container, time.Now().UnixNano())
+	m.ckptRef = fmt.Sprintf("%s%s:%d", checkpointPrefix, m.o.Container, time.Now().UnixNano())
 	req := agent.SessionRequest{
 		Namespace: m.o.Namespace, Container: m.o.Container,
 		TCP: m.o.TCP, Probe: m.o.Probe, SourceHost: m.o.SourceHost,
@@ -387,11 +387,26 @@ func (m *run) checkCommitted(ctx context.Context) error {
 }
 
 func (m *run) checkpoint(ctx context.Context) error {
-	// Record where the container is going before it freezes: should this process die, Recover
-	// finds the frozen source and settles it with the target.
+	var err error
+	m.ckpt = &checkpointDirs{}
+	if m.o.WorkDir != "" {
+		m.ckpt.work, err = os.MkdirTemp(m.o.WorkDir, workDirPrefix)
+	} else {
+		m.ckpt.work, err = os.MkdirTemp("", workDirPrefix)
+	}
+	if err != nil {
+		return fmt.Errorf("CRIU work directory: %w", err)
+	}
+	m.ckpt.image = filepath.Join(m.ckpt.work, "image")
+	if err := os.Mkdir(m.ckpt.image, 0o700); err != nil {
+		return fmt.Errorf("CRIU image directory: %w", err)
+	}
+	// Record where the container is going, and what this migration leaves on this host, before
+	// it freezes: should this process die, Recover finds the frozen source, settles it with the
+	// target and removes the leftovers.
 	m.undo.pushUndo(undo{name: "clear the source's migration label", phase: Checkpoint, where: local, need: required,
-		fn: func(ctx context.Context) error { return m.src.SetMigrating(ctx, "") }, guard: m.sourceMayRun})
-	if err := m.src.SetMigrating(ctx, m.o.Target); err != nil {
+		fn: func(ctx context.Context) error { return m.src.SetMigrating(ctx, nil) }, guard: m.sourceMayRun})
+	if err := m.src.SetMigrating(ctx, &Migrating{Target: m.o.Target, WorkDir: m.ckpt.work, Checkpoint: m.ckptRef}); err != nil {
 		return err
 	}
 	// Freeze first and keep the source frozen until commit or rollback: a rollback is then a
@@ -401,20 +416,6 @@ func (m *run) checkpoint(ctx context.Context) error {
 		return err
 	}
 	m.undo.pushUndo(undo{name: "thaw the source", phase: Checkpoint, where: local, need: required, fn: m.thaw, guard: m.sourceMayRun})
-	var err error
-	m.ckpt = &checkpointDirs{}
-	if m.o.WorkDir != "" {
-		m.ckpt.work, err = os.MkdirTemp(m.o.WorkDir, "criu-work-")
-	} else {
-		m.ckpt.work, err = os.MkdirTemp("", "ftwin-criu-work-")
-	}
-	if err != nil {
-		return fmt.Errorf("CRIU work directory: %w", err)
-	}
-	m.ckpt.image = filepath.Join(m.ckpt.work, "image")
-	if err := os.Mkdir(m.ckpt.image, 0o700); err != nil {
-		return fmt.Errorf("CRIU image directory: %w", err)
-	}
 	// The CRIU image goes to a directory of ours, not through containerd's content store: it is
 	// streamed to the agent as it is, and restored from a directory there.
 	res, err := m.src.Checkpoint(ctx, m.ckptRef, m.ckpt.work, m.ckpt.image)
@@ -610,8 +611,25 @@ func (m *run) warnSessionTimeout(resident int64) {
 }
 
 // MigratingLabel marks a source container from its freeze to commit or rollback; its value is
-// the target agent's address.
-const MigratingLabel = "ftwin-migrate.dev/migrating-to"
+// the target agent's address. WorkDirLabel and CheckpointLabel name what the migration keeps
+// on the source meanwhile (its CRIU work directory, its checkpoint image), for Recover.
+const (
+	MigratingLabel  = "ftwin-migrate.dev/migrating-to"
+	WorkDirLabel    = "ftwin-migrate.dev/migration-work-dir"
+	CheckpointLabel = "ftwin-migrate.dev/migration-checkpoint"
+)
+
+// workDirPrefix starts the name of a migration's CRIU work directory; checkpointPrefix the
+// name of its checkpoint image. Recover removes only what carries them.
+const (
+	workDirPrefix    = "ftwin-criu-work-"
+	checkpointPrefix = "ftwin-migrate/checkpoint/"
+)
+
+// Migrating is what MigratingLabel and its companions record on the source.
+type Migrating struct {
+	Target, WorkDir, Checkpoint string
+}
 
 // PhaseError says which phase failed.
 type PhaseError struct {

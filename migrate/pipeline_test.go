@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -72,10 +73,13 @@ func (s fakeSource) Running(ctx context.Context) (TaskInfo, error) {
 func (s fakeSource) CPUInfo(ctx context.Context) ([]byte, error) {
 	return []byte("cpuinfo"), s.call(ctx, "source.CPUInfo")
 }
-func (s fakeSource) SetMigrating(ctx context.Context, target string) error {
-	name := "source.SetMigrating"
-	if target == "" {
-		name = "source.ClearMigrating"
+func (s fakeSource) SetMigrating(ctx context.Context, m *Migrating) error {
+	name, target := "source.ClearMigrating", ""
+	if m != nil {
+		name, target = "source.SetMigrating", m.Target
+		if !strings.HasPrefix(filepath.Base(m.WorkDir), workDirPrefix) || !strings.HasPrefix(m.Checkpoint, checkpointPrefix) {
+			s.t.Errorf("labels name work dir %q and checkpoint %q", m.WorkDir, m.Checkpoint)
+		}
 	}
 	if err := s.call(ctx, name); err != nil {
 		return err

@@ -5,9 +5,13 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
 
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/errdefs"
 
 	"github.com/ftwin-migrate/ftwin-migrate/agent"
 )
@@ -71,6 +75,9 @@ func Recover(ctx context.Context, client *containerd.Client, o RecoverOptions) (
 		if err := c.Delete(ctx, containerd.WithSnapshotCleanup); err != nil {
 			return "", fmt.Errorf("the target owns %s; removing the source container failed: %w", o.Container, err)
 		}
+		if err := removeLeftovers(ctx, client, labels); err != nil {
+			return "", err
+		}
 		return fmt.Sprintf("%s was committed on %s: removed the frozen source", o.Container, target), nil
 	case err == nil:
 		if err := agent.NewClient(target, o.TLS, o.AgentOpts...).AbortContainer(ctx, o.Namespace, o.Container); err != nil {
@@ -94,8 +101,30 @@ func Recover(ctx context.Context, client *containerd.Client, o RecoverOptions) (
 			}
 		}
 	}
-	if _, err := c.SetLabels(ctx, map[string]string{MigratingLabel: ""}); err != nil {
-		return "", fmt.Errorf("clear the migration label of %s: %w", o.Container, err)
+	if err := removeLeftovers(ctx, client, labels); err != nil {
+		return "", err
+	}
+	if _, err := c.SetLabels(ctx, map[string]string{MigratingLabel: "", WorkDirLabel: "", CheckpointLabel: ""}); err != nil {
+		return "", fmt.Errorf("clear the migration labels of %s: %w", o.Container, err)
 	}
 	return fmt.Sprintf("rolled back: %s runs again here; the target at %s holds nothing of it", o.Container, target), nil
+}
+
+// removeLeftovers removes the CRIU work directory and the checkpoint image a dead migrator
+// left, as its labels name them — only paths and names of the migrator's own making.
+func removeLeftovers(ctx context.Context, client *containerd.Client, labels map[string]string) error {
+	if dir := labels[WorkDirLabel]; dir != "" {
+		if !filepath.IsAbs(dir) || filepath.Clean(dir) != dir || !strings.HasPrefix(filepath.Base(dir), workDirPrefix) && !strings.HasPrefix(filepath.Base(dir), "criu-work-") {
+			return fmt.Errorf("label %s names %q, which is no migrator's work directory: remove it by hand if it is a leftover", WorkDirLabel, dir)
+		}
+		if err := os.RemoveAll(dir); err != nil {
+			return fmt.Errorf("remove the dead migrator's work directory %s: %w", dir, err)
+		}
+	}
+	if ref := labels[CheckpointLabel]; strings.HasPrefix(ref, checkpointPrefix) {
+		if err := client.ImageService().Delete(ctx, ref); err != nil && !errdefs.IsNotFound(err) {
+			return fmt.Errorf("remove the dead migrator's checkpoint image %s: %w", ref, err)
+		}
+	}
+	return nil
 }

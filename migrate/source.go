@@ -27,9 +27,9 @@ type Source interface {
 	// CPUInfo returns CRIU's description of this host's CPU (cpuinfo.img), for the target's
 	// `criu cpuinfo check`.
 	CPUInfo(ctx context.Context) ([]byte, error)
-	// SetMigrating records target in the container's MigratingLabel ("" removes it), so that a
-	// migrator that dies leaves a container Recover can settle.
-	SetMigrating(ctx context.Context, target string) error
+	// SetMigrating records m in the container's labels (MigratingLabel and its companions; nil
+	// removes them), so that a migrator that dies leaves a container Recover can settle.
+	SetMigrating(ctx context.Context, m *Migrating) error
 	// Freeze pauses the task; Thaw resumes it.
 	Freeze(ctx context.Context) error
 	Thaw(ctx context.Context) error
@@ -119,10 +119,14 @@ func residentBytes(pid uint32) (int64, error) {
 	return 0, errors.New("no VmRSS")
 }
 
-func (s *containerdSource) SetMigrating(ctx context.Context, target string) error {
+func (s *containerdSource) SetMigrating(ctx context.Context, m *Migrating) error {
+	if m == nil {
+		m = &Migrating{}
+	}
 	c, err := s.client.LoadContainer(ctx, s.id)
 	if err == nil {
-		_, err = c.SetLabels(ctx, map[string]string{MigratingLabel: target})
+		// An empty value removes a label.
+		_, err = c.SetLabels(ctx, map[string]string{MigratingLabel: m.Target, WorkDirLabel: m.WorkDir, CheckpointLabel: m.Checkpoint})
 	}
 	if err != nil {
 		return fmt.Errorf("label the source container %q: %w", s.id, err)

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"os"
 	"os/exec"
 	"strings"
 	"syscall"
@@ -71,6 +72,10 @@ func TestRecoverAfterMigratorKilled(t *testing.T) {
 	if labels[migrate.MigratingLabel] != ml.agents[fog.Name].Addr {
 		t.Fatalf("source labels %v: want %s=%s", labels, migrate.MigratingLabel, ml.agents[fog.Name].Addr)
 	}
+	workDir, ckpt := labels[migrate.WorkDirLabel], labels[migrate.CheckpointLabel]
+	if _, err := os.Stat(workDir); err != nil || ckpt == "" {
+		t.Fatalf("source labels %v: want the dead migrator's work directory (%v) and checkpoint named", labels, err)
+	}
 	if err := fog.SetUplink(ctx, 0); err != nil {
 		t.Fatal(err)
 	}
@@ -87,8 +92,14 @@ func TestRecoverAfterMigratorKilled(t *testing.T) {
 		t.Errorf("recover did %q; want a rollback", what)
 	}
 	assertSourceIntact(t, ml, cloud, id, before)
-	if labels, _ := c.Labels(lctx); labels[migrate.MigratingLabel] != "" {
-		t.Errorf("the migration label survived the recovery: %v", labels)
+	if labels, _ := c.Labels(lctx); labels[migrate.MigratingLabel] != "" || labels[migrate.WorkDirLabel] != "" {
+		t.Errorf("the migration labels survived the recovery: %v", labels)
+	}
+	if _, err := os.Stat(workDir); !os.IsNotExist(err) {
+		t.Errorf("the dead migrator's work directory %s survived the recovery (%v)", workDir, err)
+	}
+	if _, err := client.ImageService().Get(lctx, ckpt); err == nil {
+		t.Errorf("the dead migrator's checkpoint image %s survived the recovery", ckpt)
 	}
 	if what, err := migrate.Recover(ctx, client, migrate.RecoverOptions{Namespace: lab.Namespace, Container: id, TLS: tlsCfg}); err != nil || !strings.Contains(what, "nothing to recover") {
 		t.Errorf("second recover: %q, %v", what, err)

@@ -71,6 +71,9 @@ const (
 	// RollbackFailed: a phase failed and an undo failed too: run Recover (`ftwin-migrate
 	// recover CONTAINER`) to settle the container.
 	RollbackFailed = "rollback failed"
+	// CommittedUnverified: as Committed, but nothing showed the copy works beyond its task
+	// running through the settle window (no hook resumed it, no probe was given).
+	CommittedUnverified = "committed unverified"
 	// CommitUnconfirmed: the target runs the container but did not confirm the commit; the
 	// source stays frozen and labelled: run Recover to settle it.
 	CommitUnconfirmed = "commit unconfirmed"
@@ -92,6 +95,10 @@ type Options struct {
 	TCP restore.TCPMode
 	// Probe is an http:// URL the agent checks on the target before commit (optional).
 	Probe string
+	// Settle is how long the restored copy must stay alive (and keep passing the probe) before
+	// it is committed: an application that dies soon after a restore (one that exits when its
+	// broker connections drop, say) rolls back instead. Default 2s; negative: none.
+	Settle time.Duration
 	// Hook is the application's hook. When nil, HookMode says whether to look for the
 	// container's hook socket (HookSocket).
 	Hook Hook
@@ -147,6 +154,9 @@ func (o *Options) setDefaults() {
 	if o.SessionTimeout == 0 {
 		o.SessionTimeout = 45 * time.Second
 	}
+	if o.Settle == 0 {
+		o.Settle = 2 * time.Second
+	}
 	if o.SourceHost == "" {
 		o.SourceHost, _ = os.Hostname()
 	}
@@ -178,6 +188,10 @@ func Run(ctx context.Context, src Source, tgt Target, o Options) (*Report, error
 		return m.rep, err
 	}
 	m.rep.Result = Committed
+	if !m.rep.verified() {
+		m.rep.Result = CommittedUnverified
+		m.rep.Warnings = append(m.rep.Warnings, "nothing showed that the restored copy works beyond its task running: give a --probe, or run it with a migration hook")
+	}
 	return m.rep, nil
 }
 
@@ -566,17 +580,42 @@ func (m *run) resume(ctx context.Context) error {
 	if !c.ResumedMatch {
 		return fmt.Errorf("the restored application resumed at %v, not at the boundary %v", at, m.boundary.Offsets)
 	}
+	m.rep.addEvidence("the application resumed at the boundary")
 	return nil
 }
 
+// verify asks the target whether its copy runs (and passes the probe), waits out the settle
+// window and asks again: a copy that dies soon after its restore is not committed.
 func (m *run) verify(ctx context.Context) error {
-	res, err := m.tgt.Verify(ctx)
-	if err != nil {
+	check := func() error {
+		res, err := m.tgt.Verify(ctx)
+		if err != nil {
+			return err
+		}
+		if !res.Running {
+			return fmt.Errorf("the restored container %s is not running on %s", m.o.Container, m.rep.To)
+		}
+		if res.Probe != "" {
+			m.rep.addEvidence("the probe " + m.o.Probe + " passed")
+		}
+		return nil
+	}
+	if err := check(); err != nil {
 		return err
 	}
-	if !res.Running {
-		return fmt.Errorf("the restored container %s is not running on %s", m.o.Container, m.rep.To)
+	m.rep.addEvidence("the task runs")
+	if m.o.Settle <= 0 {
+		return nil
 	}
+	select {
+	case <-time.After(m.o.Settle):
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	if err := check(); err != nil {
+		return fmt.Errorf("within the %v settle window after its restore: %w", m.o.Settle, err)
+	}
+	m.rep.addEvidence(fmt.Sprintf("alive through a %v settle window", m.o.Settle))
 	return nil
 }
 

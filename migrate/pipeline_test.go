@@ -40,6 +40,11 @@ type world struct {
 	// agentKillsQuietCopy: the agent kills its uncommitted copy once heartbeats stop, so it
 	// says it is gone when asked after the deadline.
 	agentKillsQuietCopy bool
+	// copyDiesAfterVerify: the restored copy exits right after the first verify (as an
+	// application does that exits when its broker connections drop).
+	copyDiesAfterVerify bool
+	// probe is what the target says of the probe ("ok", or "" for none).
+	probe string
 
 	mu         sync.Mutex // heartbeats come from a goroutine of their own
 	heartbeats int
@@ -164,7 +169,10 @@ func (t fakeTarget) Verify(ctx context.Context) (agent.VerifyResult, error) {
 	if err := t.call(ctx, "target.Verify"); err != nil {
 		return agent.VerifyResult{}, err
 	}
-	return agent.VerifyResult{Running: t.copyRunning}, nil
+	if t.copyDiesAfterVerify {
+		defer func() { t.copyRunning = false }()
+	}
+	return agent.VerifyResult{Running: t.copyRunning, Probe: t.probe}, nil
 }
 func (t fakeTarget) Heartbeat(context.Context) error {
 	t.mu.Lock()
@@ -225,6 +233,9 @@ func (h fakeHook) Abort(ctx context.Context) error {
 func (w *world) run(t *testing.T, o Options) (*Report, error) {
 	t.Helper()
 	o.Container, o.Target, o.SourceHost = "twin", "fog:7443", "cloud"
+	if o.Settle == 0 {
+		o.Settle = time.Millisecond
+	}
 	if o.Hook == nil && o.HookMode != HookOff {
 		o.Hook = fakeHook{w}
 	}
@@ -243,7 +254,7 @@ var successCalls = []string{
 	"target.Missing", "target.PutDir", // transfer
 	"target.Restore",                 // restore
 	"hook.Resume",                    // resume
-	"target.Verify",                  // verify
+	"target.Verify", "target.Verify", // verify, and again after the settle window
 	"target.Commit", "source.Remove", // commit
 	"source.DeleteCheckpoint", // cleanup
 }
@@ -554,5 +565,36 @@ func TestUndoStackMovesARepushedUndoToTheTop(t *testing.T) {
 	rep := s.unwind(context.Background(), time.Second, time.Second)
 	if want := []string{"a", "c", "b"}; !slices.Equal(ran, want) || len(rep) != 3 {
 		t.Errorf("ran %v (%d reports), want %v", ran, len(rep), want)
+	}
+}
+
+// TestCopyThatDiesInTheSettleWindowRollsBack: a copy that runs at the first verify and has
+// exited by the end of the settle window is not committed; the source carries on.
+func TestCopyThatDiesInTheSettleWindowRollsBack(t *testing.T) {
+	w := newWorld(t)
+	w.copyDiesAfterVerify = true
+	rep, err := w.run(t, Options{HookMode: HookOff, Settle: 5 * time.Millisecond})
+	var pe *PhaseError
+	if !errors.As(err, &pe) || pe.Phase != Verify || !strings.Contains(err.Error(), "settle window") {
+		t.Fatalf("err %v: want a verify failure in the settle window", err)
+	}
+	if src, tgt := w.copies(); !src || tgt || rep.Result != RolledBack {
+		t.Errorf("result %q; source runs %v, target runs %v", rep.Result, src, tgt)
+	}
+}
+
+// TestCommittedUnverified: with neither a hook nor a probe nothing shows the copy works
+// beyond its task running, and the result says so.
+func TestCommittedUnverified(t *testing.T) {
+	w := newWorld(t)
+	rep, err := w.run(t, Options{HookMode: HookOff})
+	if err != nil || rep.Result != CommittedUnverified {
+		t.Fatalf("result %q, err %v: want %q", rep.Result, err, CommittedUnverified)
+	}
+	w = newWorld(t)
+	w.probe = "ok"
+	rep, err = w.run(t, Options{HookMode: HookOff, Probe: "http://127.0.0.1:8080/healthz"})
+	if err != nil || rep.Result != Committed || !slices.Contains(rep.Evidence, "the probe http://127.0.0.1:8080/healthz passed") {
+		t.Fatalf("result %q, evidence %q, err %v: want committed on the probe's evidence", rep.Result, rep.Evidence, err)
 	}
 }

@@ -3,6 +3,7 @@ package migrate
 import (
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -54,7 +55,9 @@ type Report struct {
 	// ExpectedDowntime is the preflight's estimate, compared with the group session timeout.
 	ExpectedDowntime time.Duration `json:"expected_downtime_ns,omitempty"`
 	Target           *agent.Hello  `json:"target,omitempty"`
-	Warnings         []string      `json:"warnings,omitempty"`
+	// Evidence lists what showed, before the commit, that the restored copy works.
+	Evidence []string `json:"evidence,omitempty"`
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // UndoReport is one undo the rollback ran.
@@ -141,10 +144,30 @@ func (r *Report) WriteSummary(w io.Writer) error {
 		}
 		fmt.Fprintf(w, "  boundary check: committed on the broker before the checkpoint %s; %s\n", yesNo(c.CommittedBefore), resumed)
 	}
+	if len(r.Evidence) > 0 {
+		fmt.Fprintf(w, "  evidence that the copy works: %s\n", strings.Join(r.Evidence, "; "))
+	}
 	for _, warn := range r.Warnings {
 		fmt.Fprintf(w, "  warning: %s\n", warn)
 	}
 	return nil
+}
+
+func (r *Report) addEvidence(e string) {
+	if !slices.Contains(r.Evidence, e) {
+		r.Evidence = append(r.Evidence, e)
+	}
+}
+
+// verified says whether the evidence goes beyond a running task: a probe that passed or an
+// application that resumed at its boundary.
+func (r *Report) verified() bool {
+	for _, e := range r.Evidence {
+		if strings.HasPrefix(e, "the probe ") || e == "the application resumed at the boundary" {
+			return true
+		}
+	}
+	return false
 }
 
 func mib(n int64) float64 { return float64(n) / (1 << 20) }

@@ -131,6 +131,7 @@ func migrateCommand() *cli.Command {
 			&cli.StringFlag{Name: "probe", Usage: "http:// URL the target checks before commit, e.g. http://127.0.0.1:8080/healthz"},
 			&cli.StringFlag{Name: "tcp", Value: string(restore.TCPClose), Usage: "established connections on the target: close (clients reconnect) or established (same address)"},
 			&cli.DurationFlag{Name: "phase-timeout", Value: 2 * time.Minute, Usage: "roll back if a phase takes longer"},
+			&cli.DurationFlag{Name: "settle", Value: 2 * time.Second, Usage: "the restored copy must stay alive (and pass --probe) this long before the commit; 0: no wait"},
 			&cli.BoolFlag{Name: "json", Usage: "print the report as JSON"},
 			&cli.StringFlag{Name: "hook", Value: "auto", Usage: "the application's migration hook: auto (use it if the container serves one), required, or off (freeze the application as it is)"},
 			&cli.StringFlag{Name: "hook-socket", Value: migrate.DefaultHookSocket, Usage: "the application's hook socket inside the container (an absolute path)"},
@@ -161,7 +162,7 @@ func migrateCommand() *cli.Command {
 			defer client.Close()
 			o := migrate.Options{
 				Namespace: c.String("namespace"), Container: c.Args().First(), Target: c.String("to"), TLS: tlsCfg,
-				SourceHost: host, TCP: tcp, Probe: c.String("probe"), PhaseTimeout: c.Duration("phase-timeout"),
+				SourceHost: host, TCP: tcp, Probe: c.String("probe"), PhaseTimeout: c.Duration("phase-timeout"), Settle: settle(c.Duration("settle")),
 				HookMode: hookMode, HookSocket: c.String("hook-socket"), Brokers: c.StringSlice("brokers"), SessionTimeout: c.Duration("session-timeout"),
 			}
 			if !c.Bool("json") && term.IsTerminal(int(os.Stderr.Fd())) {
@@ -184,6 +185,14 @@ func migrateCommand() *cli.Command {
 			return err
 		},
 	}
+}
+
+// settle maps --settle 0 (no wait) to the library's "none".
+func settle(d time.Duration) time.Duration {
+	if d == 0 {
+		return -1
+	}
+	return d
 }
 
 // peerName is --peer, or else the host of --to: the agent's certificate must be issued for it.

@@ -68,6 +68,8 @@ type SessionRequest struct {
 	// Probe, if set, is an http:// URL the agent GETs from the target host to verify the
 	// restored container (2xx is healthy).
 	Probe string `json:"probe,omitempty"`
+	// BaseImage is the container's base image: the target must hold it (it is not sent along).
+	BaseImage string `json:"base_image,omitempty"`
 	// SourceHost is what the source calls itself; the agent logs it beside the name in the
 	// source's certificate, which is the one it trusts.
 	SourceHost string `json:"source_host"`

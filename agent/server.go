@@ -348,6 +348,12 @@ func (a *Agent) open(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusConflict, fmt.Errorf("container %q already exists on %s in namespace %s", req.Container, a.cfg.Host, req.Namespace))
 		return
 	}
+	if req.BaseImage != "" {
+		if _, err := a.cfg.Client.GetImage(ctx, req.BaseImage); err != nil {
+			writeError(w, http.StatusConflict, fmt.Errorf("%s lacks the container's base image %s in namespace %s (%v): import or pull it there first (`ctr -n %s images import`), then migrate", a.cfg.Host, req.BaseImage, req.Namespace, err, req.Namespace))
+			return
+		}
+	}
 	var b [8]byte
 	_, _ = rand.Read(b[:])
 	s := &session{SessionRequest: req, id: hex.EncodeToString(b[:]), peer: peer}

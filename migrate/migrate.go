@@ -328,7 +328,7 @@ func (m *run) preflight(ctx context.Context) error {
 	m.warnSessionTimeout(task.ResidentBytes)
 	m.ckptRef = fmt.Sprintf("%s%s:%d", checkpointPrefix, m.o.Container, time.Now().UnixNano())
 	req := agent.SessionRequest{
-		Namespace: m.o.Namespace, Container: m.o.Container,
+		Namespace: m.o.Namespace, Container: m.o.Container, BaseImage: task.Image,
 		TCP: m.o.TCP, Probe: m.o.Probe, SourceHost: m.o.SourceHost,
 	}
 	if sh, ok := m.hook.(*SocketHook); ok {

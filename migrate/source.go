@@ -51,6 +51,8 @@ type TaskInfo struct {
 	Pid uint32
 	// ResidentBytes is its resident memory (0 when unknown).
 	ResidentBytes int64
+	// Image is the container's base image (the target must hold it to restore).
+	Image string
 }
 
 // NewContainerdSource returns the Source for container id of client; ctx of every call must
@@ -77,7 +79,7 @@ func (s *containerdSource) task(ctx context.Context) (containerd.Container, cont
 }
 
 func (s *containerdSource) Running(ctx context.Context) (TaskInfo, error) {
-	_, t, err := s.task(ctx)
+	c, t, err := s.task(ctx)
 	if err != nil {
 		return TaskInfo{}, err
 	}
@@ -89,7 +91,11 @@ func (s *containerdSource) Running(ctx context.Context) (TaskInfo, error) {
 		return TaskInfo{}, fmt.Errorf("task of %q is %s, not running", s.id, st.Status)
 	}
 	rss, _ := residentBytes(t.Pid())
-	return TaskInfo{Pid: t.Pid(), ResidentBytes: rss}, nil
+	info, err := c.Info(ctx)
+	if err != nil {
+		return TaskInfo{}, fmt.Errorf("container %q: %w", s.id, err)
+	}
+	return TaskInfo{Pid: t.Pid(), ResidentBytes: rss, Image: info.Image}, nil
 }
 
 func (s *containerdSource) CPUInfo(ctx context.Context) ([]byte, error) {

@@ -93,3 +93,25 @@ func TestTargetAgentKilledDuringVerify(t *testing.T) {
 	}
 	assertSourceIntact(t, ml, cloud, id, before)
 }
+
+// TestTargetWithoutBaseImageIsRefusedBeforeTheFreeze: the base image does not travel with the
+// checkpoint; a target that lacks it is found out in the preflight, before anything happens to
+// the source.
+func TestTargetWithoutBaseImageIsRefusedBeforeTheFreeze(t *testing.T) {
+	ml := newMigrationLab(t, nil)
+	cloud, fog := ml.Hosts[0], ml.Hosts[1]
+	const id = "lonely"
+	w := lab.Workload{ID: id, Binary: ml.bin, Image: "ftwin.local/only-on-cloud:1", Args: []string{"-mem-mib", "8", "-interval", "50ms"}}
+	if err := cloud.Run(context.Background(), w); err != nil {
+		t.Fatal(err)
+	}
+	before := waitState(t, cloud.LogPath(id), func(s state.State) bool { return s.Tick >= 3 })
+	rep, err := ml.migrate(t, cloud, fog, id)
+	rolledBackAt(t, rep, err, migrate.Preflight, "lacks the container's base image ftwin.local/only-on-cloud:1")
+	for _, p := range rep.Phases {
+		if p.Name == migrate.Checkpoint {
+			t.Errorf("the source was checkpointed although the target cannot restore it: %+v", rep.Phases)
+		}
+	}
+	assertSourceIntact(t, ml, cloud, id, before)
+}

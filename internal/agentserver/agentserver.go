@@ -41,8 +41,11 @@ func Start(cfg agent.Config, ln net.Listener, tlsCfg *tls.Config) (*Server, erro
 	s := &Server{
 		Agent: a,
 		Addr:  ln.Addr().String(),
-		srv:   &http.Server{Handler: a.Handler(), TLSConfig: tlsCfg, ReadHeaderTimeout: 10 * time.Second},
-		done:  make(chan error, 1),
+		// Headers within 10 s, and an idle connection closed after 2 minutes. Bodies have no
+		// overall read timeout (a CRIU image over a thin link takes long): the agent's handlers
+		// set read deadlines that extend while data flows.
+		srv:  &http.Server{Handler: a.Handler(), TLSConfig: tlsCfg, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 64 << 10},
+		done: make(chan error, 1),
 	}
 	go func() {
 		err := s.srv.Serve(tls.NewListener(ln, tlsCfg))

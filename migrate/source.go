@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/content"
@@ -140,10 +141,21 @@ func (s *containerdSource) SetMigrating(ctx context.Context, m *Migrating) error
 	return nil
 }
 
+// freezeAttempts: on cgroup v1 a freeze is a game of chances under load — runc retries, thaws
+// in between and gives up with "unable to freeze", leaving the container thawed — so the
+// source tries again a few times before the migration fails.
+const freezeAttempts = 3
+
 func (s *containerdSource) Freeze(ctx context.Context) error {
 	_, t, err := s.task(ctx)
-	if err == nil {
-		err = t.Pause(ctx)
+	for i := 0; err == nil && i < freezeAttempts; i++ {
+		if err = t.Pause(ctx); err == nil || !strings.Contains(err.Error(), "unable to freeze") {
+			break
+		}
+		select {
+		case <-time.After(100 * time.Millisecond):
+		case <-ctx.Done():
+		}
 	}
 	if err != nil {
 		return fmt.Errorf("freeze %s: %w", s.id, err)

@@ -8,7 +8,7 @@ GO ?= go
 BIN := bin
 export GOFLAGS ?= -mod=mod
 
-.PHONY: all install build demo test unit vet check fuzz bench bench-short clean lab-down
+.PHONY: all install build demo test unit vet check fuzz soak bench bench-short clean lab-down
 
 all: build
 
@@ -50,6 +50,11 @@ fuzz:
 	  echo "fuzz ./$${f%%:*} $${f##*:} for $(FUZZTIME)"; \
 	  $(GO) test -run '^$$' -fuzz "^$${f##*:}$$" -fuzztime $(FUZZTIME) ./$${f%%:*} | grep -v '^fuzz: elapsed'; \
 	done
+
+# The soak: 100 back-to-back migrations of the twin under load on Apache Kafka; nothing lost or
+# duplicated, no growth of what the migrator and the agents hold (make test runs it 6 times).
+soak: install build
+	FTWIN_SOAK=100 $(GO) test -count=1 -timeout 60m -run '^TestSoak$$' -v ./test/e2e
 
 # Packages run one at a time (-p 1): the integration tests bring up labs and daemons, and the
 # machine has 2 cores.

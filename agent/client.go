@@ -52,6 +52,9 @@ func NewClient(addr string, tlsConfig *tls.Config, opts ...ClientOpt) *Client {
 	return c
 }
 
+// Close releases the client's idle connections (and the goroutines that serve them).
+func (c *Client) Close() { c.hc.CloseIdleConnections() }
+
 // Host is the agent's host name (its address until Hello succeeded).
 func (c *Client) Host() string { return c.host }
 

@@ -173,7 +173,9 @@ func Migrate(ctx context.Context, client *containerd.Client, o Options) (*Report
 		o.Namespace = "default"
 	}
 	ctx = namespaces.WithNamespace(ctx, o.Namespace)
-	return Run(ctx, NewContainerdSource(client, o.Container), NewAgentTarget(o.Target, o.TLS, o.AgentOpts...), o)
+	tgt := NewAgentTarget(o.Target, o.TLS, o.AgentOpts...)
+	defer tgt.Close()
+	return Run(ctx, NewContainerdSource(client, o.Container), tgt, o)
 }
 
 // Run moves the container from src to tgt: the pipeline itself. ctx must carry what src

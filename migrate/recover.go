@@ -60,10 +60,13 @@ func Recover(ctx context.Context, client *containerd.Client, o RecoverOptions) (
 	}
 
 	var st agent.ContainerState
+	var ac *agent.Client
 	if o.TLS == nil {
 		err = errors.New("no TLS configuration")
 	} else {
-		st, err = agent.NewClient(target, o.TLS, o.AgentOpts...).ContainerState(ctx, o.Namespace, o.Container)
+		ac = agent.NewClient(target, o.TLS, o.AgentOpts...)
+		defer ac.Close()
+		st, err = ac.ContainerState(ctx, o.Namespace, o.Container)
 	}
 	switch {
 	case err != nil && !o.ForceThaw:
@@ -80,7 +83,7 @@ func Recover(ctx context.Context, client *containerd.Client, o RecoverOptions) (
 		}
 		return fmt.Sprintf("%s was committed on %s: removed the frozen source", o.Container, target), nil
 	case err == nil:
-		if err := agent.NewClient(target, o.TLS, o.AgentOpts...).AbortContainer(ctx, o.Namespace, o.Container); err != nil {
+		if err := ac.AbortContainer(ctx, o.Namespace, o.Container); err != nil {
 			return "", fmt.Errorf("the target at %s did not undo its copy of %s: %w", target, o.Container, err)
 		}
 	}

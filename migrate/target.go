@@ -47,22 +47,27 @@ type Receiver interface {
 }
 
 // NewAgentTarget returns the Target of the agent at addr (host:port), spoken to over mutual TLS.
-func NewAgentTarget(addr string, tlsConfig *tls.Config, opts ...agent.ClientOpt) Target {
-	return &agentTarget{c: agent.NewClient(addr, tlsConfig, opts...)}
+// Close it when the migration is over.
+func NewAgentTarget(addr string, tlsConfig *tls.Config, opts ...agent.ClientOpt) *AgentTarget {
+	return &AgentTarget{c: agent.NewClient(addr, tlsConfig, opts...)}
 }
 
-type agentTarget struct {
+// Close releases the target's connections.
+func (t *AgentTarget) Close() { t.c.Close() }
+
+// AgentTarget is the Target of a migration agent.
+type AgentTarget struct {
 	c *agent.Client
 	s *agent.SessionClient
 }
 
-func (t *agentTarget) Hello(ctx context.Context) (agent.Hello, error) { return t.c.Hello(ctx) }
+func (t *AgentTarget) Hello(ctx context.Context) (agent.Hello, error) { return t.c.Hello(ctx) }
 
-func (t *agentTarget) CheckCPU(ctx context.Context, cpuinfo []byte) error {
+func (t *AgentTarget) CheckCPU(ctx context.Context, cpuinfo []byte) error {
 	return t.c.CheckCPU(ctx, cpuinfo)
 }
 
-func (t *agentTarget) Open(ctx context.Context, req agent.SessionRequest) (agent.Session, error) {
+func (t *AgentTarget) Open(ctx context.Context, req agent.SessionRequest) (agent.Session, error) {
 	s, err := t.c.Open(ctx, req)
 	if err != nil {
 		return agent.Session{}, err
@@ -71,21 +76,21 @@ func (t *agentTarget) Open(ctx context.Context, req agent.SessionRequest) (agent
 	return agent.Session{ID: s.ID, Timeout: s.Timeout}, nil
 }
 
-func (t *agentTarget) Receiver() Receiver { return t.s }
+func (t *AgentTarget) Receiver() Receiver { return t.s }
 
-func (t *agentTarget) Restore(ctx context.Context, index ocispec.Descriptor, imageDigest string) (agent.RestoreResult, error) {
+func (t *AgentTarget) Restore(ctx context.Context, index ocispec.Descriptor, imageDigest string) (agent.RestoreResult, error) {
 	return t.s.Restore(ctx, index, imageDigest)
 }
 
-func (t *agentTarget) HookTransport() http.RoundTripper { return t.s.HookTransport() }
+func (t *AgentTarget) HookTransport() http.RoundTripper { return t.s.HookTransport() }
 
-func (t *agentTarget) Verify(ctx context.Context) (agent.VerifyResult, error) {
+func (t *AgentTarget) Verify(ctx context.Context) (agent.VerifyResult, error) {
 	return t.s.Verify(ctx)
 }
 
-func (t *agentTarget) Heartbeat(ctx context.Context) error { return t.s.Heartbeat(ctx) }
+func (t *AgentTarget) Heartbeat(ctx context.Context) error { return t.s.Heartbeat(ctx) }
 
-func (t *agentTarget) CopyGone(ctx context.Context) (bool, error) {
+func (t *AgentTarget) CopyGone(ctx context.Context) (bool, error) {
 	st, err := t.s.ContainerState(ctx)
 	if err != nil {
 		return false, err
@@ -93,6 +98,6 @@ func (t *agentTarget) CopyGone(ctx context.Context) (bool, error) {
 	return !st.Exists || (!st.Running && !st.Committed), nil
 }
 
-func (t *agentTarget) Commit(ctx context.Context) error { return t.s.Commit(ctx) }
+func (t *AgentTarget) Commit(ctx context.Context) error { return t.s.Commit(ctx) }
 
-func (t *agentTarget) Abort(ctx context.Context) error { return t.s.Abort(ctx) }
+func (t *AgentTarget) Abort(ctx context.Context) error { return t.s.Abort(ctx) }

@@ -411,6 +411,9 @@ func medianInterval(events []verify.Event) time.Duration {
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
+// Agents returns the migration agents of the lab's hosts, by host name.
+func (s *Scenario) Agents() map[string]*lab.RunningAgent { return s.agents }
+
 // Close stops the agents and removes the lab.
 func (s *Scenario) Close() error {
 	if s.stopLoad != nil {

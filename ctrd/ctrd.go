@@ -16,6 +16,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -59,6 +60,10 @@ func pidFile(dir string) string { return filepath.Join(dir, "containerd.pid") }
 func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 	if cfg.Dir == "" {
 		return nil, errors.New("ctrd: Config.Dir is empty")
+	}
+	// A Unix socket address holds 107 bytes: containerd would exit at start, saying little.
+	if sock := Socket(cfg.Dir) + ".ttrpc"; len(sock) > 107 {
+		return nil, fmt.Errorf("ctrd: daemon directory %s is too deep: its socket %s is %d bytes, a Unix socket path holds 107; use a shorter directory", cfg.Dir, sock, len(sock))
 	}
 	if cfg.StartTimeout == 0 {
 		cfg.StartTimeout = 20 * time.Second
@@ -116,7 +121,7 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 	err = wait.Until(up, 50*time.Millisecond, func() (bool, error) {
 		select {
 		case err := <-exited:
-			exitErr = fmt.Errorf("ctrd: containerd exited during startup (%v); see %s", err, filepath.Join(cfg.Dir, "containerd.log"))
+			exitErr = fmt.Errorf("ctrd: containerd exited during startup (%v); %s ends with:\n%s", err, filepath.Join(cfg.Dir, "containerd.log"), logTail(filepath.Join(cfg.Dir, "containerd.log"), 2000))
 			return false, exitErr
 		default:
 		}
@@ -306,4 +311,18 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.images", 
 [ttrpc]
   address = %[3]q
 `, filepath.Join(dir, "root"), Socket(dir), Socket(dir)+".ttrpc")
+}
+
+// logTail returns the last n bytes of the file at path, or why it cannot.
+func logTail(path string, n int64) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return err.Error()
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err == nil && fi.Size() > n {
+		_, _ = f.Seek(-n, io.SeekEnd)
+	}
+	b, _ := io.ReadAll(f)
+	return strings.TrimSpace(string(b))
 }

@@ -336,8 +336,8 @@ func (m *run) preflight(ctx context.Context) error {
 	if sh, ok := m.hook.(*SocketHook); ok {
 		req.HookSocket = sh.Socket
 	}
-	// Pushed before the call: a session the agent opened but whose answer was lost is aborted
-	// too (the agent also drops it once it idles past its timeout).
+	// Pushed before the call, best effort: a session the agent opened but whose answer was lost
+	// cannot be named; the agent drops it once it idles past its timeout.
 	m.undo.push(undoAbortTarget, Preflight, remote, bestEffort, m.tgt.Abort)
 	s, err := m.tgt.Open(ctx, req)
 	m.session, m.rep.Session = s, s.ID

@@ -100,4 +100,11 @@ func (t *AgentTarget) CopyGone(ctx context.Context) (bool, error) {
 
 func (t *AgentTarget) Commit(ctx context.Context) error { return t.s.Commit(ctx) }
 
-func (t *AgentTarget) Abort(ctx context.Context) error { return t.s.Abort(ctx) }
+// Abort implements Target. Without a session (its opening failed, or its answer was lost)
+// there is nothing it can name: the agent drops a session that idles past its timeout.
+func (t *AgentTarget) Abort(ctx context.Context) error {
+	if t.s == nil {
+		return nil
+	}
+	return t.s.Abort(ctx)
+}

@@ -94,10 +94,10 @@ func TestTargetAgentKilledDuringVerify(t *testing.T) {
 	assertSourceIntact(t, ml, cloud, id, before)
 }
 
-// TestTargetWithoutBaseImageIsRefusedBeforeTheFreeze: the base image does not travel with the
+// TestNoBaseImageOnTarget: the base image does not travel with the
 // checkpoint; a target that lacks it is found out in the preflight, before anything happens to
 // the source.
-func TestTargetWithoutBaseImageIsRefusedBeforeTheFreeze(t *testing.T) {
+func TestNoBaseImageOnTarget(t *testing.T) {
 	ml := newMigrationLab(t, nil)
 	cloud, fog := ml.Hosts[0], ml.Hosts[1]
 	const id = "lonely"

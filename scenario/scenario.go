@@ -24,7 +24,7 @@ import (
 	"github.com/ftwin-migrate/ftwin-migrate/lab"
 	"github.com/ftwin-migrate/ftwin-migrate/migrate"
 	"github.com/ftwin-migrate/ftwin-migrate/pki"
-	"github.com/ftwin-migrate/ftwin-migrate/test/workloads/sensors/gen"
+	"github.com/ftwin-migrate/ftwin-migrate/sensors"
 	"github.com/ftwin-migrate/ftwin-migrate/verify"
 )
 
@@ -77,7 +77,7 @@ type Scenario struct {
 }
 
 type loadResult struct {
-	res gen.Result
+	res sensors.Result
 	err error
 }
 
@@ -176,7 +176,7 @@ func Start(ctx context.Context, cfg Config) (s *Scenario, err error) {
 	s.stopLoad = cancel
 	s.loadDone = make(chan loadResult, 1)
 	go func() {
-		res, err := gen.Run(lctx, gen.Config{Brokers: s.Brokers, Topic: InputTopic, Partitions: cfg.Partitions, Devices: cfg.Devices, Rate: cfg.Rate})
+		res, err := sensors.Run(lctx, sensors.Config{Brokers: s.Brokers, Topic: InputTopic, Partitions: cfg.Partitions, Devices: cfg.Devices, Rate: cfg.Rate})
 		s.loadDone <- loadResult{res, err}
 	}()
 	return s, s.waitOutput(ctx, 1, 60*time.Second)
@@ -188,10 +188,10 @@ func (s *Scenario) createTopics(ctx context.Context) error {
 		return err
 	}
 	defer cl.Close()
-	if err := gen.EnsureTopic(ctx, cl, InputTopic, s.cfg.Partitions, nil); err != nil {
+	if err := sensors.EnsureTopic(ctx, cl, InputTopic, s.cfg.Partitions, nil); err != nil {
 		return fmt.Errorf("scenario: topic %s: %w", InputTopic, err)
 	}
-	if err := gen.EnsureTopic(ctx, cl, OutputTopic, s.cfg.Partitions, nil); err != nil {
+	if err := sensors.EnsureTopic(ctx, cl, OutputTopic, s.cfg.Partitions, nil); err != nil {
 		return fmt.Errorf("scenario: topic %s: %w", OutputTopic, err)
 	}
 	return nil

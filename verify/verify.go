@@ -85,7 +85,7 @@ type config struct {
 }
 
 // ExpectMaxSeq sets the expected outputs: for every device, sequence numbers 1 to its maximum
-// (gen.Result.MaxSeq). Without it (or InputTopic) the maximum seen in the output is expected.
+// (sensors.Result.MaxSeq). Without it (or InputTopic) the maximum seen in the output is expected.
 func ExpectMaxSeq(maxSeq map[string]int64) Option {
 	return func(c *config) { c.expected = maxSeq }
 }

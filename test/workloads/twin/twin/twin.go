@@ -19,7 +19,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/ftwin-migrate/ftwin-migrate/kafkahooks"
-	"github.com/ftwin-migrate/ftwin-migrate/test/workloads/sensors/gen"
+	"github.com/ftwin-migrate/ftwin-migrate/sensors"
 	"github.com/ftwin-migrate/ftwin-migrate/verify"
 )
 
@@ -175,7 +175,7 @@ func (t *Twin) Stats() Stats {
 
 func (t *Twin) handle(_ context.Context, b *kafkahooks.Batch) error {
 	for _, r := range b.Records {
-		var ev gen.Event
+		var ev sensors.Event
 		if err := json.Unmarshal(r.Value, &ev); err != nil || ev.Device == "" {
 			t.skipped.Add(1)
 			continue
@@ -221,14 +221,14 @@ func (t *Twin) beforeConsume(ctx context.Context, cl *kgo.Client) error {
 			parts = int32(len(td[t.cfg.In].Partitions))
 		}
 	}
-	if err := gen.EnsureTopic(ctx, cl, t.cfg.Out, parts, nil); err != nil {
+	if err := sensors.EnsureTopic(ctx, cl, t.cfg.Out, parts, nil); err != nil {
 		return err
 	}
 	if !t.cfg.RebuildFromChangelog {
 		return nil
 	}
 	compact := "compact"
-	if err := gen.EnsureTopic(ctx, cl, t.cfg.Changelog, parts, map[string]*string{"cleanup.policy": &compact}); err != nil {
+	if err := sensors.EnsureTopic(ctx, cl, t.cfg.Changelog, parts, map[string]*string{"cleanup.policy": &compact}); err != nil {
 		return err
 	}
 	start := time.Now()

@@ -1,7 +1,7 @@
-// Package gen produces sensor events for the twin workload: every device emits readings with a
+// Package sensors produces sensor events for the twin workload: every device emits readings with a
 // strictly increasing sequence number starting at 1, keyed by device id, through an idempotent
 // producer, at a fixed total rate. Command sensors wraps it; tests run it in process.
-package gen
+package sensors
 
 import (
 	"context"

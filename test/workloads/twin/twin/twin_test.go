@@ -297,7 +297,7 @@ func migration(t *testing.T, brokers []string) {
 	txnID := twin.TransactionalID(instanceID)
 	adm, stopGen, genDone := setup(ctx, t, brokers, in)
 	cfg := func(instance string) twin.Config {
-		return twin.Config{Group: group, InstanceID: instanceID, In: in, Out: out, StateMiB: 16, MaxDevices: 64,
+		return twin.Config{Group: group, InstanceID: instanceID, In: in, Out: out, StateMiB: 16, Devices: 64,
 			Window: 20, Transactional: true, RebuildFromChangelog: true, Changelog: "twin-changelog", Instance: instance}
 	}
 	a := startTwin(t, brokers, cfg("A"), logs)
@@ -362,7 +362,7 @@ func migration(t *testing.T, brokers []string) {
 	bInit := b.tw.Loop().InitializedAt()
 	t.Logf("B initialised %s after its start; A stopped %s after B's start: %v", bInit.Sub(bStart).Round(time.Millisecond), fenced.Round(time.Millisecond), aErr)
 	waitFor(t, "B to process", 30*time.Second, func() bool { return b.tw.Stats().Processed > 200 }, b)
-	if st := b.tw.Stats(); st.Rebuilt == 0 {
+	if st := b.tw.Stats(); st.RebuiltRecords == 0 {
 		t.Errorf("B rebuilt no device from the changelog: %+v", st)
 	}
 
@@ -411,7 +411,7 @@ func rollback(t *testing.T, brokers []string) {
 	const in, out, group, instanceID = "sensors-rb", "twin-state-rb", "ftwin-twin-rb", "twin-rb"
 	adm, stopGen, genDone := setup(ctx, t, brokers, in)
 	cfg := func(instance string) twin.Config {
-		return twin.Config{Group: group, InstanceID: instanceID, In: in, Out: out, StateMiB: 16, MaxDevices: 64,
+		return twin.Config{Group: group, InstanceID: instanceID, In: in, Out: out, StateMiB: 16, Devices: 64,
 			Window: 20, Transactional: true, Instance: instance}
 	}
 	a := startTwin(t, brokers, cfg("A"), logs)

@@ -100,7 +100,7 @@ func (t *Twin) replicate(ctx context.Context) error {
 	}
 
 	// The tail: everything up to the end offsets now.
-	start := time.Now()
+	start, before := time.Now(), t.replicated.Load()
 	ends, err := waitOffsets(ctx, adm.ListEndOffsets, t.cfg.Changelog)
 	if err != nil {
 		return fmt.Errorf("end offsets of %s: %w", t.cfg.Changelog, err)
@@ -125,6 +125,7 @@ func (t *Twin) replicate(ctx context.Context) error {
 	t.state.Finish()
 	t.ready = true
 	t.takeoverMs.Store(time.Since(start).Milliseconds())
+	t.takeoverBytes.Store(t.replicated.Load() - before)
 	t.standby.Store(false)
 	t.storeDigest()
 	t.cfg.Logf("twin: standby: took over after reading the changelog's tail in %s (%d MiB replicated in all)",

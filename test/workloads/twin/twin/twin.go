@@ -103,7 +103,8 @@ type Stats struct {
 	Lag             int64 `json:"standby_lag,omitempty"`
 	// TakeoverMs is how long the standby took from the takeover signal to its state being
 	// current (the changelog's tail).
-	TakeoverMs int64 `json:"takeover_ms,omitempty"`
+	TakeoverMs    int64 `json:"takeover_ms,omitempty"`
+	TakeoverBytes int64 `json:"takeover_bytes,omitempty"`
 	// Digest is the state's digest after the rebuild or takeover, or at the end of Run (with
 	// Config.Digest).
 	Digest string `json:"state_digest,omitempty"`
@@ -115,12 +116,12 @@ type Twin struct {
 	state *State // owned by the loop goroutine
 	loop  *kafkahooks.Loop
 
-	anomalies, skipped                      atomic.Int64
-	rebuiltRecords, rebuiltBytes, rebuildMs atomic.Int64
-	standby                                 atomic.Bool
-	replicated, lag, takeoverMs             atomic.Int64
-	digest                                  atomic.Value // string
-	ready                                   bool         // the state is current (prefilled, rebuilt or taken over)
+	anomalies, skipped                         atomic.Int64
+	rebuiltRecords, rebuiltBytes, rebuildMs    atomic.Int64
+	standby                                    atomic.Bool
+	replicated, lag, takeoverMs, takeoverBytes atomic.Int64
+	digest                                     atomic.Value // string
+	ready                                      bool         // the state is current (prefilled, rebuilt or taken over)
 }
 
 // New allocates the state and prepares the loop; Run runs it.
@@ -223,7 +224,7 @@ func (t *Twin) Stats() Stats {
 		Aborts: ls.Aborts, Anomalies: t.anomalies.Load(), Skipped: t.skipped.Load(),
 		State:          string(t.loop.Status().State),
 		RebuiltRecords: t.rebuiltRecords.Load(), RebuiltBytes: t.rebuiltBytes.Load(), RebuildMs: t.rebuildMs.Load(),
-		Standby: t.standby.Load(), ReplicatedBytes: t.replicated.Load(), Lag: t.lag.Load(), TakeoverMs: t.takeoverMs.Load(),
+		Standby: t.standby.Load(), ReplicatedBytes: t.replicated.Load(), Lag: t.lag.Load(), TakeoverMs: t.takeoverMs.Load(), TakeoverBytes: t.takeoverBytes.Load(),
 	}
 	st.Digest, _ = t.digest.Load().(string)
 	return st

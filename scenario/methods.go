@@ -173,7 +173,7 @@ func (s *Scenario) MoveStandby(ctx context.Context) Migration {
 		return nil
 	}()
 	if m.Err == nil {
-		s.standbyAt = ""
+		s.standbyAt, s.runningID = "", StandbyID
 	}
 	return s.record(m, cpu)
 }

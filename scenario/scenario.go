@@ -75,6 +75,8 @@ type Scenario struct {
 	twin    lab.Workload
 	// standbyAt is the host of the standby twin (Config.Standby), "" if none or taken over.
 	standbyAt string
+	// runningID is the container the twin runs in (ContainerID, or StandbyID after a takeover).
+	runningID string
 
 	stopLoad func()
 	loadDone chan loadResult
@@ -143,7 +145,7 @@ func Start(ctx context.Context, cfg Config) (s *Scenario, err error) {
 	if err != nil {
 		return nil, err
 	}
-	s = &Scenario{cfg: cfg, Lab: l, agents: map[string]*lab.RunningAgent{}, at: l.Hosts[0].Name}
+	s = &Scenario{cfg: cfg, Lab: l, agents: map[string]*lab.RunningAgent{}, at: l.Hosts[0].Name, runningID: ContainerID}
 	defer func() {
 		if err != nil {
 			s.Close()
@@ -260,6 +262,28 @@ func (s *Scenario) host(name string) *lab.Host {
 // At is the host the twin runs on.
 func (s *Scenario) At() string { return s.at }
 
+// WaitProcessing waits until the twin, where it runs now, reports progress: its status line's
+// processed count grows (after a move, the new instance processes).
+func (s *Scenario) WaitProcessing(ctx context.Context, timeout time.Duration) error {
+	path := s.host(s.at).LogPath(s.runningID)
+	deadline := time.Now().Add(timeout)
+	first, _ := LastStatus(path)
+	for {
+		st, _ := LastStatus(path)
+		if st.Processed > first.Processed && st.State == "running" {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("scenario: the twin on %s made no progress in %v (status %+v); see %s", s.at, timeout, st, path)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
 // Migrate moves the twin to host to, with its Kafka hook and the broker check.
 func (s *Scenario) Migrate(ctx context.Context, to string) Migration {
 	from := s.host(s.at)
@@ -310,6 +334,9 @@ type Result struct {
 	// Latency is the event latency over the run, sensor timestamp to output (verify.Latencies).
 	Latency LatencyMs     `json:"latency_ms"`
 	Verify  verify.Report `json:"-"`
+	// Events are the committed outputs; LoadStopped is when the sensors were told to stop.
+	Events      []verify.Event `json:"-"`
+	LoadStopped time.Time      `json:"-"`
 }
 
 // LatencyMs is verify.Latency in milliseconds.
@@ -358,6 +385,7 @@ type MigrationResult struct {
 // returns the result.
 func (s *Scenario) Finish(ctx context.Context) (Result, error) {
 	var res Result
+	res.LoadStopped = time.Now()
 	s.stopLoad()
 	load := <-s.loadDone
 	if load.err != nil {
@@ -372,7 +400,7 @@ func (s *Scenario) Finish(ctx context.Context) (Result, error) {
 	if err != nil {
 		return res, err
 	}
-	res.Verify = rep
+	res.Verify, res.Events = rep, events
 	res.EventsOut, res.Lost, res.Duplicated, res.OutOfOrder = rep.EventsOut, rep.Lost, rep.Duplicated, rep.OutOfOrder
 	res.Rebalances = s.watch.stop()
 	res.StreamGapMs = ms(rep.StreamGap)

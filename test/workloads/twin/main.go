@@ -15,6 +15,7 @@ import (
 	"log"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -40,7 +41,11 @@ func main() {
 	flag.BoolVar(&cfg.Digest, "digest", false, "compute the state digest after a rebuild or takeover and at exit (status line state_digest)")
 	flag.DurationVar(&cfg.SessionTimeout, "session-timeout", 45*time.Second, "group session timeout")
 	hookSocket := flag.String("hook-socket", kafkahooks.SocketPath(), "kafkahooks socket (empty: no hooks)")
+	gogc := flag.Int("gogc", 25, "Go GC target percentage unless $GOGC is set: the state is one pointer-free arena, cheap to scan, and a low target keeps the heap (what CRIU dumps) near the state")
 	flag.Parse()
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(*gogc)
+	}
 	if flag.NArg() > 0 || cfg.StateMiB < 16 || cfg.StateMiB > 1024 {
 		flag.Usage()
 		os.Exit(2)

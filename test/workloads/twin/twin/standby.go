@@ -128,6 +128,7 @@ func (t *Twin) replicate(ctx context.Context) error {
 	t.takeoverBytes.Store(t.replicated.Load() - before)
 	t.standby.Store(false)
 	t.storeDigest()
+	releaseGarbage()
 	t.cfg.Logf("twin: standby: took over after reading the changelog's tail in %s (%d MiB replicated in all)",
 		time.Since(start).Round(time.Millisecond), t.replicated.Load()>>20)
 	return nil

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"runtime/debug"
 	"sync/atomic"
 	"time"
 
@@ -231,6 +232,9 @@ func (t *Twin) Stats() Stats {
 }
 
 func (t *Twin) handle(_ context.Context, b *kafkahooks.Batch) error {
+	// The outputs of one batch share their processing time: they commit together, and the
+	// verifier's pauses are those between batches.
+	processed := time.Now().UnixNano()
 	for _, r := range b.Records {
 		var ev sensors.Event
 		if err := json.Unmarshal(r.Value, &ev); err != nil || ev.Device == "" {
@@ -247,7 +251,7 @@ func (t *Twin) handle(_ context.Context, b *kafkahooks.Batch) error {
 		v, err := json.Marshal(Output{
 			Device: ev.Device, Seq: ev.Seq, InputPartition: r.Partition, InputOffset: r.Offset,
 			Mean: res.Mean, Stddev: res.Stddev, Baseline: res.Baseline, Anomaly: res.Anomaly,
-			SensorNS: ev.TsNS, ProcessedNS: time.Now().UnixNano(), Instance: t.cfg.Instance,
+			SensorNS: ev.TsNS, ProcessedNS: processed, Instance: t.cfg.Instance,
 		})
 		if err != nil {
 			return fmt.Errorf("encode the output: %w", err)
@@ -318,9 +322,15 @@ func (t *Twin) beforeConsume(ctx context.Context, cl *kgo.Client) error {
 	t.rebuildMs.Store(time.Since(start).Milliseconds())
 	t.ready = true
 	t.storeDigest()
+	releaseGarbage()
 	t.cfg.Logf("twin: rebuilt %d MiB of state from %d changelog records (%d MiB) in %s", t.state.Bytes()>>20, records, bytes>>20, time.Since(start).Round(time.Millisecond))
 	return nil
 }
+
+// releaseGarbage returns the heap freed after a bootstrap or rebuild (records by the
+// thousand) to the OS, so that the process holds its state and not that garbage, as it would
+// some time later anyway.
+func releaseGarbage() { debug.FreeOSMemory() }
 
 func (t *Twin) storeDigest() {
 	if t.cfg.Digest {
@@ -340,7 +350,7 @@ func (t *Twin) prefill() {
 func (t *Twin) bootstrap(ctx context.Context) error {
 	t.prefill()
 	start := time.Now()
-	opts := []kgo.Opt{kgo.SeedBrokers(t.cfg.Brokers...), kgo.DefaultProduceTopic(t.cfg.Changelog), kgo.MaxBufferedRecords(1 << 16)}
+	opts := []kgo.Opt{kgo.SeedBrokers(t.cfg.Brokers...), kgo.DefaultProduceTopic(t.cfg.Changelog), kgo.MaxBufferedRecords(4096)}
 	if t.cfg.Dialer != nil {
 		opts = append(opts, kgo.Dialer(t.cfg.Dialer))
 	}
@@ -366,6 +376,7 @@ func (t *Twin) bootstrap(ctx context.Context) error {
 		return fmt.Errorf("bootstrap the changelog %s: %w", t.cfg.Changelog, err)
 	}
 	t.storeDigest()
+	releaseGarbage()
 	t.cfg.Logf("twin: wrote the prefilled state to the changelog: %d records in %s", n, time.Since(start).Round(time.Millisecond))
 	return nil
 }

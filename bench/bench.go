@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -373,7 +374,9 @@ func measureOne(ctx context.Context, cfg Config, res *Results, cg *cpuGroup, cel
 	} else if err := s.WaitProcessing(ctx, 10*time.Minute); err != nil {
 		run.Error = err.Error()
 	}
+	t1 := time.Now()
 	time.Sleep(cfg.Dwell)
+	t2 := time.Now()
 	out, err := s.Finish(ctx)
 	samples = sp.finish()
 	if err != nil && run.Error == "" {
@@ -389,15 +392,21 @@ func measureOne(ctx context.Context, cfg Config, res *Results, cg *cpuGroup, cel
 	run.MoverDowntimeMs, run.FrozenMs, run.TotalMs = mr.MoverDowntimeMs, mr.FrozenMs, mr.TotalMs
 	run.MovedBytes, run.SkippedBytes = mr.BytesSent, mr.SkippedBytes
 
-	// Counters over the move's window [start, resumed], CPU beyond the baseline before it.
+	// Counters over the move's window [start, resumed]; CPU beyond the baseline: the lower of
+	// the rates over the dwell before the move and the dwell after it (either can hold a
+	// spike: the end of a bootstrap, a catch-up).
 	start := m.Start
 	resumed := start.Add(time.Duration(mr.ResumedMs * float64(time.Millisecond)))
-	a, errA := at(samples, start)
-	b, errB := at(samples, resumed)
-	z, errZ := at(samples, t0)
-	if errA == nil && errB == nil && errZ == nil && start.After(t0) {
-		base := float64(a.cpu-z.cpu) / float64(start.Sub(t0))
-		run.CPUSeconds = max(0, (b.cpu-a.cpu).Seconds()-base*resumed.Sub(start).Seconds())
+	if a, b, err := window(samples, start, resumed); err == nil {
+		base := math.Inf(1)
+		for _, w := range [][2]time.Time{{t0, start}, {t1, t2}} {
+			if x, y, err := window(samples, w[0], w[1]); err == nil && w[1].After(w[0]) {
+				base = math.Min(base, float64(y.cpu-x.cpu)/float64(w[1].Sub(w[0])))
+			}
+		}
+		if !math.IsInf(base, 1) {
+			run.CPUSeconds = max(0, (b.cpu-a.cpu).Seconds()-base*resumed.Sub(start).Seconds())
+		}
 		run.LinkBytes = b.link - a.link
 	}
 	switch method {
@@ -419,6 +428,16 @@ func measureOne(ctx context.Context, cfg Config, res *Results, cg *cpuGroup, cel
 		}
 	}
 	return run
+}
+
+// window returns the counters at from and to.
+func window(s []sample, from, to time.Time) (sample, sample, error) {
+	a, err := at(s, from)
+	if err != nil {
+		return a, a, err
+	}
+	b, err := at(s, to)
+	return a, b, err
 }
 
 // measureCapacity offers the twin far more than it can process for a few seconds, stops the

@@ -129,8 +129,8 @@ func (r *Results) WriteMarkdown(w io.Writer) error {
 			ok++
 		}
 	}
-	fmt.Fprintf(w, "Measured %s – %s on %s (%d CPUs), %s broker, %d devices, %d repeats a cell, dwell %.0f s before and after each move; %d of %d runs complete with nothing lost or duplicated.",
-		r.Started.UTC().Format("2006-01-02 15:04"), r.Finished.UTC().Format("15:04 MST"), r.Host, r.CPUs, r.Broker, r.Devices, r.Repeats, r.DwellS, ok, len(r.Runs))
+	fmt.Fprintf(w, "Measured %s – %s on %s (%d CPUs), %s broker, %d devices, dwell %.0f s before and after each move; %d of %d runs complete with nothing lost or duplicated (the ok column: runs of the cell).",
+		r.Started.UTC().Format("2006-01-02 15:04"), r.Finished.UTC().Format("15:04 MST"), r.Host, r.CPUs, r.Broker, r.Devices, r.DwellS, ok, len(r.Runs))
 	var bws []string
 	for _, link := range sortedKeys(r.BandwidthMBps) {
 		bws = append(bws, fmt.Sprintf("%s %.1f MB/s", linkName(link), r.BandwidthMBps[link]))
@@ -249,6 +249,15 @@ func sortedKeys(m map[int]float64) []int {
 	return k
 }
 
+func baseRate(r *Results) string {
+	for _, c := range r.Cells {
+		if !c.HighRate {
+			return fmt.Sprintf("%.0f", c.Rate)
+		}
+	}
+	return "the base rate"
+}
+
 // WriteSVG plots the stream gap against state size, log-log, at the base rate: one line per
 // method and link (medians), with error bars from min to max.
 func (r *Results) WriteSVG(w io.Writer) error {
@@ -286,7 +295,7 @@ func (r *Results) WriteSVG(w io.Writer) error {
 
 	fmt.Fprintf(w, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" font-family="sans-serif" font-size="12">`+"\n", W, H)
 	fmt.Fprintf(w, `<rect width="100%%" height="100%%" fill="white"/>`+"\n")
-	fmt.Fprintf(w, `<text x="%d" y="18" font-size="14">Stream gap of a twin move (median, bars min–max over %d repeats; log-log)</text>`+"\n", left, r.Repeats)
+	fmt.Fprintf(w, `<text x="%d" y="18" font-size="14">Stream gap of a twin move at %s events/s (median, bars min–max over the repeats; log-log)</text>`+"\n", left, baseRate(r))
 	for e := ly0; e <= ly1; e++ {
 		y := py(math.Pow(10, e))
 		fmt.Fprintf(w, `<line x1="%d" x2="%d" y1="%.1f" y2="%.1f" stroke="#ddd"/><text x="%d" y="%.1f" text-anchor="end">%g ms</text>`+"\n", left, W-right, y, y, left-6, y+4, math.Pow(10, e))

@@ -27,8 +27,9 @@ func benchCommand() *cli.Command {
 			&cli.StringSliceFlag{Name: "method", Usage: "methods to run (default: " + fmt.Sprint(bench.Methods) + "; also " + bench.AllMethods[len(bench.AllMethods)-1] + ")"},
 			&cli.Float64Flag{Name: "rate", Value: 200, Usage: "sensor events per second (the base rate)"},
 			&cli.IntFlag{Name: "repeats", Value: 5, Usage: "runs of every method per cell"},
+			&cli.IntFlag{Name: "repeats-heavy", Value: 3, Usage: "runs per cell for the long cells: states above --extra-state-mib, the thin link, the high rate"},
 			&cli.IntFlag{Name: "devices", Value: 256, Usage: "devices of the fleet"},
-			&cli.DurationFlag{Name: "dwell", Value: 0, Usage: "time before and after each move (default 3s)"},
+			&cli.DurationFlag{Name: "dwell", Value: 0, Usage: "time before and after each move (default 2s)"},
 			&cli.StringFlag{Name: "name", Value: "bench", Usage: "lab name (1-8 of [a-z0-9]); two benchmarks side by side need different ones"},
 			&cli.StringFlag{Name: "subnet", Value: "10.231.100.0/24", Usage: "the labs' IPv4 /24; two benchmarks side by side need different ones"},
 			&cli.StringFlag{Name: "broker", Value: "kfake", Usage: "the labs' Kafka: kfake or apache"},
@@ -63,16 +64,30 @@ func benchCommand() *cli.Command {
 			if c.Bool("short") {
 				states, links, thin, high, cfg.Repeats = []int{16}, []int{0, 100}, 0, false, 1
 			}
+			heavy := c.Int("repeats-heavy")
+			if c.Bool("short") {
+				heavy = 1
+			}
 			for _, link := range links {
 				for _, s := range states {
-					cfg.Cells = append(cfg.Cells, bench.Cell{StateMiB: s, LinkMbit: link, Rate: rate})
+					cell := bench.Cell{StateMiB: s, LinkMbit: link, Rate: rate}
+					if s > extra {
+						cell.Repeats = heavy
+					}
+					cfg.Cells = append(cfg.Cells, cell)
 				}
 			}
 			if thin > 0 {
-				cfg.Cells = append(cfg.Cells, bench.Cell{StateMiB: extra, LinkMbit: thin, Rate: rate})
+				cfg.Cells = append(cfg.Cells, bench.Cell{StateMiB: extra, LinkMbit: thin, Rate: rate, Repeats: heavy})
 			}
 			if high {
-				cfg.Cells = append(cfg.Cells, bench.Cell{StateMiB: extra, HighRate: true})
+				cfg.Cells = append(cfg.Cells, bench.Cell{StateMiB: extra, HighRate: true, Repeats: heavy})
+			}
+			out := c.String("out")
+			cfg.OnRun = func(r *bench.Results) {
+				if err := r.Write(out); err != nil {
+					fmt.Fprintf(os.Stderr, "bench: write %s: %v\n", out, err)
+				}
 			}
 			for _, m := range cfg.Methods {
 				if !slices.Contains(bench.AllMethods, m) {

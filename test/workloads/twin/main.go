@@ -40,6 +40,7 @@ func main() {
 	flag.BoolVar(&cfg.Standby, "standby", false, "keep a standby replica from the changelog; take over as -instance-id on SIGUSR1")
 	flag.BoolVar(&cfg.Digest, "digest", false, "compute the state digest after a rebuild or takeover and at exit (status line state_digest)")
 	flag.DurationVar(&cfg.SessionTimeout, "session-timeout", 45*time.Second, "group session timeout")
+	flag.DurationVar(&cfg.TransactionTimeout, "transaction-timeout", 40*time.Second, "producer transaction timeout (a move without hooks must finish within it)")
 	hookSocket := flag.String("hook-socket", kafkahooks.SocketPath(), "kafkahooks socket (empty: no hooks)")
 	gogc := flag.Int("gogc", 25, "Go GC target percentage unless $GOGC is set: the state is one pointer-free arena, cheap to scan, and a low target keeps the heap (what CRIU dumps) near the state")
 	flag.Parse()

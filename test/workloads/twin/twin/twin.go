@@ -67,6 +67,10 @@ type Config struct {
 	Digest bool
 	// SessionTimeout is the group session timeout. Default 45s.
 	SessionTimeout time.Duration
+	// TransactionTimeout is the producer's transaction timeout. Default: kgo's (40s). A move
+	// without the hooks (frozen with a transaction open) must finish within it, or the
+	// coordinator aborts the transaction and the restored twin is fenced.
+	TransactionTimeout time.Duration
 	// MaxPollRecords bounds a batch (a transaction). Default 500.
 	MaxPollRecords int
 	// Instance names this process in the outputs. Default $FTWIN_HOST, or the host name.
@@ -168,18 +172,19 @@ func New(cfg Config) (*Twin, error) {
 	}
 	t := &Twin{cfg: cfg, state: st}
 	lc := kafkahooks.LoopConfig{
-		Brokers:        cfg.Brokers,
-		Group:          cfg.Group,
-		Topics:         []string{cfg.In},
-		InstanceID:     cfg.InstanceID,
-		SessionTimeout: cfg.SessionTimeout,
-		MaxPollRecords: cfg.MaxPollRecords,
-		Dialer:         cfg.Dialer,
-		Opts:           cfg.KgoOpts,
-		Handle:         t.handle,
-		BeforeConsume:  t.beforeConsume,
-		OnAborted:      st.Aborted,
-		Logf:           cfg.Logf,
+		Brokers:            cfg.Brokers,
+		Group:              cfg.Group,
+		Topics:             []string{cfg.In},
+		InstanceID:         cfg.InstanceID,
+		SessionTimeout:     cfg.SessionTimeout,
+		TransactionTimeout: cfg.TransactionTimeout,
+		MaxPollRecords:     cfg.MaxPollRecords,
+		Dialer:             cfg.Dialer,
+		Opts:               cfg.KgoOpts,
+		Handle:             t.handle,
+		BeforeConsume:      t.beforeConsume,
+		OnAborted:          st.Aborted,
+		Logf:               cfg.Logf,
 	}
 	if cfg.Transactional {
 		lc.TransactionalID = TransactionalID(cfg.InstanceID)

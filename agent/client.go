@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"time"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -132,10 +133,34 @@ func (s *SessionClient) Verify(ctx context.Context) (VerifyResult, error) {
 	return res, err
 }
 
-// Hook relays op (resume or status) to the restored container's application hook and
-// decodes its JSON answer into out.
-func (s *SessionClient) Hook(ctx context.Context, op string, out any) error {
-	return s.c.do(ctx, http.MethodPost, s.path("/hook/"+op), nil, out)
+// HookTransport returns an http.RoundTripper whose requests reach the restored container's
+// application hook through the agent's relay: METHOD /PATH goes to the hook as it is, and the
+// hook's answer comes back as it is. An error of the relay itself (no such session, nothing
+// restored, hook unreachable) is returned as a *RemoteError.
+func (s *SessionClient) HookTransport() http.RoundTripper { return relayTransport{s} }
+
+type relayTransport struct{ s *SessionClient }
+
+func (t relayTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	out, err := http.NewRequestWithContext(req.Context(), req.Method, t.s.c.base+t.s.path("/hook"+req.URL.Path), req.Body)
+	if err != nil {
+		return nil, err
+	}
+	for k, v := range req.Header {
+		if strings.HasPrefix(k, HookHeaderPrefix) {
+			out.Header[k] = v
+		}
+	}
+	out.Header.Set(ProtocolHeader, strconv.Itoa(ProtocolVersion))
+	resp, err := t.s.c.hc.Do(out)
+	if err != nil {
+		return nil, fmt.Errorf("agent %s unreachable or refused the connection: %w", t.s.c.host, err)
+	}
+	if resp.Header.Get(RelayHeader) == "" {
+		defer resp.Body.Close()
+		return nil, t.s.c.remoteError(resp)
+	}
+	return resp, nil
 }
 
 // Commit tells the agent the migration is final.
@@ -181,12 +206,7 @@ func (c *Client) do(ctx context.Context, method, path string, body io.Reader, ou
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode/100 != 2 {
-		var eb errorBody
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-		if json.Unmarshal(b, &eb) != nil || eb.Error == "" {
-			eb.Error = fmt.Sprintf("%s: %s", resp.Status, bytes.TrimSpace(b))
-		}
-		return &RemoteError{Host: c.host, Status: resp.StatusCode, Message: eb.Error}
+		return c.remoteError(resp)
 	}
 	if v := resp.Header.Get(ProtocolHeader); v != "" && v != strconv.Itoa(ProtocolVersion) {
 		return fmt.Errorf("agent %s answered with protocol %s, this migrator speaks %d", c.host, v, ProtocolVersion)
@@ -199,6 +219,16 @@ func (c *Client) do(ctx context.Context, method, path string, body io.Reader, ou
 		return fmt.Errorf("agent %s: bad answer to %s %s: %w", c.host, method, path, err)
 	}
 	return nil
+}
+
+// remoteError reads the agent's error answer.
+func (c *Client) remoteError(resp *http.Response) error {
+	var eb errorBody
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	if json.Unmarshal(b, &eb) != nil || eb.Error == "" {
+		eb.Error = fmt.Sprintf("%s: %s", resp.Status, bytes.TrimSpace(b))
+	}
+	return &RemoteError{Host: c.host, Status: resp.StatusCode, Message: eb.Error}
 }
 
 type countReader struct {

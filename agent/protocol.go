@@ -15,7 +15,7 @@
 //	PUT  /v1/sessions/{id}/criu-image   body: zstd stream of a tar of the CRIU image directory → ImageReceived
 //	POST /v1/sessions/{id}/restore      RestoreRequest → RestoreResult
 //	POST /v1/sessions/{id}/verify       → VerifyResult
-//	POST /v1/sessions/{id}/hook/{op}    relays op (resume, status) to the restored container's hook
+//	*    /v1/sessions/{id}/hook/{path}  relays METHOD /{path} to the restored container's hook socket
 //	POST /v1/sessions/{id}/commit
 //	POST /v1/sessions/{id}/abort
 //	GET  /v1/containers/{namespace}/{id}          ContainerState (for recovery after a crashed migrator)
@@ -61,17 +61,17 @@ const (
 type SessionRequest struct {
 	Namespace string `json:"namespace"`
 	Container string `json:"container"`
-	// CheckpointRef is the name the checkpoint image will have on the target.
-	CheckpointRef string `json:"checkpoint_ref"`
-	// TCP is TCPClose or TCPEstablished.
-	TCP string `json:"tcp"`
+	// TCP is TCPClose or TCPEstablished ("" means TCPClose).
+	TCP restore.TCPMode `json:"tcp"`
 	// Probe, if set, is an http:// URL the agent GETs from the target host to verify the
 	// restored container (2xx is healthy).
 	Probe string `json:"probe,omitempty"`
-	// SourceHost names the source, for the agent's logs.
+	// SourceHost is what the source calls itself; the agent logs it beside the name in the
+	// source's certificate, which is the one it trusts.
 	SourceHost string `json:"source_host"`
 	// HookSocket, if set, is the path inside the container of the application's migration hook
-	// (a Unix socket speaking the kafkahooks protocol); POST .../hook/{op} reaches it.
+	// (a Unix socket serving HTTP, see package hooksock): a clean absolute path. Requests to
+	// .../hook/{path} reach it.
 	HookSocket string `json:"hook_socket,omitempty"`
 }
 
@@ -108,12 +108,27 @@ type VerifyResult struct {
 	Probe   string `json:"probe,omitempty"` // outcome of the health probe, if any
 }
 
+// RelayHeader marks an answer that comes from the restored container's hook, relayed as it is;
+// an answer without it is the agent's own (an error of the relay).
+const RelayHeader = "Ftwin-Relay"
+
+// HookHeaderPrefix names the headers the relay passes through in both directions.
+const HookHeaderPrefix = "Ftwin-Hook-"
+
 type errorBody struct {
 	Error string `json:"error"`
 }
 
 // CommittedLabel marks a container the agent committed a migration of (its value: the session).
 const CommittedLabel = "ftwin-migrate.dev/committed"
+
+// RestoredForLabel marks a container the agent restored, with the name (from its certificate)
+// of the peer it restored it for: only that peer may ask about it or undo it.
+const RestoredForLabel = "ftwin-migrate.dev/restored-for"
+
+// CheckpointPrefix starts the names of the checkpoint images the agent registers; it names
+// them itself (CheckpointPrefix + session id) and never updates an existing image.
+const CheckpointPrefix = "ftwin-migrate.dev/received/"
 
 // ContainerState is what the agent knows of a container, for a migrator recovering from a crash.
 type ContainerState struct {

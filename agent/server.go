@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -15,21 +16,23 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
-	"github.com/containerd/containerd"
-	"github.com/containerd/containerd/images"
-	"github.com/containerd/containerd/leases"
-	"github.com/containerd/containerd/namespaces"
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/images"
+	"github.com/containerd/containerd/v2/core/leases"
+	"github.com/containerd/containerd/v2/pkg/identifiers"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"golang.org/x/sys/unix"
 
-	"github.com/ftwin-migrate/ftwin-migrate/kafkahooks"
+	"github.com/ftwin-migrate/ftwin-migrate/hooksock"
 	"github.com/ftwin-migrate/ftwin-migrate/pki"
 	"github.com/ftwin-migrate/ftwin-migrate/restore"
 	"github.com/ftwin-migrate/ftwin-migrate/transfer"
@@ -53,6 +56,17 @@ type Config struct {
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 	// SessionTimeout aborts a session idle this long. Default 2 minutes.
 	SessionTimeout time.Duration
+	// Namespaces are the containerd namespaces the agent restores into and answers about.
+	// Empty: any.
+	Namespaces []string
+	// Policy is what a restored container's spec may ask for (see Policy); the zero Policy
+	// allows only an unprivileged container with namespaces of its own.
+	Policy Policy
+	// Runtime is the runtime restored containers run under, whatever the checkpoint names:
+	// the target's choice, not the peer's. Default io.containerd.runc.v2 with no options.
+	Runtime string
+	// MaxSessions and MaxSessionsPerPeer cap open sessions. Defaults 32 and 4.
+	MaxSessions, MaxSessionsPerPeer int
 	// Log receives the agent's log. Default: slog.Default().
 	Log *slog.Logger
 }
@@ -64,11 +78,18 @@ type Agent struct {
 	sessions map[string]*session
 	stop     chan struct{}
 	stopOnce sync.Once
+	// taskPid finds a restored container's task: containerTaskPid, but for tests.
+	taskPid func(ctx context.Context, id string) (uint32, error)
 }
 
 type session struct {
 	SessionRequest
 	id       string
+	peer     string // the name in the certificate of the peer that opened it
+	ref      string // the checkpoint image's name, CheckpointPrefix + id
+	verified bool   // the agent's own verify passed since the last restore
+	ctx      context.Context
+	cancel   context.CancelFunc // ends the session's requests in flight (abort)
 	lease    string
 	lastUsed time.Time
 	restored bool
@@ -101,7 +122,17 @@ func New(cfg Config) (*Agent, error) {
 		var d net.Dialer
 		cfg.Dial = d.DialContext
 	}
+	if cfg.Runtime == "" {
+		cfg.Runtime = "io.containerd.runc.v2"
+	}
+	if cfg.MaxSessions == 0 {
+		cfg.MaxSessions = 32
+	}
+	if cfg.MaxSessionsPerPeer == 0 {
+		cfg.MaxSessionsPerPeer = 4
+	}
 	a := &Agent{cfg: cfg, sessions: map[string]*session{}, stop: make(chan struct{})}
+	a.taskPid = a.containerTaskPid
 	if err := a.dropStaleSessions(context.Background()); err != nil {
 		return nil, err
 	}
@@ -170,14 +201,11 @@ func (a *Agent) Handler() http.Handler {
 	mux.HandleFunc("PUT /v1/sessions/{id}/criu-image", a.withSession(a.putImage))
 	mux.HandleFunc("POST /v1/sessions/{id}/restore", a.withSession(a.restore))
 	mux.HandleFunc("POST /v1/sessions/{id}/verify", a.withSession(a.verify))
-	mux.HandleFunc("POST /v1/sessions/{id}/hook/{op}", a.withSession(a.hook))
+	mux.HandleFunc("/v1/sessions/{id}/hook/{path...}", a.withSession(a.hookRelay))
 	mux.HandleFunc("POST /v1/sessions/{id}/commit", a.withSession(a.commit))
 	mux.HandleFunc("GET /v1/containers/{namespace}/{id}", a.containerState)
 	mux.HandleFunc("POST /v1/containers/{namespace}/{id}/abort", a.abortContainer)
-	mux.HandleFunc("POST /v1/sessions/{id}/abort", func(w http.ResponseWriter, r *http.Request) {
-		a.abort(r.Context(), r.PathValue("id"), "aborted by the migrator")
-		w.WriteHeader(http.StatusNoContent)
-	})
+	mux.HandleFunc("POST /v1/sessions/{id}/abort", a.abortSession)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set(ProtocolHeader, strconv.Itoa(ProtocolVersion))
 		if v := r.Header.Get(ProtocolHeader); v != strconv.Itoa(ProtocolVersion) {
@@ -220,7 +248,7 @@ func (a *Agent) cpuinfoCheck(w http.ResponseWriter, r *http.Request) {
 	defer os.RemoveAll(dir)
 	f, err := os.Create(filepath.Join(dir, "cpuinfo.img"))
 	if err == nil {
-		_, err = io.Copy(f, io.LimitReader(r.Body, 1<<20))
+		_, err = io.Copy(f, http.MaxBytesReader(w, r.Body, maxRequestBody))
 		f.Close()
 	}
 	if err != nil {
@@ -235,45 +263,110 @@ func (a *Agent) cpuinfoCheck(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
+// maxRequestBody bounds the JSON bodies of requests.
+const maxRequestBody = 1 << 20
+
 func (a *Agent) open(w http.ResponseWriter, r *http.Request) {
+	peer := pki.PeerName(r.TLS)
+	if peer == "" {
+		writeError(w, http.StatusForbidden, errors.New("no verified client certificate: the agent only serves peers of its CA"))
+		return
+	}
 	var req SessionRequest
-	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxRequestBody)).Decode(&req); err != nil {
 		writeError(w, http.StatusBadRequest, fmt.Errorf("bad session request: %w", err))
 		return
 	}
-	if req.Namespace == "" || req.Container == "" || req.CheckpointRef == "" {
-		writeError(w, http.StatusBadRequest, errors.New("session request needs namespace, container and checkpoint_ref"))
+	if req.Namespace == "" || req.Container == "" {
+		writeError(w, http.StatusBadRequest, errors.New("session request needs namespace and container"))
 		return
 	}
-	switch req.TCP {
-	case "":
-		req.TCP = TCPClose
-	case TCPClose, TCPEstablished:
-	default:
-		writeError(w, http.StatusBadRequest, fmt.Errorf("tcp mode %q: want %q or %q", req.TCP, TCPClose, TCPEstablished))
+	if err := identifiers.Validate(req.Container); err != nil {
+		writeError(w, http.StatusBadRequest, fmt.Errorf("container id: %w", err))
 		return
+	}
+	if err := a.servesNamespace(req.Namespace); err != nil {
+		writeError(w, http.StatusForbidden, err)
+		return
+	}
+	var err error
+	if req.TCP, err = restore.ParseTCPMode(string(req.TCP)); err != nil {
+		writeError(w, http.StatusBadRequest, err)
+		return
+	}
+	if req.HookSocket != "" {
+		if err := hooksock.CheckSocket(req.HookSocket); err != nil {
+			writeError(w, http.StatusBadRequest, err)
+			return
+		}
 	}
 	ctx := namespaces.WithNamespace(r.Context(), req.Namespace)
 	if _, err := a.cfg.Client.LoadContainer(ctx, req.Container); err == nil {
 		writeError(w, http.StatusConflict, fmt.Errorf("container %q already exists on %s in namespace %s", req.Container, a.cfg.Host, req.Namespace))
 		return
 	}
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	s := &session{SessionRequest: req, id: hex.EncodeToString(b[:]), peer: peer, lastUsed: time.Now()}
+	s.ref = CheckpointPrefix + s.id
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	if err := a.admit(s); err != nil {
+		s.cancel()
+		writeError(w, http.StatusTooManyRequests, err)
+		return
+	}
 	l, err := a.cfg.Client.LeasesService().Create(ctx, leases.WithRandomID(), leases.WithExpiration(a.cfg.SessionTimeout+time.Hour),
 		leases.WithLabels(map[string]string{sessionLabel: req.Container}))
 	if err != nil {
+		a.drop(s.id)
 		writeError(w, http.StatusInternalServerError, fmt.Errorf("take a containerd lease: %w", err))
 		return
 	}
-	var b [8]byte
-	_, _ = rand.Read(b[:])
-	s := &session{SessionRequest: req, id: hex.EncodeToString(b[:]), lease: l.ID, lastUsed: time.Now()}
-	a.mu.Lock()
-	a.sessions[s.id] = s
-	a.mu.Unlock()
-	a.cfg.Log.Info("session opened", "session", s.id, "container", req.Container, "from", req.SourceHost)
+	s.lease = l.ID
+	a.cfg.Log.Info("session opened", "session", s.id, "container", req.Container, "peer", peer, "declared_source", req.SourceHost)
 	writeJSON(w, Session{ID: s.id, Timeout: a.cfg.SessionTimeout})
 }
 
+// servesNamespace refuses a namespace the agent was not configured to serve.
+func (a *Agent) servesNamespace(ns string) error {
+	if len(a.cfg.Namespaces) == 0 || slices.Contains(a.cfg.Namespaces, ns) {
+		return nil
+	}
+	return fmt.Errorf("namespace %q is not served by the agent on %s (it serves %v)", ns, a.cfg.Host, a.cfg.Namespaces)
+}
+
+// admit registers s unless the session caps are reached.
+func (a *Agent) admit(s *session) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	mine := 0
+	for _, o := range a.sessions {
+		if o.peer == s.peer {
+			mine++
+		}
+	}
+	switch {
+	case len(a.sessions) >= a.cfg.MaxSessions:
+		return fmt.Errorf("the agent on %s has %d sessions open, its limit: try again later", a.cfg.Host, len(a.sessions))
+	case mine >= a.cfg.MaxSessionsPerPeer:
+		return fmt.Errorf("peer %s has %d sessions open on %s, the limit per peer: finish or abort them first", s.peer, mine, a.cfg.Host)
+	}
+	a.sessions[s.id] = s
+	return nil
+}
+
+// drop forgets session id without undoing anything.
+func (a *Agent) drop(id string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if s := a.sessions[id]; s != nil {
+		s.cancel()
+		delete(a.sessions, id)
+	}
+}
+
+// withSession runs h for the session named in the path, if the caller's certificate is the one
+// that opened it. The request's context also ends when the session is aborted.
 func (a *Agent) withSession(h func(context.Context, *session, http.ResponseWriter, *http.Request)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		a.mu.Lock()
@@ -283,18 +376,30 @@ func (a *Agent) withSession(h func(context.Context, *session, http.ResponseWrite
 			writeError(w, http.StatusNotFound, fmt.Errorf("no session %q on %s (aborted, timed out or never opened)", r.PathValue("id"), a.cfg.Host))
 			return
 		}
+		if peer := pki.PeerName(r.TLS); peer != s.peer {
+			writeError(w, http.StatusForbidden, fmt.Errorf("session %s on %s belongs to another peer than %q", s.id, a.cfg.Host, peer))
+			return
+		}
+		rctx, cancel := context.WithCancel(r.Context())
+		defer cancel()
+		stop := context.AfterFunc(s.ctx, cancel)
+		defer stop()
 		s.mu.Lock()
 		defer s.mu.Unlock()
+		if s.ctx.Err() != nil {
+			writeError(w, http.StatusNotFound, fmt.Errorf("session %s on %s was aborted", s.id, a.cfg.Host))
+			return
+		}
 		s.lastUsed = time.Now()
 		defer func() { s.lastUsed = time.Now() }()
-		ctx := leases.WithLease(namespaces.WithNamespace(r.Context(), s.Namespace), s.lease)
+		ctx := leases.WithLease(namespaces.WithNamespace(rctx, s.Namespace), s.lease)
 		h(ctx, s, w, r)
 	}
 }
 
 func (a *Agent) missing(ctx context.Context, _ *session, w http.ResponseWriter, r *http.Request) {
 	var want []ocispec.Descriptor
-	if err := json.NewDecoder(r.Body).Decode(&want); err != nil {
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxRequestBody)).Decode(&want); err != nil {
 		writeError(w, http.StatusBadRequest, err)
 		return
 	}
@@ -328,10 +433,15 @@ func (a *Agent) putBlob(ctx context.Context, _ *session, w http.ResponseWriter, 
 		writeError(w, http.StatusBadRequest, fmt.Errorf("bad size %q", q.Get("size")))
 		return
 	}
+	if free := a.freeBytes(); size > free {
+		writeError(w, http.StatusInsufficientStorage, fmt.Errorf("blob %s of %d MiB does not fit in the %d MiB free on %s", dgst, size>>20, free>>20, a.cfg.Host))
+		return
+	}
 	desc := ocispec.Descriptor{Digest: dgst, Size: size, MediaType: q.Get("mediatype")}
-	receive := func() error { return transfer.Receive(ctx, a.cfg.Client.ContentStore(), desc, r.Body) }
+	body := streamBody(w, r)
+	receive := func() error { return transfer.Receive(ctx, a.cfg.Client.ContentStore(), desc, body) }
 	if dir, ok := transfer.LocalStore(ctx, a.cfg.Client); ok {
-		receive = func() error { return transfer.ReceiveLocal(ctx, dir, a.cfg.Client.ContentStore(), desc, r.Body) }
+		receive = func() error { return transfer.ReceiveLocal(ctx, dir, a.cfg.Client.ContentStore(), desc, body) }
 	}
 	if err := receive(); err != nil {
 		status := http.StatusInternalServerError
@@ -348,7 +458,13 @@ func (a *Agent) putBlob(ctx context.Context, _ *session, w http.ResponseWriter, 
 func (a *Agent) putImage(_ context.Context, s *session, w http.ResponseWriter, r *http.Request) {
 	dir := filepath.Join(a.sessionDir(s.id), "criu-image")
 	_ = os.RemoveAll(dir)
-	sum, err := transfer.ReceiveDir(r.Body, dir)
+	// The image may take what is free, less a margin for the restore itself.
+	budget := a.freeBytes() - 256<<20
+	if budget <= 0 {
+		writeError(w, http.StatusInsufficientStorage, fmt.Errorf("no room for a CRIU image on %s: free some space", a.cfg.Host))
+		return
+	}
+	sum, err := transfer.ReceiveDir(streamBody(w, r), dir, budget)
 	if err != nil {
 		_ = os.RemoveAll(dir)
 		writeError(w, http.StatusUnprocessableEntity, fmt.Errorf("CRIU image rejected: %w", err))
@@ -358,24 +474,63 @@ func (a *Agent) putImage(_ context.Context, s *session, w http.ResponseWriter, r
 	writeJSON(w, ImageReceived{Digest: sum})
 }
 
+// freeBytes is the space free where the agent keeps CRIU images.
+func (a *Agent) freeBytes() int64 {
+	var st unix.Statfs_t
+	if unix.Statfs(a.cfg.WorkDir, &st) != nil {
+		return 0
+	}
+	return int64(st.Bavail) * st.Bsize
+}
+
+// Streams must keep moving: each read deadline is readStall away, and it is extended only
+// after another minProgress bytes arrived, so a trickle (a byte every few seconds) ends the
+// request instead of holding its session for ever.
+const (
+	readStall   = 30 * time.Second
+	minProgress = 64 << 10
+)
+
+// streamBody returns r's body with read deadlines that extend while data flows.
+func streamBody(w http.ResponseWriter, r *http.Request) io.Reader {
+	rc := http.NewResponseController(w)
+	_ = rc.SetReadDeadline(time.Now().Add(readStall))
+	return &progressReader{r: r.Body, rc: rc}
+}
+
+type progressReader struct {
+	r     io.Reader
+	rc    *http.ResponseController
+	since int64
+}
+
+func (p *progressReader) Read(b []byte) (int, error) {
+	n, err := p.r.Read(b)
+	if p.since += int64(n); p.since >= minProgress {
+		p.since = 0
+		_ = p.rc.SetReadDeadline(time.Now().Add(readStall))
+	}
+	return n, err
+}
+
 func (a *Agent) sessionDir(id string) string { return filepath.Join(a.cfg.WorkDir, "sessions", id) }
 
 func (a *Agent) restore(ctx context.Context, s *session, w http.ResponseWriter, r *http.Request) {
 	var req RestoreRequest
-	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxRequestBody)).Decode(&req); err != nil {
 		writeError(w, http.StatusBadRequest, err)
 		return
 	}
+	if s.restored {
+		writeError(w, http.StatusConflict, fmt.Errorf("session %s already restored %s", s.id, s.Container))
+		return
+	}
+	// The agent names the image itself and never updates one: a peer cannot repoint (nor, by
+	// aborting, delete) an image of this host.
 	is := a.cfg.Client.ImageService()
-	img := images.Image{Name: s.CheckpointRef, Target: req.Index}
-	if _, err := is.Create(ctx, img); errdefs.IsAlreadyExists(err) {
-		_, err = is.Update(ctx, img)
-		if err != nil {
-			writeError(w, http.StatusInternalServerError, err)
-			return
-		}
-	} else if err != nil {
-		writeError(w, http.StatusInternalServerError, fmt.Errorf("register checkpoint image: %w", err))
+	img := images.Image{Name: s.ref, Target: req.Index}
+	if _, err := is.Create(ctx, img); err != nil {
+		writeError(w, http.StatusInternalServerError, fmt.Errorf("register checkpoint image %s: %w", s.ref, err))
 		return
 	}
 	tcp, err := restore.WithTCP(s.TCP, a.cfg.WorkDir)
@@ -390,6 +545,10 @@ func (a *Agent) restore(ctx context.Context, s *session, w http.ResponseWriter, 
 	}
 	defer os.RemoveAll(work)
 	opts := []restore.Opt{
+		// The policy sees the spec as the peer sent it, before this host's own edits.
+		restore.WithSpecEdit(a.cfg.Policy.Check),
+		restore.WithRuntime(a.cfg.Runtime),
+		restore.WithLabels(map[string]string{RestoredForLabel: s.peer}),
 		restore.WithLogFile(a.LogPath(s.Namespace, s.Container)),
 		restore.WithCRIUWorkPath(work),
 		tcp,
@@ -404,51 +563,85 @@ func (a *Agent) restore(ctx context.Context, s *session, w http.ResponseWriter, 
 	if a.cfg.RestoreOpts != nil {
 		opts = append(opts, a.cfg.RestoreOpts(s.SessionRequest)...)
 	}
-	res, err := restore.Restore(ctx, a.cfg.Client, s.Container, s.CheckpointRef, opts...)
+	res, err := restore.Restore(ctx, a.cfg.Client, s.Container, s.ref, opts...)
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, err)
+		status := http.StatusInternalServerError
+		if errors.Is(err, errPolicy) {
+			status = http.StatusForbidden
+		}
+		writeError(w, status, err)
 		return
 	}
-	s.restored = true
+	s.restored, s.verified = true, false
 	a.cfg.Log.Info("restored", "session", s.id, "container", s.Container, "in", res.Duration)
 	writeJSON(w, RestoreResult{Duration: res.Duration, Pid: res.Task.Pid(), CRIU: res.CRIU})
 }
 
-// hook relays a request to the restored container's application hook, through the task's
-// root (/proc/PID/root/SOCKET): no port is published on the host.
-func (a *Agent) hook(ctx context.Context, s *session, w http.ResponseWriter, r *http.Request) {
-	op := r.PathValue("op")
-	if op != "resume" && op != "status" {
-		writeError(w, http.StatusBadRequest, fmt.Errorf("hook operation %q: want resume or status", op))
-		return
-	}
+// hookRelay relays a request to the restored container's application hook, through the
+// task's root (/proc/PID/root/SOCKET): no port is published on the host. The method, the path
+// below .../hook, the headers named Ftwin-Hook-* and the body (at most hooksock.MaxAnswer
+// bytes) go to the hook as they are, and its answer comes back as it is, marked with
+// RelayHeader. The agent knows nothing of the hook's protocol.
+func (a *Agent) hookRelay(ctx context.Context, s *session, w http.ResponseWriter, r *http.Request) {
 	if s.HookSocket == "" || !s.restored {
 		writeError(w, http.StatusConflict, errors.New("no hook to reach: the session named no hook socket, or nothing was restored yet"))
 		return
 	}
-	c, err := a.cfg.Client.LoadContainer(ctx, s.Container)
-	var t containerd.Task
-	if err == nil {
-		t, err = c.Task(ctx, nil)
-	}
+	pid, err := a.taskPid(ctx, s.Container)
 	if err != nil {
 		writeError(w, http.StatusConflict, fmt.Errorf("restored container %s has no task: %w", s.Container, err))
 		return
 	}
-	hook := kafkahooks.Dial(HookSocketPath(t.Pid(), s.HookSocket))
-	var out any
-	if op == "resume" {
-		var offs kafkahooks.Offsets
-		offs, err = hook.Resume(ctx)
-		out = HookResumed{Offsets: offs}
-	} else {
-		out, err = hook.Status(ctx)
+	sock, err := hooksock.Path(pid, s.HookSocket)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err)
+		return
 	}
+	body, err := io.ReadAll(io.LimitReader(r.Body, hooksock.MaxAnswer+1))
+	if err == nil && len(body) > hooksock.MaxAnswer {
+		err = fmt.Errorf("more than %d bytes", hooksock.MaxAnswer)
+	}
+	if err != nil {
+		writeError(w, http.StatusBadRequest, fmt.Errorf("hook request body: %w", err))
+		return
+	}
+	req, err := http.NewRequestWithContext(ctx, r.Method, "http://ftwin-hook/"+r.PathValue("path"), bytes.NewReader(body))
+	if err != nil {
+		writeError(w, http.StatusBadRequest, fmt.Errorf("hook request: %w", err))
+		return
+	}
+	for k, v := range r.Header {
+		if strings.HasPrefix(k, HookHeaderPrefix) {
+			req.Header[k] = v
+		}
+	}
+	resp, err := (&hooksock.Transport{Path: sock}).RoundTrip(req)
 	if err != nil {
 		writeError(w, http.StatusBadGateway, fmt.Errorf("hook of %s on %s: %w", s.Container, a.cfg.Host, err))
 		return
 	}
-	writeJSON(w, out)
+	defer resp.Body.Close()
+	for k, v := range resp.Header {
+		if strings.HasPrefix(k, HookHeaderPrefix) || k == "Content-Type" {
+			w.Header()[k] = v
+		}
+	}
+	w.Header().Set(RelayHeader, "hook")
+	w.WriteHeader(resp.StatusCode)
+	_, _ = io.Copy(w, resp.Body)
+}
+
+// containerTaskPid returns the pid of container id's task in this host's containerd.
+func (a *Agent) containerTaskPid(ctx context.Context, id string) (uint32, error) {
+	c, err := a.cfg.Client.LoadContainer(ctx, id)
+	if err != nil {
+		return 0, err
+	}
+	t, err := c.Task(ctx, nil)
+	if err != nil {
+		return 0, err
+	}
+	return t.Pid(), nil
 }
 
 func (a *Agent) verify(ctx context.Context, s *session, w http.ResponseWriter, r *http.Request) {
@@ -474,6 +667,7 @@ func (a *Agent) verify(ctx context.Context, s *session, w http.ResponseWriter, r
 		}
 		res.Probe = "ok"
 	}
+	s.verified = true
 	writeJSON(w, res)
 }
 
@@ -503,8 +697,8 @@ func (a *Agent) probe(ctx context.Context, url string) error {
 }
 
 func (a *Agent) commit(ctx context.Context, s *session, w http.ResponseWriter, r *http.Request) {
-	if !s.restored {
-		writeError(w, http.StatusConflict, errors.New("nothing to commit: the container was not restored"))
+	if !s.restored || !s.verified {
+		writeError(w, http.StatusConflict, fmt.Errorf("nothing to commit: %s was not restored and verified in session %s", s.Container, s.id))
 		return
 	}
 	bg := namespaces.WithNamespace(context.WithoutCancel(ctx), s.Namespace)
@@ -517,11 +711,9 @@ func (a *Agent) commit(ctx context.Context, s *session, w http.ResponseWriter, r
 		writeError(w, http.StatusInternalServerError, fmt.Errorf("mark %s committed: %w", s.Container, err))
 		return
 	}
-	a.mu.Lock()
-	delete(a.sessions, s.id)
-	a.mu.Unlock()
+	a.drop(s.id)
 	// The container holds its snapshot; the CRIU image is no longer needed.
-	_ = a.cfg.Client.ImageService().Delete(bg, s.CheckpointRef)
+	_ = a.cfg.Client.ImageService().Delete(bg, s.ref)
 	_ = a.cfg.Client.LeasesService().Delete(bg, leases.Lease{ID: s.lease})
 	_ = os.RemoveAll(a.sessionDir(s.id))
 	a.cfg.Log.Info("committed", "session", s.id, "container", s.Container)
@@ -540,14 +732,48 @@ func (a *Agent) sessionFor(ns, id string) *session {
 	return nil
 }
 
+// peerContainer checks that the caller may ask about container id in ns: the agent serves the
+// namespace, and the container, if there, was restored here for this caller. It returns the
+// caller's name, the open session restoring the container (nil if none, or another peer's) and
+// the container (nil if absent).
+func (a *Agent) peerContainer(ctx context.Context, ns, id, peer string) (*session, containerd.Container, error) {
+	if peer == "" {
+		return nil, nil, errors.New("no verified client certificate")
+	}
+	if err := a.servesNamespace(ns); err != nil {
+		return nil, nil, err
+	}
+	s := a.sessionFor(ns, id)
+	if s != nil && s.peer != peer {
+		return nil, nil, fmt.Errorf("%s is being restored on %s for another peer", id, a.cfg.Host)
+	}
+	c, err := a.cfg.Client.LoadContainer(ctx, id)
+	if err != nil {
+		return s, nil, nil
+	}
+	labels, err := c.Labels(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	if labels[RestoredForLabel] != peer {
+		return nil, nil, fmt.Errorf("%s on %s was not restored here for %s", id, a.cfg.Host, peer)
+	}
+	return s, c, nil
+}
+
 func (a *Agent) containerState(w http.ResponseWriter, r *http.Request) {
 	ns, id := r.PathValue("namespace"), r.PathValue("id")
 	ctx := namespaces.WithNamespace(r.Context(), ns)
+	s, c, err := a.peerContainer(ctx, ns, id, pki.PeerName(r.TLS))
+	if err != nil {
+		writeError(w, http.StatusForbidden, err)
+		return
+	}
 	var st ContainerState
-	if s := a.sessionFor(ns, id); s != nil {
+	if s != nil {
 		st.Session = s.id
 	}
-	if c, err := a.cfg.Client.LoadContainer(ctx, id); err == nil {
+	if c != nil {
 		st.Exists = true
 		if labels, err := c.Labels(ctx); err == nil {
 			st.Committed = labels[CommittedLabel] != ""
@@ -561,18 +787,23 @@ func (a *Agent) containerState(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, st)
 }
 
-// abortContainer undoes an uncommitted migration of a container: its open session is aborted,
-// or, with no session (the agent restarted), an uncommitted restored copy is removed.
+// abortContainer undoes an uncommitted migration of a container for the peer it was restored
+// for: its open session is aborted, or, with no session (the agent restarted), the uncommitted
+// restored copy is removed.
 func (a *Agent) abortContainer(w http.ResponseWriter, r *http.Request) {
 	ns, id := r.PathValue("namespace"), r.PathValue("id")
-	if s := a.sessionFor(ns, id); s != nil {
+	ctx := namespaces.WithNamespace(r.Context(), ns)
+	s, c, err := a.peerContainer(ctx, ns, id, pki.PeerName(r.TLS))
+	if err != nil {
+		writeError(w, http.StatusForbidden, err)
+		return
+	}
+	if s != nil {
 		a.abort(r.Context(), s.id, "aborted by a recovering migrator")
 		w.WriteHeader(http.StatusNoContent)
 		return
 	}
-	ctx := namespaces.WithNamespace(r.Context(), ns)
-	c, err := a.cfg.Client.LoadContainer(ctx, id)
-	if err != nil {
+	if c == nil {
 		w.WriteHeader(http.StatusNoContent) // nothing here
 		return
 	}
@@ -590,6 +821,20 @@ func (a *Agent) abortContainer(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
+// abortSession aborts a session of the caller's; a session already gone is no error.
+func (a *Agent) abortSession(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	a.mu.Lock()
+	s := a.sessions[id]
+	a.mu.Unlock()
+	if s != nil && s.peer != pki.PeerName(r.TLS) {
+		writeError(w, http.StatusForbidden, fmt.Errorf("session %s on %s belongs to another peer", id, a.cfg.Host))
+		return
+	}
+	a.abort(r.Context(), id, "aborted by the migrator")
+	w.WriteHeader(http.StatusNoContent)
+}
+
 // abort removes everything session id made: the restored container and task, the checkpoint
 // image and (through the lease) every blob received.
 func (a *Agent) abort(ctx context.Context, id, why string) {
@@ -600,6 +845,8 @@ func (a *Agent) abort(ctx context.Context, id, why string) {
 	if s == nil {
 		return
 	}
+	// End the session's requests in flight (a stalled upload, say) instead of waiting for them.
+	s.cancel()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	ctx = namespaces.WithNamespace(context.WithoutCancel(ctx), s.Namespace)
@@ -609,7 +856,7 @@ func (a *Agent) abort(ctx context.Context, id, why string) {
 		}
 		_ = c.Delete(ctx, containerd.WithSnapshotCleanup)
 	}
-	_ = a.cfg.Client.ImageService().Delete(ctx, s.CheckpointRef)
+	_ = a.cfg.Client.ImageService().Delete(ctx, s.ref)
 	_ = a.cfg.Client.LeasesService().Delete(ctx, leases.Lease{ID: s.lease}, leases.SynchronousDelete)
 	_ = os.RemoveAll(a.sessionDir(id))
 	a.cfg.Log.Info("session aborted", "session", id, "container", s.Container, "why", why)

@@ -14,12 +14,12 @@ import (
 	"time"
 
 	"github.com/checkpoint-restore/go-criu/v7/stats"
-	"github.com/containerd/containerd"
-	"github.com/containerd/containerd/containers"
-	"github.com/containerd/containerd/content"
-	"github.com/containerd/containerd/images"
-	"github.com/containerd/containerd/protobuf"
-	"github.com/containerd/containerd/runtime/v2/runc/options"
+	"github.com/containerd/containerd/api/types/runc/options"
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/containers"
+	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/containerd/v2/core/images"
+	"github.com/containerd/typeurl/v2"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"google.golang.org/protobuf/proto"
@@ -142,7 +142,7 @@ func withRuncOptions(cfg config) containerd.CheckpointOpts {
 // withSpec records the container's spec in the checkpoint index, as containerd does when it
 // packs the CRIU image into its content store.
 func withSpec(ctx context.Context, client *containerd.Client, c *containers.Container, index *ocispec.Index, _ *options.CheckpointOptions) error {
-	data, err := proto.Marshal(protobuf.FromAny(c.Spec))
+	data, err := proto.Marshal(typeurl.MarshalProto(c.Spec))
 	if err != nil {
 		return fmt.Errorf("encode the container's spec: %w", err)
 	}

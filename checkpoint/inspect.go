@@ -9,7 +9,7 @@ import (
 	"text/tabwriter"
 
 	"github.com/checkpoint-restore/go-criu/v7/stats"
-	"github.com/containerd/containerd/content"
+	"github.com/containerd/containerd/v2/core/content"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 

@@ -24,7 +24,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/containerd/containerd"
+	containerd "github.com/containerd/containerd/v2/client"
 )
 
 // Config describes one daemon.
@@ -95,8 +95,8 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 		args = append([]string{"nsenter", "--net=" + cfg.NetNS, "--"}, args...)
 	}
 	cmd := exec.Command(args[0], args[1:]...)
-	// containerd 1.7 unpacks a checkpoint it restores from its content store into a temporary
-	// directory under $XDG_RUNTIME_DIR (else /tmp) and never removes it: keep those in the
+	// containerd unpacks a checkpoint it restores from its content store into a temporary
+	// directory under $XDG_RUNTIME_DIR (else /tmp) and never removed it (1.7): keep those in the
 	// daemon's directory, which goes with the daemon.
 	cmd.Env = append(append(os.Environ(), "XDG_RUNTIME_DIR="+filepath.Join(cfg.Dir, "tmp")), cfg.Env...)
 	cmd.Stdout, cmd.Stderr = logf, logf
@@ -294,10 +294,11 @@ func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''
 
 func configTOML(dir string) string {
 	return fmt.Sprintf(`# Written by ftwin-migrate (package ctrd). One private daemon per simulated host.
-version = 2
+version = 3
 root = %[1]q
 state = "/run/containerd"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
+# No Kubernetes here: the CRI plugins would only slow the start and watch for pods.
+disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.images", "io.containerd.cri.v1.runtime", "io.containerd.podsandbox.controller.v1.podsandbox"]
 
 [grpc]
   address = %[2]q

@@ -11,7 +11,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/containerd/containerd"
+	containerd "github.com/containerd/containerd/v2/client"
 	"golang.org/x/sys/unix"
 )
 
@@ -41,6 +41,11 @@ func containerdBinaryCheck(ctx context.Context) Check {
 		return row
 	}
 	row.Status, row.Detail = OK, out+" at "+path
+	if v, err := parseVersion(out); err == nil && v.less(version{2, 0, 0}) {
+		row.Status = Warn
+		row.Detail += ": the 1.x line is out of support (1.7 ended in September 2026); ftwin-migrate is tested on containerd 2.3"
+		row.Fix = fixInstall
+	}
 	return row
 }
 
@@ -51,7 +56,7 @@ func containerdDaemonCheck(ctx context.Context, addr string, requested bool) Che
 	v, err := containerdVersion(ctx, addr)
 	switch {
 	case err == nil:
-		row.Status, row.Detail = OK, fmt.Sprintf("%s: containerd %s (revision %s)", addr, v.Version, v.Revision)
+		row.Status, row.Detail = OK, fmt.Sprintf("%s: containerd %s (revision %s)", addr, strings.TrimPrefix(v.Version, "v"), v.Revision)
 	case requested:
 		row.Status, row.Detail = Fail, fmt.Sprintf("no daemon at %s (%v)", addr, err)
 		row.Fix = "start containerd there (`containerd --address " + addr + "`) or give the address of the one that runs"

@@ -3,7 +3,8 @@
 #
 #   criu >= 4.2      (Debian forky; bookworm's 3.17 and trixie's 4.1 cannot run here, see
 #                     ../shared/ENVIRONMENT.md)
-#   containerd 1.7, runc (Debian trixie)
+#   containerd 2.3 LTS (built from its Go module into /usr/local/bin; Debian has no 2.3),
+#   runc >= 1.2 (Debian forky's 1.3)
 #   iptables         (CRIU's network lock), iproute2 (lab networking), util-linux (nsenter/unshare)
 #   Apache Kafka 4.x (KRaft broker classpath assembled from Maven Central into $FTWIN_KAFKA_HOME)
 #
@@ -12,7 +13,12 @@
 set -euo pipefail
 
 CRIU_MIN="4.2"
-CONTAINERD_SERIES="1.7"
+# containerd 2.3 is the long-term-support line (supported to 2028; 1.7 ended in September 2026).
+# Debian forky's 2.1 is past its end of life, so the daemon and its runc shim are built from the
+# containerd Go module at this exact version (the module proxy serves it; CGO off, no btrfs).
+CONTAINERD_VERSION="2.3.7"
+CONTAINERD_BIN="${FTWIN_CONTAINERD_BIN:-/usr/local/bin}"
+RUNC_MIN="1.2"
 KAFKA_VERSION="$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$(dirname "$0")/kafka/pom.xml")"
 FTWIN_KAFKA_HOME="${FTWIN_KAFKA_HOME:-/opt/ftwin-migrate/kafka-${KAFKA_VERSION}}"
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -25,7 +31,9 @@ version_ge() { [ "$(printf '%s\n%s\n' "$2" "$1" | sort -V | head -n1)" = "$2" ];
 [ "$(id -u)" = 0 ] || die "must run as root (installs Debian packages)"
 
 criu_version()       { criu --version 2>/dev/null | sed -n 's/^Version: *//p' | head -n1; }
-containerd_version() { containerd --version 2>/dev/null | awk '{print $3}' | sed 's/^v//'; }
+containerd_version() { "$CONTAINERD_BIN/containerd" --version 2>/dev/null | awk '{print $3}' | sed 's/^v//; s/+.*//'; }
+shim_version()       { "$CONTAINERD_BIN/containerd-shim-runc-v2" -v 2>/dev/null | sed -n 's/^ *Version: *v\{0,1\}//p' | sed 's/+.*//' | head -n1; }
+runc_version()       { runc --version 2>/dev/null | sed -n 's/^runc version //p' | head -n1; }
 
 APT_UPDATED=0
 apt_update_once() {
@@ -89,14 +97,30 @@ if [ -z "$v" ] || ! version_ge "$v" "$CRIU_MIN"; then
   apt_install -t forky criu
 fi
 
-# 4. containerd 1.7 and runc from trixie.
-v="$(containerd_version || true)"
-case "$v" in
-  "$CONTAINERD_SERIES".*) ;;
-  *) log "installing containerd $CONTAINERD_SERIES and runc (found: ${v:-none})"
-     apt_install -t trixie containerd runc ;;
-esac
-command -v runc >/dev/null || { log "installing runc"; apt_install -t trixie runc; }
+# 4. runc >= 1.2 from forky (1.1 cannot join the time namespace CRIU restores into), and
+#    containerd $CONTAINERD_VERSION with its runc shim, built from the Go module. A containerd from
+#    Debian (1.7) may linger in /usr/bin: ours in $CONTAINERD_BIN comes first in PATH, and the
+#    check at the end makes sure `containerd` resolves to it.
+v="$(runc_version || true)"
+if [ -z "$v" ] || ! version_ge "$v" "$RUNC_MIN"; then
+  log "installing runc >= $RUNC_MIN from forky (found: ${v:-none})"
+  apt_install -t forky runc
+fi
+if [ "$(containerd_version || true)" != "$CONTAINERD_VERSION" ] || [ "$(shim_version || true)" != "$CONTAINERD_VERSION" ]; then
+  command -v go >/dev/null || die "go is needed to build containerd $CONTAINERD_VERSION (install Go 1.26, see README)"
+  log "building containerd $CONTAINERD_VERSION and containerd-shim-runc-v2 from the Go module (found: $(containerd_version || echo none))"
+  gobin="$(mktemp -d)"
+  if ! GOBIN="$gobin" CGO_ENABLED=0 GOFLAGS= GOTOOLCHAIN=local go install -tags no_btrfs \
+      -ldflags "-X github.com/containerd/containerd/v2/version.Version=v$CONTAINERD_VERSION -X github.com/containerd/containerd/v2/version.Revision=go-module" \
+      "github.com/containerd/containerd/v2/cmd/containerd@v$CONTAINERD_VERSION" \
+      "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@v$CONTAINERD_VERSION" >"$gobin/build.log" 2>&1; then
+    cat "$gobin/build.log" >&2
+    die "could not build containerd $CONTAINERD_VERSION from github.com/containerd/containerd/v2 (log above)"
+  fi
+  mkdir -p "$CONTAINERD_BIN"
+  install -m 0755 "$gobin/containerd" "$gobin/containerd-shim-runc-v2" "$CONTAINERD_BIN/"
+  rm -rf "$gobin"
+fi
 # The Debian package may start a system containerd; the lab runs its own daemons and needs none.
 if [ -n "${FTWIN_STOP_SYSTEM_CONTAINERD:-1}" ] && [ -S /run/containerd/containerd.sock ]; then
   if command -v systemctl >/dev/null && systemctl is-active -q containerd 2>/dev/null; then
@@ -124,9 +148,11 @@ check() { if eval "$2"; then log "ok: $1"; else printf 'install: MISSING: %s\n' 
 v="$(criu_version || true)"
 check "criu >= $CRIU_MIN (have ${v:-none})" '[ -n "$v" ] && version_ge "$v" "$CRIU_MIN"'
 v="$(containerd_version || true)"
-check "containerd $CONTAINERD_SERIES.x (have ${v:-none})" '[[ "$v" == "$CONTAINERD_SERIES".* ]]'
-check "runc ($(runc --version 2>/dev/null | head -n1 || echo none))" 'command -v runc >/dev/null'
-check "containerd-shim-runc-v2" 'command -v containerd-shim-runc-v2 >/dev/null'
+check "containerd $CONTAINERD_VERSION in $CONTAINERD_BIN (have ${v:-none})" '[ "$v" = "$CONTAINERD_VERSION" ]'
+check "containerd on PATH is $CONTAINERD_BIN/containerd (have $(command -v containerd || echo none))" '[ "$(command -v containerd)" = "$CONTAINERD_BIN/containerd" ]'
+check "containerd-shim-runc-v2 $CONTAINERD_VERSION on PATH (have $(command -v containerd-shim-runc-v2 || echo none))" '[ "$(command -v containerd-shim-runc-v2)" = "$CONTAINERD_BIN/containerd-shim-runc-v2" ] && [ "$(shim_version)" = "$CONTAINERD_VERSION" ]'
+v="$(runc_version || true)"
+check "runc >= $RUNC_MIN (have ${v:-none})" '[ -n "$v" ] && version_ge "$v" "$RUNC_MIN"'
 check "iptables-restore" 'command -v iptables-restore >/dev/null'
 check "tc, ip, nsenter, unshare" 'command -v tc >/dev/null && command -v ip >/dev/null && command -v nsenter >/dev/null && command -v unshare >/dev/null'
 check "java >= 17" 'java -version 2>&1 | grep -E "version \"(1[7-9]|[2-9][0-9])" >/dev/null'

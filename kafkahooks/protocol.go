@@ -27,13 +27,6 @@ func SocketPath() string {
 	return DefaultSocketPath
 }
 
-// ContainerSocketPath is the path, seen from the host, of the default hook socket of the
-// container whose init process is pid. It goes through the container's root, so it works
-// from any mount namespace that sees /proc of the container's PID namespace.
-func ContainerSocketPath(pid int) string {
-	return "/proc/" + strconv.Itoa(pid) + "/root" + DefaultSocketPath
-}
-
 // Offsets are committed offsets (the next offset to consume) by topic and partition. In JSON
 // the partitions are strings: {"sensors":{"0":123,"1":98}}.
 type Offsets = map[string]map[int32]int64

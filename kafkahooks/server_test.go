@@ -271,9 +271,6 @@ func TestClientErrors(t *testing.T) {
 	if _, err := Dial(long).Status(ctx); err == nil || !strings.Contains(err.Error(), "longer") {
 		t.Errorf("long path: got %v", err)
 	}
-	if got := ContainerSocketPath(1234); got != "/proc/1234/root/run/ftwin-migrate/hook.sock" {
-		t.Errorf("ContainerSocketPath = %s", got)
-	}
 }
 
 func TestOffsetsJSON(t *testing.T) {

@@ -11,7 +11,8 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/containerd/containerd"
+	containerd "github.com/containerd/containerd/v2/client"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/ftwin-migrate/ftwin-migrate/agent"
 	"github.com/ftwin-migrate/ftwin-migrate/pki"
@@ -42,6 +43,9 @@ func (h *Host) AgentConfig(client *containerd.Client) agent.Config {
 			return []restore.Opt{restore.WithCgroupsPath(h.CgroupsPath(r.Namespace, r.Container))}
 		},
 		Dial: h.DialContext,
+		// Lab workloads live in one namespace, on their host's network (see Run).
+		Namespaces: []string{Namespace},
+		Policy:     agent.Policy{HostNamespaces: []specs.LinuxNamespaceType{specs.NetworkNamespace}},
 	}
 }
 

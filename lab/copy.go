@@ -227,7 +227,7 @@ func MeasureBandwidth(ctx context.Context, from, to *Host, n int64) (float64, er
 	}
 	_ = conn.(*net.TCPConn).CloseWrite()
 	k := <-got
-	el := time.Now().Sub(start)
+	el := time.Since(start)
 	conn.Close()
 	if k != n {
 		return 0, fmt.Errorf("lab: bandwidth probe: %d of %d bytes arrived", k, n)

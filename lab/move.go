@@ -6,7 +6,7 @@ import (
 	"time"
 
 	"github.com/checkpoint-restore/go-criu/v7/stats"
-	"github.com/containerd/containerd"
+	containerd "github.com/containerd/containerd/v2/client"
 
 	"github.com/ftwin-migrate/ftwin-migrate/checkpoint"
 	"github.com/ftwin-migrate/ftwin-migrate/restore"

@@ -1,17 +1,27 @@
 // Package migrate live-migrates a running containerd container to another host's agent
-// (package agent), as a pipeline of named phases:
+// (package agent), as a pipeline of named phases. Each phase pushes the undo of what it did on
+// a stack; after a failure, rollback pops the undos in reverse order, each under its own
+// timeout, so that after every migration exactly one copy runs:
 //
-//	preflight   the agent is reachable, authenticated, speaks our protocol, its CPU can run
-//	            our CRIU image (criu cpuinfo), it has room, and the container is free there
-//	quiesce     the application's hook (if any) reaches a safe boundary (see Hook)
-//	checkpoint  the task is frozen and dumped with CRIU through containerd; it stays frozen
-//	transfer    the checkpoint (and any base image blob the target lacks) streams over mTLS
-//	restore     the agent restores the container in its containerd
-//	verify      the restored task runs and passes its health probe
-//	commit      the target keeps it; the frozen source is removed
+//	phase       does                                             pushes the undo
+//	preflight   the source task runs; the agent is reachable,     abort the target session
+//	            authenticated, speaks our protocol, its CPU can
+//	            run our CRIU image, it has room; the session opens
+//	quiesce     the application's hook (if any) reaches a         tell the source application
+//	            boundary, checked against the broker (--brokers)  to carry on
+//	checkpoint  the source is labelled with its target, frozen    clear the label; thaw the source
+//	            and dumped with CRIU; it stays frozen
+//	transfer    the checkpoint streams over mTLS                  (the session abort removes it)
+//	restore     the agent restores the container                  abort the target session, moved
+//	                                                              to the top: the copy goes first
+//	resume      the restored application is told to continue
+//	            from the boundary (through the agent's relay)
+//	verify      the restored task runs and passes its probe
+//	commit      the target keeps it; the frozen source is removed (no undo: past the point of
+//	                                                              no return)
 //
-// Any failure before commit rolls back: the agent removes whatever it made and the source is
-// thawed (and its hook told to carry on), so that after every migration exactly one copy runs.
+// The source side is a Source (containerd: NewContainerdSource) and the target side a Target
+// (the agent: NewAgentTarget): Run drives any pair, Migrate the containerd and agent ones.
 package migrate
 
 import (
@@ -20,19 +30,17 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"time"
 
-	"github.com/containerd/containerd"
-	"github.com/containerd/containerd/namespaces"
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/ftwin-migrate/ftwin-migrate/agent"
-	"github.com/ftwin-migrate/ftwin-migrate/checkpoint"
 	"github.com/ftwin-migrate/ftwin-migrate/kafkahooks"
+	"github.com/ftwin-migrate/ftwin-migrate/restore"
 	"github.com/ftwin-migrate/ftwin-migrate/transfer"
 )
 
@@ -46,22 +54,26 @@ const (
 	Checkpoint Phase = "checkpoint"
 	Transfer   Phase = "transfer"
 	Restore    Phase = "restore"
+	Resume     Phase = "resume"
 	Verify     Phase = "verify"
 	Commit     Phase = "commit"
 	Rollback   Phase = "rollback"
 )
 
-// Hook lets the application inside the container take part (package kafkahooks implements it
-// for Kafka consumers). Nil means an application without hooks: it is frozen as it is.
-type Hook interface {
-	// Prepare brings the application to a boundary it can resume from, before the freeze.
-	// What it returns is recorded in the report (for Kafka: group, member, offsets).
-	Prepare(ctx context.Context) (boundary any, err error)
-	// Resume tells the restored copy to continue from the boundary.
-	Resume(ctx context.Context) error
-	// Abort tells the source, thawed after a rollback, to carry on as if nothing happened.
-	Abort(ctx context.Context) error
-}
+// Results of a migration (Report.Result).
+const (
+	// Committed: the target runs the container; the source is gone.
+	Committed = "committed"
+	// RolledBack: a phase failed and every undo succeeded: the source runs, the target holds
+	// nothing of it.
+	RolledBack = "rolled back"
+	// RollbackFailed: a phase failed and an undo failed too: run Recover (`ftwin-migrate
+	// recover CONTAINER`) to settle the container.
+	RollbackFailed = "rollback failed"
+	// CommitUnconfirmed: the target runs the container but did not confirm the commit; the
+	// source stays frozen and labelled: run Recover to settle it.
+	CommitUnconfirmed = "commit unconfirmed"
+)
 
 // Options describe one migration.
 type Options struct {
@@ -73,27 +85,36 @@ type Options struct {
 	Target string
 	// TLS is the migrator's mutual-TLS client configuration (pki.ClientConfig).
 	TLS *tls.Config
-	// SourceHost names this host in the agent's logs and the report.
+	// SourceHost names this host in the agent's logs and the report. Default: the hostname.
 	SourceHost string
-	// TCP is agent.TCPClose (default) or agent.TCPEstablished.
-	TCP string
+	// TCP says what becomes of established TCP connections on the target. Default TCPClose.
+	TCP restore.TCPMode
 	// Probe is an http:// URL the agent checks on the target before commit (optional).
 	Probe string
-	// Hook is a custom migration hook. When nil, the container's own hook socket is used if it
-	// has one (see HookSocket); otherwise the application is frozen as it is.
+	// Hook is the application's hook. When nil, HookMode says whether to look for the
+	// container's hook socket (HookSocket).
 	Hook Hook
-	// HookSocket is the path of the application's hook socket inside the container.
-	// Default DefaultHookSocket; "none" ignores any hook.
+	// HookMode: HookAuto (default) uses the container's hook socket when it serves one,
+	// HookRequired refuses a container without one, HookOff freezes the application as it is.
+	HookMode HookMode
+	// HookSocket is the path of the application's hook socket inside the container: a clean
+	// absolute path. Default DefaultHookSocket.
 	HookSocket string
 	// Brokers, when set, let the migrator check the application's boundary against the group's
 	// committed offsets on the broker. KafkaOpts are added to the client (a dialer, TLS, SASL).
 	Brokers   []string
 	KafkaOpts []kgo.Opt
-	// SessionTimeout is the consumer group session timeout, for the warning when the expected
-	// downtime approaches it (the application's boundary overrides it). Default 45s.
+	// SessionTimeout is the consumer group's session timeout, which the application does not
+	// report: the preflight warns when the expected downtime approaches it. Default 45s
+	// (Kafka's default since 3.0).
 	SessionTimeout time.Duration
 	// PhaseTimeout bounds each phase. Default 2 minutes.
 	PhaseTimeout time.Duration
+	// LocalUndoTimeout bounds each undo on the source (thaw, label, hook abort), and
+	// RemoteUndoTimeout each undo on the target (session abort): every undo has a context of
+	// its own, so a thaw never starves behind an unreachable agent. Defaults 30s and 10s.
+	LocalUndoTimeout  time.Duration
+	RemoteUndoTimeout time.Duration
 	// Progress receives transfer progress (optional).
 	Progress transfer.Progress
 	// AgentOpts configure the agent client (tests cut or corrupt the traffic here).
@@ -103,50 +124,97 @@ type Options struct {
 	WorkDir string
 }
 
-// Migrate moves the container and returns its report. The report is returned on failure too,
-// saying which phase failed and how the rollback went.
-func Migrate(ctx context.Context, client *containerd.Client, o Options) (*Report, error) {
+func (o *Options) setDefaults() {
 	if o.Namespace == "" {
 		o.Namespace = "default"
 	}
 	if o.PhaseTimeout == 0 {
 		o.PhaseTimeout = 2 * time.Minute
 	}
+	if o.LocalUndoTimeout == 0 {
+		o.LocalUndoTimeout = 30 * time.Second
+	}
+	if o.RemoteUndoTimeout == 0 {
+		o.RemoteUndoTimeout = 10 * time.Second
+	}
 	if o.TCP == "" {
-		o.TCP = agent.TCPClose
+		o.TCP = restore.TCPClose
+	}
+	if o.HookSocket == "" {
+		o.HookSocket = DefaultHookSocket
+	}
+	if o.SessionTimeout == 0 {
+		o.SessionTimeout = 45 * time.Second
 	}
 	if o.SourceHost == "" {
 		o.SourceHost, _ = os.Hostname()
 	}
+}
+
+// Migrate moves container o.Container of client to the agent at o.Target and returns its
+// report. The report is returned on failure too, saying which phase failed and what the
+// rollback undid.
+func Migrate(ctx context.Context, client *containerd.Client, o Options) (*Report, error) {
+	if o.TLS == nil {
+		return nil, errors.New("migrate: no TLS configuration: the agent only speaks mutual TLS (see `ftwin-migrate certs init`)")
+	}
+	if o.Namespace == "" {
+		o.Namespace = "default"
+	}
 	ctx = namespaces.WithNamespace(ctx, o.Namespace)
-	m := &run{o: o, client: client, rep: &Report{Container: o.Container, From: o.SourceHost, To: o.Target, Started: time.Now()}}
+	return Run(ctx, NewContainerdSource(client, o.Container), NewAgentTarget(o.Target, o.TLS, o.AgentOpts...), o)
+}
+
+// Run moves the container from src to tgt: the pipeline itself. ctx must carry what src
+// needs (for containerd, the namespace).
+func Run(ctx context.Context, src Source, tgt Target, o Options) (*Report, error) {
+	o.setDefaults()
+	m := &run{o: o, src: src, tgt: tgt, rep: &Report{Container: o.Container, From: o.SourceHost, To: o.Target, Started: time.Now()}}
 	err := m.pipeline(ctx)
 	m.rep.Total = time.Since(m.rep.Started)
 	if err != nil {
-		m.rep.Result, m.rep.Error = "rolled back", err.Error()
+		m.rep.Error = err.Error()
 		return m.rep, err
 	}
-	m.rep.Result = "committed"
+	m.rep.Result = Committed
 	return m.rep, nil
 }
 
 type run struct {
-	o      Options
-	client *containerd.Client
-	rep    *Report
+	o    Options
+	src  Source
+	tgt  Target
+	rep  *Report
+	undo undoStack
 
-	agent    *agent.Client
-	session  *agent.SessionClient
-	task     containerd.Task
-	frozenAt time.Time
-	paused   bool
-	prepared bool
-	app      *appHook
+	pid      uint32
+	hook     Hook
 	boundary *kafkahooks.Boundary
+	frozenAt time.Time
 	ckptRef  string
-	workDir  string
-	imageDir string // the CRIU image, written outside containerd's content store
-	labeled  bool   // MigratingLabel is set on the source
+	ckpt     *checkpointDirs
+	index    ocispec.Descriptor // the checkpoint index
+}
+
+// checkpointDirs are the local directories of a dump: CRIU's work files and its image.
+type checkpointDirs struct{ work, image string }
+
+func (m *run) pipeline(ctx context.Context) error {
+	defer m.cleanup(context.WithoutCancel(ctx))
+	for _, step := range []struct {
+		p  Phase
+		fn func(context.Context) error
+	}{
+		{Preflight, m.preflight}, {Quiesce, m.quiesce}, {Checkpoint, m.checkpoint}, {Transfer, m.transfer},
+		{Restore, m.restore}, {Resume, m.resume}, {Verify, m.verify},
+	} {
+		if err := m.phase(ctx, step.p, step.fn); err != nil {
+			return m.rollback(context.WithoutCancel(ctx), err)
+		}
+	}
+	// Past this point the target runs the workload: a failure of commit must not roll back.
+	m.undo = nil
+	return m.phase(context.WithoutCancel(ctx), Commit, m.commit)
 }
 
 // phase runs fn as phase p under the phase timeout and records it in the report.
@@ -167,154 +235,120 @@ func (m *run) phase(ctx context.Context, p Phase, fn func(context.Context) error
 	return err
 }
 
-func (m *run) pipeline(ctx context.Context) (err error) {
-	defer func() {
-		if err != nil {
-			if rerr := m.phase(context.WithoutCancel(ctx), Rollback, m.rollback); rerr != nil {
-				err = fmt.Errorf("%w; rollback: %v", err, rerr)
-			}
-		}
-		m.cleanup(context.WithoutCancel(ctx))
-	}()
-	for _, step := range []struct {
-		p  Phase
-		fn func(context.Context) error
-	}{
-		{Preflight, m.preflight}, {Quiesce, m.quiesce}, {Checkpoint, m.checkpoint},
-		{Transfer, m.transfer}, {Restore, m.restore}, {Verify, m.verify},
-	} {
-		if err := m.phase(ctx, step.p, step.fn); err != nil {
-			return err
+// rollback pops the undo stack after the failure cause and says how it went.
+func (m *run) rollback(ctx context.Context, cause error) error {
+	start := time.Now()
+	m.rep.Undo = m.undo.unwind(ctx, m.o.LocalUndoTimeout, m.o.RemoteUndoTimeout)
+	m.undo = nil
+	pr := PhaseReport{Name: Rollback, Start: start.Sub(m.rep.Started), Duration: time.Since(start)}
+	var failed []error
+	for _, u := range m.rep.Undo {
+		switch {
+		case u.Error == "":
+		case u.BestEffort:
+			m.rep.Warnings = append(m.rep.Warnings, fmt.Sprintf("%s did not succeed (the agent drops an idle session by itself): %s", u.Name, u.Error))
+		default:
+			failed = append(failed, fmt.Errorf("%s: %s", u.Name, u.Error))
 		}
 	}
-	// Past this point the target runs the workload: a failure of commit must not roll back.
-	if err := m.phase(context.WithoutCancel(ctx), Commit, m.commit); err != nil {
-		m.rep.Warnings = append(m.rep.Warnings, err.Error())
+	if len(failed) == 0 {
+		m.rep.Result = RolledBack
+		m.rep.Phases = append(m.rep.Phases, pr)
+		return cause
 	}
-	return nil
+	m.rep.Result = RollbackFailed
+	rerr := fmt.Errorf("rollback failed (%w): run `ftwin-migrate recover %s` to settle the container", errors.Join(failed...), m.o.Container)
+	pr.Error = rerr.Error()
+	m.rep.Phases = append(m.rep.Phases, pr)
+	return fmt.Errorf("%w; %w", cause, rerr)
+}
+
+func (m *run) cleanup(ctx context.Context) {
+	if m.ckptRef != "" {
+		if err := m.src.DeleteCheckpoint(ctx, m.ckptRef); err != nil {
+			m.rep.Warnings = append(m.rep.Warnings, err.Error())
+		}
+	}
+	if m.ckpt != nil {
+		_ = os.RemoveAll(m.ckpt.work)
+	}
 }
 
 func (m *run) preflight(ctx context.Context) error {
-	c, err := m.client.LoadContainer(ctx, m.o.Container)
+	task, err := m.src.Running(ctx)
 	if err != nil {
-		return fmt.Errorf("container %q in namespace %s: %w", m.o.Container, m.o.Namespace, err)
+		return fmt.Errorf("%w (namespace %s)", err, m.o.Namespace)
 	}
-	if m.task, err = c.Task(ctx, nil); err != nil {
-		return fmt.Errorf("container %q has no task to migrate: %w", m.o.Container, err)
-	}
-	st, err := m.task.Status(ctx)
-	if err != nil {
-		return fmt.Errorf("status of %q: %w", m.o.Container, err)
-	}
-	if st.Status != containerd.Running {
-		return fmt.Errorf("task of %q is %s, not running", m.o.Container, st.Status)
-	}
-	if m.o.TLS == nil {
-		return errors.New("no TLS configuration: the agent only speaks mutual TLS (see `ftwin-migrate certs init`)")
-	}
-	m.agent = agent.NewClient(m.o.Target, m.o.TLS, m.o.AgentOpts...)
-	hello, err := m.agent.Hello(ctx)
+	m.pid = task.Pid
+	hello, err := m.tgt.Hello(ctx)
 	if err != nil {
 		return err
 	}
-	m.rep.To = hello.Host
-	m.rep.Target = &hello
+	m.rep.To, m.rep.Target = hello.Host, &hello
 	if hello.FreeBytes < 64<<20 {
 		return fmt.Errorf("target %s has %d MiB free for CRIU images: free some space", hello.Host, hello.FreeBytes>>20)
 	}
-	cpuinfo, err := dumpCPUInfo(ctx)
+	cpuinfo, err := m.src.CPUInfo(ctx)
 	if err != nil {
 		return err
 	}
-	if err := m.agent.CheckCPU(ctx, cpuinfo); err != nil {
+	if err := m.tgt.CheckCPU(ctx, cpuinfo); err != nil {
 		return err
 	}
-	if m.o.Hook == nil && m.o.HookSocket != "none" {
-		m.app = findAppHook(m.task.Pid(), m.o.HookSocket)
+	if err := m.findHook(); err != nil {
+		return err
 	}
-	m.warnSessionTimeout()
+	m.warnSessionTimeout(task.ResidentBytes)
 	m.ckptRef = fmt.Sprintf("ftwin-migrate/checkpoint/%s:%d", m.o.Container, time.Now().UnixNano())
 	req := agent.SessionRequest{
-		Namespace: m.o.Namespace, Container: m.o.Container, CheckpointRef: m.ckptRef,
+		Namespace: m.o.Namespace, Container: m.o.Container,
 		TCP: m.o.TCP, Probe: m.o.Probe, SourceHost: m.o.SourceHost,
 	}
-	if m.app != nil {
-		req.HookSocket = m.app.socket
+	if sh, ok := m.hook.(*SocketHook); ok {
+		req.HookSocket = sh.Socket
 	}
-	m.session, err = m.agent.Open(ctx, req)
+	// Pushed before the call: a session the agent opened but whose answer was lost is aborted
+	// too (the agent also drops it once it idles past its timeout).
+	m.undo.push(undoAbortTarget, Preflight, remote, bestEffort, m.tgt.Abort)
+	s, err := m.tgt.Open(ctx, req)
+	m.rep.Session = s.ID
 	return err
 }
 
-// warnSessionTimeout warns when the expected downtime (dump and transfer of the task's
-// resident memory at a rate measured on lab hosts, plus a second) approaches the consumer
-// group's session timeout, past which the group rebalances.
-func (m *run) warnSessionTimeout() {
-	timeout := m.o.SessionTimeout
-	if timeout == 0 {
-		timeout = 45 * time.Second
+// findHook settles which hook the migration uses.
+func (m *run) findHook() error {
+	if m.o.Hook != nil || m.o.HookMode == HookOff {
+		m.hook = m.o.Hook
+		return nil
 	}
-	rss, err := residentBytes(m.task.Pid())
+	sh, err := FindSocketHook(m.pid, m.o.HookSocket)
 	if err != nil {
-		return
+		return err
 	}
-	const bytesPerSecond = 40 << 20
-	expected := time.Second + time.Duration(float64(rss)/bytesPerSecond*float64(time.Second))
-	m.rep.ExpectedDowntime = expected
-	if expected > timeout/2 {
-		m.rep.Warnings = append(m.rep.Warnings, fmt.Sprintf("expected downtime %v (for %d MiB resident) approaches the group session timeout %v: the group may rebalance; raise session.timeout.ms or shrink the state",
-			expected.Round(100*time.Millisecond), rss>>20, timeout))
-	}
-}
-
-// residentBytes reads VmRSS of pid.
-func residentBytes(pid uint32) (int64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, err
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
-			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
-			return kb << 10, err
+	if sh == nil {
+		if m.o.HookMode == HookRequired {
+			return fmt.Errorf("container %s serves no migration hook at %s (hook mode required): run it with kafkahooks, or migrate with hook mode auto or off", m.o.Container, m.o.HookSocket)
 		}
+		return nil
 	}
-	return 0, errors.New("no VmRSS")
-}
-
-// dumpCPUInfo runs `criu cpuinfo dump` and returns cpuinfo.img.
-func dumpCPUInfo(ctx context.Context) ([]byte, error) {
-	dir, err := os.MkdirTemp("", "ftwin-cpuinfo-")
-	if err != nil {
-		return nil, err
-	}
-	defer os.RemoveAll(dir)
-	if out, err := exec.CommandContext(ctx, "criu", "cpuinfo", "dump", "-D", dir).CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("criu cpuinfo dump: %w: %s", err, out)
-	}
-	return os.ReadFile(filepath.Join(dir, "cpuinfo.img"))
+	m.hook = sh
+	return nil
 }
 
 func (m *run) quiesce(ctx context.Context) error {
-	switch {
-	case m.o.Hook != nil:
-		b, err := m.o.Hook.Prepare(ctx)
-		m.prepared = err == nil
-		m.rep.Boundary = b
-		return err
-	case m.app != nil:
-		// Abort on rollback even if prepare fails or times out: the application may reach the
-		// boundary after we stopped waiting and would then hold for ever.
-		m.prepared = true
-		b, err := m.app.Prepare(ctx)
-		if err != nil {
-			return fmt.Errorf("application hook: %w", err)
-		}
-		m.boundary, m.rep.Boundary = &b, &b
-		return m.checkCommitted(ctx)
-	default:
+	if m.hook == nil {
 		m.rep.Warnings = append(m.rep.Warnings, "no application hook: no boundary was taken; the application is frozen as it is")
 		return nil
 	}
+	// Abort on rollback even if prepare fails or times out: the application may reach the
+	// boundary after we stopped waiting and would then hold for ever.
+	m.undo.push("tell the source application to carry on", Quiesce, local, required, m.hook.Abort)
+	b, err := m.hook.Prepare(ctx)
+	if err != nil {
+		return err
+	}
+	m.boundary, m.rep.Boundary = b, b
+	return m.checkCommitted(ctx)
 }
 
 // checkCommitted compares the group's committed offsets on the broker with the boundary.
@@ -342,53 +376,60 @@ func (m *run) checkCommitted(ctx context.Context) error {
 func (m *run) checkpoint(ctx context.Context) error {
 	// Record where the container is going before it freezes: should this process die, Recover
 	// finds the frozen source and settles it with the target.
-	if err := m.setMigratingLabel(ctx, m.o.Target); err != nil {
+	m.undo.push("clear the source's migration label", Checkpoint, local, required, func(ctx context.Context) error { return m.src.SetMigrating(ctx, "") })
+	if err := m.src.SetMigrating(ctx, m.o.Target); err != nil {
 		return err
 	}
-	m.labeled = true
 	// Freeze first and keep the source frozen until commit or rollback: a rollback is then a
 	// thaw, which cannot fail the way a restore can.
 	m.frozenAt = time.Now()
-	if err := m.task.Pause(ctx); err != nil {
-		return fmt.Errorf("freeze %s: %w", m.o.Container, err)
+	if err := m.src.Freeze(ctx); err != nil {
+		return err
 	}
-	m.paused = true
+	m.undo.push("thaw the source", Checkpoint, local, required, m.thaw)
 	var err error
+	m.ckpt = &checkpointDirs{}
 	if m.o.WorkDir != "" {
-		m.workDir, err = os.MkdirTemp(m.o.WorkDir, "criu-work-")
+		m.ckpt.work, err = os.MkdirTemp(m.o.WorkDir, "criu-work-")
 	} else {
-		m.workDir, err = os.MkdirTemp("", "ftwin-criu-work-")
+		m.ckpt.work, err = os.MkdirTemp("", "ftwin-criu-work-")
 	}
 	if err != nil {
-		return err
+		return fmt.Errorf("CRIU work directory: %w", err)
 	}
-	m.imageDir = filepath.Join(m.workDir, "image")
-	if err := os.Mkdir(m.imageDir, 0o700); err != nil {
-		return err
+	m.ckpt.image = filepath.Join(m.ckpt.work, "image")
+	if err := os.Mkdir(m.ckpt.image, 0o700); err != nil {
+		return fmt.Errorf("CRIU image directory: %w", err)
 	}
 	// The CRIU image goes to a directory of ours, not through containerd's content store: it is
 	// streamed to the agent as it is, and restored from a directory there.
-	res, err := checkpoint.Checkpoint(ctx, m.client, m.o.Container, checkpoint.WithRef(m.ckptRef),
-		checkpoint.WithTCPEstablished(), checkpoint.WithWorkPath(m.workDir), checkpoint.WithImagePath(m.imageDir))
+	res, err := m.src.Checkpoint(ctx, m.ckptRef, m.ckpt.work, m.ckpt.image)
 	if err != nil {
 		return err
 	}
 	m.rep.CheckpointIndex = res.Target.Digest.String()
+	m.index = res.Target
 	if m.rep.CRIU = res.CRIU; m.rep.CRIU == nil {
 		m.rep.Warnings = append(m.rep.Warnings, "CRIU dump statistics unavailable")
 	}
 	return nil
 }
 
-func (m *run) transfer(ctx context.Context) error {
-	img, err := m.client.ImageService().Get(ctx, m.ckptRef)
-	if err != nil {
+// thaw is the undo of the freeze; the downtime of a rolled-back migration ends with it.
+func (m *run) thaw(ctx context.Context) error {
+	if err := m.src.Thaw(ctx); err != nil {
 		return err
 	}
-	st, err := transfer.Push(ctx, transfer.ContentProvider(ctx, m.client), img.Target, m.session, m.o.Progress)
+	m.rep.Downtime = time.Since(m.frozenAt)
+	return nil
+}
+
+func (m *run) transfer(ctx context.Context) error {
+	rcv := m.tgt.Receiver()
+	st, err := transfer.Push(ctx, m.src.Content(ctx), m.index, rcv, m.o.Progress)
 	if err == nil {
 		var ds transfer.DirStats
-		ds, err = transfer.PushDir(ctx, m.imageDir, m.session)
+		ds, err = transfer.PushDir(ctx, m.ckpt.image, rcv)
 		m.rep.Image = &ds
 		st.BlobsSent++
 		st.BytesSent += ds.Bytes
@@ -400,124 +441,86 @@ func (m *run) transfer(ctx context.Context) error {
 }
 
 func (m *run) restore(ctx context.Context) error {
-	img, err := m.client.ImageService().Get(ctx, m.ckptRef)
-	if err != nil {
-		return err
-	}
+	// From here on the target may run a copy: it must be gone before the source thaws, so
+	// the session's abort moves to the top of the stack.
+	m.undo.push(undoAbortTarget, Restore, remote, required, m.tgt.Abort)
 	digest := ""
 	if m.rep.Image != nil {
 		digest = m.rep.Image.Digest
 	}
-	res, err := m.session.Restore(ctx, img.Target, digest)
+	res, err := m.tgt.Restore(ctx, m.index, digest)
 	if err != nil {
 		return err
 	}
 	m.rep.RestoreTime, m.rep.CRIURestore = res.Duration, res.CRIU
-	m.rep.Downtime = time.Since(m.frozenAt)
+	return nil
+}
+
+func (m *run) resume(ctx context.Context) error {
+	defer func() { m.rep.Downtime = time.Since(m.frozenAt) }()
+	if m.hook == nil {
+		return nil
+	}
+	if m.rep.BoundaryCheck == nil {
+		m.rep.BoundaryCheck = &BoundaryCheck{}
+	}
+	at, err := m.hook.Resume(ctx, m.tgt.HookTransport())
+	if err != nil {
+		return fmt.Errorf("resume the restored application: %w", err)
+	}
+	c := m.rep.BoundaryCheck
+	c.Resumed, c.ResumedAt = true, at
+	c.ResumedMatch = m.boundary != nil && offsetsEqual(at, m.boundary.Offsets)
+	if !c.ResumedMatch {
+		return fmt.Errorf("the restored application resumed at %v, not at the boundary %v", at, m.boundary.Offsets)
+	}
 	return nil
 }
 
 func (m *run) verify(ctx context.Context) error {
-	if _, err := m.session.Verify(ctx); err != nil {
+	res, err := m.tgt.Verify(ctx)
+	if err != nil {
 		return err
 	}
-	switch {
-	case m.o.Hook != nil:
-		if err := m.o.Hook.Resume(ctx); err != nil {
-			return fmt.Errorf("resume the restored application: %w", err)
-		}
-	case m.app != nil:
-		var r agent.HookResumed
-		if err := m.session.Hook(ctx, "resume", &r); err != nil {
-			return fmt.Errorf("resume the restored application: %w", err)
-		}
-		if m.rep.BoundaryCheck == nil {
-			m.rep.BoundaryCheck = &BoundaryCheck{}
-		}
-		m.rep.BoundaryCheck.ResumedAt = r.Offsets
-		m.rep.BoundaryCheck.ResumedMatch = offsetsEqual(r.Offsets, m.boundary.Offsets)
-		if !m.rep.BoundaryCheck.ResumedMatch {
-			return fmt.Errorf("the restored application resumed at %v, not at the boundary %v", r.Offsets, m.boundary.Offsets)
-		}
+	if !res.Running {
+		return fmt.Errorf("the restored container %s is not running on %s", m.o.Container, m.rep.To)
 	}
 	return nil
 }
 
+// commit makes the target's copy the only one. A target that does not confirm it fails the
+// migration without a rollback (the copy may already be final there): the source stays frozen
+// and labelled for Recover. A source that cannot be removed afterwards is a warning.
 func (m *run) commit(ctx context.Context) error {
-	if err := m.session.Commit(ctx); err != nil {
-		return fmt.Errorf("the target runs the container but did not confirm the commit: %w", err)
+	if err := m.tgt.Commit(ctx); err != nil {
+		m.rep.Result = CommitUnconfirmed
+		return fmt.Errorf("the target runs the container but did not confirm the commit; the source stays frozen and labelled: run `ftwin-migrate recover %s`: %w", m.o.Container, err)
 	}
-	// The source stays frozen until it is gone: it must never run beside the target.
-	if _, err := m.task.Delete(ctx, containerd.WithProcessKill); err != nil {
-		return fmt.Errorf("remove the frozen source task (it stays frozen; remove it by hand): %w", err)
-	}
-	m.paused = false
-	c, err := m.client.LoadContainer(ctx, m.o.Container)
-	if err == nil {
-		err = c.Delete(ctx, containerd.WithSnapshotCleanup)
-	}
-	if err != nil {
-		return fmt.Errorf("remove the source container record: %w", err)
+	if err := m.src.Remove(ctx); err != nil {
+		m.rep.Warnings = append(m.rep.Warnings, err.Error())
 	}
 	return nil
 }
 
-func (m *run) rollback(ctx context.Context) error {
-	var errs []error
-	if m.session != nil {
-		if err := m.session.Abort(ctx); err != nil {
-			// An unreachable agent aborts the session itself once it idles past its timeout.
-			m.rep.Warnings = append(m.rep.Warnings, fmt.Sprintf("the agent did not confirm the abort (it drops the session after %s idle): %v", m.session.Timeout, err))
-		}
+// warnSessionTimeout warns when the expected downtime (dump and transfer of the task's
+// resident memory at a rate measured on lab hosts, plus a second) approaches the consumer
+// group's session timeout, past which the group rebalances.
+func (m *run) warnSessionTimeout(resident int64) {
+	if resident <= 0 {
+		return
 	}
-	if m.paused {
-		if err := m.task.Resume(ctx); err != nil {
-			errs = append(errs, fmt.Errorf("thaw the source: %w", err))
-		} else {
-			m.paused = false
-		}
-	}
-	if m.labeled && !m.paused {
-		if err := m.setMigratingLabel(ctx, ""); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	if m.prepared && m.app != nil {
-		if err := m.app.Abort(ctx); err != nil {
-			errs = append(errs, fmt.Errorf("tell the source application to carry on: %w", err))
-		}
-	} else if m.prepared {
-		if err := m.o.Hook.Abort(ctx); err != nil {
-			errs = append(errs, fmt.Errorf("tell the source application to carry on: %w", err))
-		}
-	}
-	return errors.Join(errs...)
-}
-
-func (m *run) cleanup(ctx context.Context) {
-	if m.ckptRef != "" {
-		_ = m.client.ImageService().Delete(ctx, m.ckptRef)
-	}
-	if m.workDir != "" {
-		_ = os.RemoveAll(m.workDir)
+	const bytesPerSecond = 40 << 20
+	expected := time.Second + time.Duration(float64(resident)/bytesPerSecond*float64(time.Second))
+	m.rep.ExpectedDowntime = expected
+	if expected > m.o.SessionTimeout/2 {
+		m.rep.Warnings = append(m.rep.Warnings, fmt.Sprintf("expected downtime %v (for %d MiB resident) approaches the group session timeout %v: the group may rebalance; raise session.timeout.ms or shrink the state",
+			expected.Round(100*time.Millisecond), resident>>20, m.o.SessionTimeout))
 	}
 }
 
 // MigratingLabel marks a source container from its freeze to commit or rollback; its value is
 // the target agent's address.
 const MigratingLabel = "ftwin-migrate.dev/migrating-to"
-
-// setMigratingLabel sets (or with target "", removes) MigratingLabel on the source container.
-func (m *run) setMigratingLabel(ctx context.Context, target string) error {
-	c, err := m.client.LoadContainer(ctx, m.o.Container)
-	if err == nil {
-		_, err = c.SetLabels(ctx, map[string]string{MigratingLabel: target})
-	}
-	if err != nil {
-		return fmt.Errorf("label the source container: %w", err)
-	}
-	return nil
-}
 
 // PhaseError says which phase failed.
 type PhaseError struct {

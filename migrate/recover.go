@@ -6,8 +6,8 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/containerd/containerd"
-	"github.com/containerd/containerd/namespaces"
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
 
 	"github.com/ftwin-migrate/ftwin-migrate/agent"
 )
@@ -19,7 +19,9 @@ type RecoverOptions struct {
 	// TLS is the migrator's mutual-TLS client configuration, as for Migrate.
 	TLS       *tls.Config
 	AgentOpts []agent.ClientOpt
-	// HookSocket is the application's hook socket, as for Migrate.
+	// HookMode and HookSocket find the application's hook, as for Migrate (HookRequired counts
+	// as HookAuto here: a rollback thaws the source whether or not its hook answers).
+	HookMode   HookMode
 	HookSocket string
 	// ForceThaw thaws the source even when the target agent cannot be asked whether it took the
 	// container over. Only for a target known to be gone: otherwise two copies may run.
@@ -81,8 +83,12 @@ func Recover(ctx context.Context, client *containerd.Client, o RecoverOptions) (
 			return "", fmt.Errorf("thaw %s: %w", o.Container, err)
 		}
 	}
-	if o.HookSocket != "none" {
-		if hook := findAppHook(task.Pid(), o.HookSocket); hook != nil {
+	if o.HookMode != HookOff {
+		hook, err := FindSocketHook(task.Pid(), o.HookSocket)
+		if err != nil {
+			return "", fmt.Errorf("%s runs again; its application hook: %w", o.Container, err)
+		}
+		if hook != nil {
 			if err := hook.Abort(ctx); err != nil {
 				return "", fmt.Errorf("%s runs again but its application did not resume: %w", o.Container, err)
 			}

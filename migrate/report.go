@@ -19,12 +19,18 @@ type Report struct {
 	Container string    `json:"container"`
 	From      string    `json:"from"`
 	To        string    `json:"to"`
-	Result    string    `json:"result"` // "committed" or "rolled back"
+	Result    string    `json:"result"` // Committed, RolledBack or RollbackFailed
 	Error     string    `json:"error,omitempty"`
 	Started   time.Time `json:"started"`
+	// Session is the target agent's session id.
+	Session string `json:"session,omitempty"`
 	// Phases in the order they ran; Start is relative to Started.
 	Phases []PhaseReport `json:"phases"`
-	// Downtime runs from the source's freeze to the restored task running on the target.
+	// Undo lists what the rollback undid, in the order it ran (empty unless rolled back).
+	Undo []UndoReport `json:"undo,omitempty"`
+	// Downtime runs from the source's freeze to the end of the resume phase (the restored
+	// application told to continue, or, without a hook, its task running) — or, after a
+	// rollback, to the source's thaw (0 if it was never frozen or never thawed).
 	Downtime time.Duration `json:"downtime_ns"`
 	Total    time.Duration `json:"total_ns"`
 	// CRIU holds CRIU's dump statistics under its own (and Podman's --print-stats) names:
@@ -42,13 +48,25 @@ type Report struct {
 	CompressionRatio float64            `json:"compression_ratio"`
 	CheckpointIndex  string             `json:"checkpoint_index,omitempty"`
 	// Boundary is what the application's hook reported in the quiesce phase (nil: no hook).
-	Boundary any `json:"boundary"`
+	Boundary *kafkahooks.Boundary `json:"boundary"`
 	// BoundaryCheck says whether the broker and the restored copy agreed with the boundary.
 	BoundaryCheck *BoundaryCheck `json:"boundary_check,omitempty"`
 	// ExpectedDowntime is the preflight's estimate, compared with the group session timeout.
 	ExpectedDowntime time.Duration `json:"expected_downtime_ns,omitempty"`
 	Target           *agent.Hello  `json:"target,omitempty"`
 	Warnings         []string      `json:"warnings,omitempty"`
+}
+
+// UndoReport is one undo the rollback ran.
+type UndoReport struct {
+	Name     string `json:"name"`
+	PushedBy Phase  `json:"pushed_by"`
+	On       string `json:"on"` // "source" or "target"
+	// BestEffort: its failure is a warning (it leaves only what is removed anyway), not a
+	// failed rollback.
+	BestEffort bool          `json:"best_effort,omitempty"`
+	Duration   time.Duration `json:"duration_ns"`
+	Error      string        `json:"error,omitempty"`
 }
 
 // PhaseReport is one phase's timing.
@@ -75,8 +93,21 @@ func (r *Report) WriteSummary(w io.Writer) error {
 		fmt.Fprintf(tw, "  %s\t+%v\t%v\t%s\n", p.Name, p.Start.Round(time.Millisecond), p.Duration.Round(time.Millisecond), status)
 	}
 	tw.Flush()
-	if r.Result == "committed" {
-		fmt.Fprintf(w, "  downtime %v (frozen → running on %s); total %v\n", r.Downtime.Round(time.Millisecond), r.To, r.Total.Round(time.Millisecond))
+	if len(r.Undo) > 0 {
+		fmt.Fprintln(w, "  rollback:")
+		for _, u := range r.Undo {
+			status := "done"
+			if u.Error != "" {
+				status = "FAILED: " + u.Error
+			}
+			fmt.Fprintf(w, "    %s (%s, pushed by %s): %v %s\n", u.Name, u.On, u.PushedBy, u.Duration.Round(time.Millisecond), status)
+		}
+	}
+	switch {
+	case r.Result == Committed:
+		fmt.Fprintf(w, "  downtime %v (frozen → resumed on %s); total %v\n", r.Downtime.Round(time.Millisecond), r.To, r.Total.Round(time.Millisecond))
+	case r.Downtime > 0:
+		fmt.Fprintf(w, "  downtime %v (frozen → thawed here); total %v\n", r.Downtime.Round(time.Millisecond), r.Total.Round(time.Millisecond))
 	}
 	if r.CRIU != nil {
 		fmt.Fprintf(w, "  CRIU: frozen %v, memdump %v, memwrite %v, %d pages written\n",
@@ -93,16 +124,17 @@ func (r *Report) WriteSummary(w io.Writer) error {
 			r.Transfer.BlobsSent, mib(r.Transfer.BytesSent), mib(r.Transfer.WireBytes), r.CompressionRatio,
 			r.Transfer.BlobsSkipped, mib(r.Transfer.BytesSkipped))
 	}
-	switch b := r.Boundary.(type) {
-	case nil:
+	if b := r.Boundary; b == nil {
 		fmt.Fprintln(w, "  boundary: none taken (no application hook)")
-	case *kafkahooks.Boundary:
+	} else {
 		fmt.Fprintf(w, "  boundary: group %s instance %s generation %d offsets %s\n", b.Group, b.InstanceID, b.Generation, OffsetsString(b.Offsets))
-	default:
-		fmt.Fprintf(w, "  boundary: %v\n", b)
 	}
 	if c := r.BoundaryCheck; c != nil {
-		fmt.Fprintf(w, "  boundary check: committed on the broker before the checkpoint %s; resumed at the boundary %s\n", yesNo(c.CommittedBefore), yesNo(c.ResumedMatch))
+		resumed := "not resumed"
+		if c.Resumed {
+			resumed = "resumed at the boundary " + yesNo(c.ResumedMatch)
+		}
+		fmt.Fprintf(w, "  boundary check: committed on the broker before the checkpoint %s; %s\n", yesNo(c.CommittedBefore), resumed)
 	}
 	for _, warn := range r.Warnings {
 		fmt.Fprintf(w, "  warning: %s\n", warn)

@@ -2,10 +2,13 @@ package pki
 
 import (
 	"bytes"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"errors"
 	"io"
+	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -361,4 +364,51 @@ func keys(m map[string][]byte) []string {
 		names = append(names, k)
 	}
 	return names
+}
+
+// TestCACertificateIsNeverAClient: the CA certificate chains to itself, so the chain check
+// alone would take it for a client.
+func TestCACertificateIsNeverAClient(t *testing.T) {
+	dir := lab(t)
+	ca, err := tls.LoadX509KeyPair(filepath.Join(dir, "ca.crt"), filepath.Join(dir, "ca.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := clientConfig(t, dir, "cloud", "fog")
+	client.Certificates = nil
+	client.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &ca, nil }
+	_, serr, _ := handshake(t, serverConfig(t, dir, "fog"), client)
+	wantErr(t, "server", serr, "a CA is never a client")
+}
+
+// TestServerOnlyCertificateIsNoClient: a certificate of the CA made for server auth only is
+// refused as a client.
+func TestServerOnlyCertificateIsNoClient(t *testing.T) {
+	dir := lab(t)
+	ca, err := tls.LoadX509KeyPair(filepath.Join(dir, "ca.crt"), filepath.Join(dir, "ca.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	caCert, err := x509.ParseCertificate(ca.Certificate[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	host := clientConfig(t, dir, "cloud", "fog").Certificates[0]
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(4242), Subject: pkix.Name{CommonName: "edge"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, host.Leaf.PublicKey, ca.PrivateKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serverOnly := tls.Certificate{Certificate: [][]byte{der}, PrivateKey: host.PrivateKey}
+	client := clientConfig(t, dir, "cloud", "fog")
+	client.Certificates = nil
+	client.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &serverOnly, nil }
+	_, serr, _ := handshake(t, serverConfig(t, dir, "fog"), client)
+	if serr == nil {
+		t.Fatal("a server-only certificate was accepted as a client")
+	}
 }

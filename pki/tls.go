@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"slices"
 )
 
 // ServerConfig returns the tls.Config of the migration agent running as host: it presents
@@ -22,7 +23,26 @@ func ServerConfig(dir, host string) (*tls.Config, error) {
 		Certificates: []tls.Certificate{id.cert},
 		ClientAuth:   tls.RequireAndVerifyClientCert,
 		ClientCAs:    id.roots,
+		// On top of the chain: the CA certificate itself (whose key signs every host) is never a
+		// client, and a client certificate must say it is one.
+		VerifyConnection: verifyClient,
 	}, nil
+}
+
+// verifyClient refuses a client that presents a CA certificate, or one without the clientAuth
+// usage (Go accepts a certificate that names no usage at all).
+func verifyClient(cs tls.ConnectionState) error {
+	if len(cs.PeerCertificates) == 0 {
+		return errors.New("pki: client presented no certificate")
+	}
+	leaf := cs.PeerCertificates[0]
+	if leaf.IsCA {
+		return fmt.Errorf("pki: client presented the CA certificate %q: a CA is never a client; use a host certificate", leaf.Subject.CommonName)
+	}
+	if !slices.Contains(leaf.ExtKeyUsage, x509.ExtKeyUsageClientAuth) {
+		return fmt.Errorf("pki: client certificate %q is not for client authentication (no clientAuth usage)", leaf.Subject.CommonName)
+	}
+	return nil
 }
 
 // ClientConfig returns the tls.Config of the migrator acting as host: it presents HOST.crt

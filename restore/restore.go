@@ -9,17 +9,18 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"time"
 
 	"github.com/checkpoint-restore/go-criu/v7/stats"
-	"github.com/containerd/containerd"
-	"github.com/containerd/containerd/cio"
-	"github.com/containerd/containerd/containers"
-	"github.com/containerd/containerd/content"
-	"github.com/containerd/containerd/errdefs"
-	"github.com/containerd/containerd/runtime/v2/runc/options"
+	"github.com/containerd/containerd/api/types/runc/options"
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/containers"
+	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/containerd/v2/pkg/cio"
+	"github.com/containerd/errdefs"
 	"github.com/containerd/typeurl/v2"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -42,6 +43,23 @@ type config struct {
 	imagePath string
 	specEdits []func(*specs.Spec) error
 	noRW      bool
+	runtime   string
+	labels    map[string]string
+}
+
+// WithRuntime runs the restored container under runtime name (such as io.containerd.runc.v2)
+// with no runtime options, instead of the runtime and options recorded in the checkpoint: a
+// target that does not trust the source chooses its own.
+func WithRuntime(name string) Opt { return func(cfg *config) { cfg.runtime = name } }
+
+// WithLabels adds labels to the restored container record.
+func WithLabels(labels map[string]string) Opt {
+	return func(cfg *config) {
+		if cfg.labels == nil {
+			cfg.labels = map[string]string{}
+		}
+		maps.Copy(cfg.labels, labels)
+	}
 }
 
 // Opt configures Restore.
@@ -87,24 +105,43 @@ func WithCRIUConfigFile(path string) Opt {
 	})
 }
 
-// TCP modes for a restored container's established TCP connections.
+// TCPMode says what becomes of a restored container's established TCP connections.
+type TCPMode string
+
+// The TCP modes.
 const (
 	// TCPClose restores them closed: the application gets an error and reconnects (the target
-	// host has another address).
-	TCPClose = "close"
+	// host has another address). The default.
+	TCPClose TCPMode = "close"
 	// TCPEstablished restores them open; only for a target with the source's address.
-	TCPEstablished = "established"
+	TCPEstablished TCPMode = "established"
 )
+
+// ParseTCPMode reads a TCP mode as a flag gives it; "" is TCPClose.
+func ParseTCPMode(s string) (TCPMode, error) {
+	switch m := TCPMode(s); m {
+	case "":
+		return TCPClose, nil
+	case TCPClose, TCPEstablished:
+		return m, nil
+	}
+	return "", fmt.Errorf("TCP mode %q: want %q (clients reconnect; another host) or %q (same address)", s, TCPClose, TCPEstablished)
+}
+
+// criuOption is the CRIU option of the mode.
+func (m TCPMode) criuOption() string {
+	return map[TCPMode]string{TCPClose: "tcp-close", TCPEstablished: "tcp-established"}[m]
+}
 
 // WithTCP restores established TCP connections as mode says (TCPClose or TCPEstablished),
 // through a CRIU configuration file it keeps in dir (runc has no --tcp-close flag). The file
 // stays: the container's spec names it for as long as the container lives.
-func WithTCP(mode, dir string) (Opt, error) {
-	opt := map[string]string{TCPClose: "tcp-close", TCPEstablished: "tcp-established"}[mode]
+func WithTCP(mode TCPMode, dir string) (Opt, error) {
+	opt := mode.criuOption()
 	if opt == "" {
 		return nil, fmt.Errorf("restore: TCP mode %q: want %q or %q", mode, TCPClose, TCPEstablished)
 	}
-	path := filepath.Join(dir, "criu-tcp-"+mode+".conf")
+	path := filepath.Join(dir, "criu-tcp-"+string(mode)+".conf")
 	if err := os.WriteFile(path, []byte(opt+"\n"), 0o644); err != nil {
 		return nil, fmt.Errorf("restore: write CRIU config: %w", err)
 	}
@@ -141,7 +178,17 @@ func Restore(ctx context.Context, client *containerd.Client, id, ref string, opt
 	if _, err := client.LoadContainer(ctx, id); err == nil {
 		return nil, fmt.Errorf("restore: container %q already exists on the target: %w", id, errdefs.ErrAlreadyExists)
 	}
-	copts := []containerd.RestoreOpts{containerd.WithRestoreImage, containerd.WithRestoreSpec, containerd.WithRestoreRuntime}
+	copts := []containerd.RestoreOpts{containerd.WithRestoreImage, containerd.WithRestoreSpec}
+	if cfg.runtime != "" {
+		copts = append(copts, withRuntime(cfg.runtime))
+	} else {
+		copts = append(copts, containerd.WithRestoreRuntime)
+	}
+	if len(cfg.labels) > 0 {
+		copts = append(copts, func(context.Context, string, *containerd.Client, containerd.Image, *ocispec.Index) containerd.NewContainerOpts {
+			return containerd.WithAdditionalContainerLabels(cfg.labels)
+		})
+	}
 	if len(cfg.specEdits) > 0 {
 		copts = append(copts, editSpec(cfg.specEdits))
 	}
@@ -220,6 +267,15 @@ func readIndex(ctx context.Context, client *containerd.Client, ckpt containerd.I
 		return nil, fmt.Errorf("restore: parse checkpoint index %s: %w", ckpt.Target().Digest, err)
 	}
 	return &index, nil
+}
+
+func withRuntime(name string) containerd.RestoreOpts {
+	return func(context.Context, string, *containerd.Client, containerd.Image, *ocispec.Index) containerd.NewContainerOpts {
+		return func(_ context.Context, _ *containerd.Client, c *containers.Container) error {
+			c.Runtime = containers.RuntimeInfo{Name: name}
+			return nil
+		}
+	}
 }
 
 func editSpec(edits []func(*specs.Spec) error) containerd.RestoreOpts {

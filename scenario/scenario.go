@@ -19,7 +19,6 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/ftwin-migrate/ftwin-migrate/agent"
-	"github.com/ftwin-migrate/ftwin-migrate/kafkahooks"
 	"github.com/ftwin-migrate/ftwin-migrate/lab"
 	"github.com/ftwin-migrate/ftwin-migrate/migrate"
 	"github.com/ftwin-migrate/ftwin-migrate/pki"
@@ -426,7 +425,7 @@ func (s *Scenario) Finish(ctx context.Context) (Result, error) {
 			if c := r.BoundaryCheck; c != nil {
 				mr.BoundaryChecked = c.CommittedBefore && c.ResumedMatch
 			}
-			if b, ok := r.Boundary.(*kafkahooks.Boundary); ok && b != nil {
+			if b := r.Boundary; b != nil {
 				mr.Boundary = migrate.OffsetsString(b.Offsets)
 			}
 		}

@@ -13,10 +13,10 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/containerd/containerd"
-	"github.com/containerd/containerd/content"
-	"github.com/containerd/containerd/errdefs"
-	"github.com/containerd/containerd/images"
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/containerd/v2/core/images"
+	"github.com/containerd/errdefs"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
@@ -49,7 +49,8 @@ func CopyImage(ctx context.Context, src, dst *containerd.Client, ref string) (St
 	}
 	is := dst.ImageService()
 	rec := images.Image{Name: img.Name, Target: img.Target, Labels: img.Labels}
-	if _, err := is.Create(dctx, rec); errdefs.IsAlreadyExists(err) {
+	_, err = is.Create(dctx, rec)
+	if errdefs.IsAlreadyExists(err) {
 		_, err = is.Update(dctx, rec)
 	}
 	if err != nil {

@@ -63,9 +63,10 @@ func PushDir(ctx context.Context, dir string, dst DirRemote) (DirStats, error) {
 }
 
 // ReceiveDir unpacks a stream sent by PushDir into dir (created) and returns the sha256 of the
-// uncompressed tar.
-func ReceiveDir(r io.Reader, dir string) (string, error) {
-	dec, err := zstd.NewReader(r)
+// uncompressed tar. A stream that decompresses to more than limit bytes (limit > 0) is refused
+// once it gets there.
+func ReceiveDir(r io.Reader, dir string, limit int64) (string, error) {
+	dec, err := zstd.NewReader(r, zstd.WithDecoderMaxWindow(MaxWindow))
 	if err != nil {
 		return "", fmt.Errorf("transfer: zstd: %w", err)
 	}
@@ -74,11 +75,16 @@ func ReceiveDir(r io.Reader, dir string) (string, error) {
 		return "", err
 	}
 	sum := sha256.New()
-	if err := readFlatTar(io.TeeReader(dec, sum), dir); err != nil {
+	var in io.Reader = dec
+	if limit > 0 {
+		in = &limitedReader{r: dec, left: limit}
+	}
+	in = io.TeeReader(in, sum)
+	if err := readFlatTar(in, dir); err != nil {
 		return "", fmt.Errorf("transfer: receive into %s: %w", dir, err)
 	}
 	// Read what follows the tar's end-of-archive blocks, so the digest covers the whole stream.
-	if _, err := io.Copy(sum, dec); err != nil {
+	if _, err := io.Copy(io.Discard, in); err != nil {
 		return "", fmt.Errorf("transfer: receive into %s: %w", dir, err)
 	}
 	return hex.EncodeToString(sum.Sum(nil)), nil
@@ -172,4 +178,28 @@ func CompressedSize(dir string) (int64, error) {
 		return 0, fmt.Errorf("transfer: compress %s: %w", dir, err)
 	}
 	return wire.n, nil
+}
+
+// ErrTooLarge is returned when a received stream decompresses to more than allowed.
+var ErrTooLarge = errors.New("transfer: the stream decompresses to more than allowed")
+
+// limitedReader fails with ErrTooLarge past left bytes.
+type limitedReader struct {
+	r    io.Reader
+	left int64
+}
+
+func (l *limitedReader) Read(p []byte) (int, error) {
+	if l.left <= 0 {
+		return 0, ErrTooLarge
+	}
+	if int64(len(p)) > l.left+1 {
+		p = p[:l.left+1]
+	}
+	n, err := l.r.Read(p)
+	l.left -= int64(n)
+	if l.left < 0 {
+		return n, ErrTooLarge
+	}
+	return n, err
 }

@@ -5,10 +5,11 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sync"
 
-	"github.com/containerd/containerd"
-	"github.com/containerd/containerd/content"
-	"github.com/containerd/containerd/content/local"
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/containerd/v2/plugins/content/local"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
@@ -27,7 +28,7 @@ func ContentProvider(ctx context.Context, client *containerd.Client) content.Pro
 
 // LocalStore opens the directory of client's content store when it is on this machine.
 func LocalStore(ctx context.Context, client *containerd.Client) (content.Store, bool) {
-	ps, err := client.IntrospectionService().Plugins(ctx, []string{`type=="io.containerd.content.v1",id=="content"`})
+	ps, err := client.IntrospectionService().Plugins(ctx, `type=="io.containerd.content.v1",id=="content"`)
 	if err != nil || len(ps.Plugins) != 1 {
 		return nil, false
 	}
@@ -38,9 +39,20 @@ func LocalStore(ctx context.Context, client *containerd.Client) (content.Store, 
 	if _, err := os.Stat(root); err != nil {
 		return nil, false
 	}
+	// One store per directory and process: opening one probes the file system (and logs that
+	// it has no fs-verity) every time.
+	if s, ok := localStores.Load(root); ok {
+		return s.(content.Store), true
+	}
 	store, err := local.NewStore(root)
-	return store, err == nil
+	if err != nil {
+		return nil, false
+	}
+	s, _ := localStores.LoadOrStore(root, store)
+	return s.(content.Store), true
 }
+
+var localStores sync.Map // root → content.Store
 
 // ReceiveLocal is Receive for a target whose content store directory is on this machine: the
 // blob is decompressed straight into the directory (its digest checked before it is committed

@@ -8,8 +8,8 @@ import (
 	"fmt"
 	"io"
 
-	"github.com/containerd/containerd/content"
-	"github.com/containerd/containerd/images"
+	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/containerd/v2/core/images"
 	"github.com/containerd/errdefs"
 	"github.com/klauspost/compress/zstd"
 	"github.com/opencontainers/go-digest"
@@ -151,10 +151,14 @@ func (c *countingReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// MaxWindow is the largest zstd window a receiver accepts (what Push's encoder uses is far
+// smaller): a stream asking for more is refused before memory is allocated for it.
+const MaxWindow = 64 << 20
+
 // Receive decompresses a blob sent by Push from r and writes it to store, committing it only
 // if its size and digest match desc. ctx should carry the lease the blob is kept under.
 func Receive(ctx context.Context, store content.Ingester, desc ocispec.Descriptor, r io.Reader) error {
-	dec, err := zstd.NewReader(r, zstd.WithDecoderConcurrency(1))
+	dec, err := zstd.NewReader(r, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(MaxWindow))
 	if err != nil {
 		return fmt.Errorf("transfer: zstd: %w", err)
 	}
@@ -164,7 +168,9 @@ func Receive(ctx context.Context, store content.Ingester, desc ocispec.Descripto
 	var b [8]byte
 	_, _ = rand.Read(b[:])
 	ref := "ftwin-recv-" + desc.Digest.Encoded()[:12] + "-" + hex.EncodeToString(b[:])
-	if err := content.WriteBlob(ctx, store, ref, dec, desc); err != nil {
+	// At most one byte more than declared is written: a stream that decompresses to more (a
+	// zstd bomb) fails the size check at commit instead of filling the disk first.
+	if err := content.WriteBlob(ctx, store, ref, io.LimitReader(dec, desc.Size+1), desc); err != nil {
 		if m, ok := store.(content.IngestManager); ok {
 			_ = m.Abort(context.WithoutCancel(ctx), ref)
 		}

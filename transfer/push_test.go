@@ -10,8 +10,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/containerd/containerd/content"
-	"github.com/containerd/containerd/content/local"
+	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/containerd/v2/plugins/content/local"
 	"github.com/opencontainers/go-digest"
 	specs "github.com/opencontainers/image-spec/specs-go"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -127,7 +127,7 @@ func (d *dirRemote) PutDir(ctx context.Context, r io.Reader) (int64, string, err
 		raw[700] ^= 1 // inside the first file's data
 		b = compress(d.t, raw)
 	}
-	got, err := ReceiveDir(bytes.NewReader(b), d.dir)
+	got, err := ReceiveDir(bytes.NewReader(b), d.dir, 0)
 	return int64(len(b)), got, err
 }
 

@@ -157,7 +157,8 @@ func startAgents(ctx context.Context, l *lab.Lab) error {
 		}
 		addr := net.JoinHostPort(h.IP, fmt.Sprint(lab.AgentPort))
 		cmd := h.Command(context.Background(), exe, "receive", "--listen", addr, "--address", h.Address(),
-			"--pki", labPKI(l), "--host", h.Name, "--work-dir", filepath.Join(h.Dir, "agent"), "--cgroup-parent", h.CgroupParent())
+			"--pki", labPKI(l), "--host", h.Name, "--work-dir", filepath.Join(h.Dir, "agent"), "--cgroup-parent", h.CgroupParent(),
+			"--serve-namespace", lab.Namespace, "--allow-host-namespace", "network")
 		cmd.Stdout, cmd.Stderr = logf, logf
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 		err = cmd.Start()
@@ -220,7 +221,9 @@ func labRun(c *cli.Context) error {
 	return nil
 }
 
-func workloadBinary(c *cli.Context) (string, error) { return besideExecutable(c, "workload", "counter") }
+func workloadBinary(c *cli.Context) (string, error) {
+	return besideExecutable(c, "workload", "counter")
+}
 
 // besideExecutable returns the path given by flag, or else the binary called name beside this
 // executable (where `make build` puts it), checking that it exists.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -13,12 +14,14 @@ import (
 	"strings"
 	"time"
 
-	"github.com/containerd/containerd"
+	containerd "github.com/containerd/containerd/v2/client"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/schollz/progressbar/v3"
 	"github.com/urfave/cli/v2"
 	"golang.org/x/term"
 
 	"github.com/ftwin-migrate/ftwin-migrate/agent"
+	"github.com/ftwin-migrate/ftwin-migrate/hooksock"
 	"github.com/ftwin-migrate/ftwin-migrate/migrate"
 	"github.com/ftwin-migrate/ftwin-migrate/pki"
 	"github.com/ftwin-migrate/ftwin-migrate/restore"
@@ -61,6 +64,11 @@ func receiveCommand() *cli.Command {
 			&cli.StringFlag{Name: "work-dir", Value: "/var/lib/ftwin-migrate/agent", Usage: "CRIU config files and restored containers' logs"},
 			&cli.DurationFlag{Name: "session-timeout", Value: 2 * time.Minute, Usage: "abort a migration session idle this long"},
 			&cli.StringFlag{Name: "cgroup-parent", Usage: "put restored containers at PARENT/NAMESPACE/ID in the cgroup hierarchy (default: the source's path)"},
+			&cli.StringSliceFlag{Name: "serve-namespace", Usage: "containerd namespace to restore into and answer about (repeatable; default: any)"},
+			&cli.StringSliceFlag{Name: "allow-host-namespace", Usage: "host namespace a restored container may share: network, pid, ipc, uts (repeatable)"},
+			&cli.StringSliceFlag{Name: "allow-bind-mount", Usage: "host path (and below) a restored container may bind-mount (repeatable)"},
+			&cli.StringSliceFlag{Name: "allow-capability", Usage: "capability beyond containerd's defaults a restored container may hold, e.g. CAP_NET_ADMIN (repeatable)"},
+			&cli.BoolFlag{Name: "allow-devices", Usage: "let restored containers have device nodes and device cgroup rules of their own"},
 		}, containerdFlags...), pkiFlags...),
 		Action: func(c *cli.Context) error {
 			host := hostName(c)
@@ -73,8 +81,12 @@ func receiveCommand() *cli.Command {
 				return err
 			}
 			defer client.Close()
+			policy, err := policyFlags(c)
+			if err != nil {
+				return err
+			}
 			cfg := agent.Config{Host: host, Client: client, WorkDir: c.String("work-dir"), SessionTimeout: c.Duration("session-timeout"),
-				Log: slog.New(slog.NewTextHandler(os.Stderr, nil))}
+				Log: slog.New(slog.NewTextHandler(os.Stderr, nil)), Policy: policy, Namespaces: c.StringSlice("serve-namespace")}
 			if parent := c.String("cgroup-parent"); parent != "" {
 				cfg.RestoreOpts = func(r agent.SessionRequest) []restore.Opt {
 					return []restore.Opt{restore.WithCgroupsPath(path.Join(parent, r.Namespace, r.Container))}
@@ -114,16 +126,25 @@ func migrateCommand() *cli.Command {
 			&cli.StringFlag{Name: "to", Required: true, Usage: "target agent address, host:port"},
 			&cli.StringFlag{Name: "peer", Usage: "the target's host name in the PKI (checked against its certificate)"},
 			&cli.StringFlag{Name: "probe", Usage: "http:// URL the target checks before commit, e.g. http://127.0.0.1:8080/healthz"},
-			&cli.StringFlag{Name: "tcp", Value: agent.TCPClose, Usage: "established connections on the target: close (clients reconnect) or established (same address)"},
+			&cli.StringFlag{Name: "tcp", Value: string(restore.TCPClose), Usage: "established connections on the target: close (clients reconnect) or established (same address)"},
 			&cli.DurationFlag{Name: "phase-timeout", Value: 2 * time.Minute, Usage: "roll back if a phase takes longer"},
 			&cli.BoolFlag{Name: "json", Usage: "print the report as JSON"},
-			&cli.StringFlag{Name: "hook-socket", Value: migrate.DefaultHookSocket, Usage: "the application's hook socket inside the container (\"none\": freeze the application as it is)"},
+			&cli.StringFlag{Name: "hook", Value: "auto", Usage: "the application's migration hook: auto (use it if the container serves one), required, or off (freeze the application as it is)"},
+			&cli.StringFlag{Name: "hook-socket", Value: migrate.DefaultHookSocket, Usage: "the application's hook socket inside the container (an absolute path)"},
 			&cli.StringSliceFlag{Name: "brokers", Usage: "Kafka bootstrap servers: check the application's boundary against the group's committed offsets"},
-			&cli.DurationFlag{Name: "session-timeout", Usage: "the consumer group's session timeout, for the downtime warning (default: what the application reports, else 45s)"},
+			&cli.DurationFlag{Name: "session-timeout", Value: 45 * time.Second, Usage: "the consumer group's session timeout, for the warning when the expected downtime approaches it"},
 		}, containerdFlags...), pkiFlags...),
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
 				return fmt.Errorf("migrate takes one argument, the container id (got %d)", c.NArg())
+			}
+			tcp, err := restore.ParseTCPMode(c.String("tcp"))
+			if err != nil {
+				return fmt.Errorf("--tcp: %w", err)
+			}
+			hookMode, err := hookFlags(c)
+			if err != nil {
+				return err
 			}
 			host := hostName(c)
 			tlsCfg, err := pki.ClientConfig(c.String("pki"), host, c.String("peer"))
@@ -137,8 +158,8 @@ func migrateCommand() *cli.Command {
 			defer client.Close()
 			o := migrate.Options{
 				Namespace: c.String("namespace"), Container: c.Args().First(), Target: c.String("to"), TLS: tlsCfg,
-				SourceHost: host, TCP: c.String("tcp"), Probe: c.String("probe"), PhaseTimeout: c.Duration("phase-timeout"),
-				HookSocket: c.String("hook-socket"), Brokers: c.StringSlice("brokers"), SessionTimeout: c.Duration("session-timeout"),
+				SourceHost: host, TCP: tcp, Probe: c.String("probe"), PhaseTimeout: c.Duration("phase-timeout"),
+				HookMode: hookMode, HookSocket: c.String("hook-socket"), Brokers: c.StringSlice("brokers"), SessionTimeout: c.Duration("session-timeout"),
 			}
 			if !c.Bool("json") && term.IsTerminal(int(os.Stderr.Fd())) {
 				var bar *progressbar.ProgressBar
@@ -160,6 +181,40 @@ func migrateCommand() *cli.Command {
 			return err
 		},
 	}
+}
+
+// policyFlags reads the --allow-* flags of receive.
+func policyFlags(c *cli.Context) (agent.Policy, error) {
+	p := agent.Policy{BindMounts: c.StringSlice("allow-bind-mount"), Capabilities: c.StringSlice("allow-capability"), Devices: c.Bool("allow-devices")}
+	for _, ns := range c.StringSlice("allow-host-namespace") {
+		switch t := specs.LinuxNamespaceType(ns); t {
+		case specs.NetworkNamespace, specs.PIDNamespace, specs.IPCNamespace, specs.UTSNamespace:
+			p.HostNamespaces = append(p.HostNamespaces, t)
+		default:
+			return p, fmt.Errorf("--allow-host-namespace %q: want network, pid, ipc or uts (a restored container always has a mount namespace of its own)", ns)
+		}
+	}
+	for _, b := range p.BindMounts {
+		if !path.IsAbs(b) {
+			return p, fmt.Errorf("--allow-bind-mount %q: want an absolute host path", b)
+		}
+	}
+	return p, nil
+}
+
+// hookFlags reads --hook and checks --hook-socket.
+func hookFlags(c *cli.Context) (migrate.HookMode, error) {
+	mode, err := migrate.ParseHookMode(c.String("hook"))
+	if err != nil {
+		return 0, fmt.Errorf("--hook: %w", err)
+	}
+	if c.String("hook-socket") == "none" {
+		return 0, errors.New(`--hook-socket none is gone: use --hook off to freeze the application as it is`)
+	}
+	if err := hooksock.CheckSocket(c.String("hook-socket")); err != nil {
+		return 0, fmt.Errorf("--hook-socket: %w", err)
+	}
+	return mode, nil
 }
 
 func certsCommand() *cli.Command {

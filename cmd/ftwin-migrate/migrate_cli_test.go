@@ -39,7 +39,7 @@ func TestMigrateCLI(t *testing.T) {
 		{migrateArgs("--to", prefix+"12:7443"), "one argument, the container id"},
 		{migrateArgs("--to", prefix+"12:7443", "nope"), `"nope"`},
 		{migrateArgs("--to", prefix+"12:7444", "twin"), "unreachable"},
-		{migrateArgs("--to", prefix+"12:7443", "--tcp", "sideways", "twin"), `tcp mode "sideways"`},
+		{migrateArgs("--to", prefix+"12:7443", "--tcp", "sideways", "twin"), `TCP mode "sideways"`},
 	} {
 		r := l.run(c.args...)
 		if r.code == 0 || !strings.Contains(r.stdout+r.stderr, c.want) {
@@ -55,7 +55,7 @@ func TestMigrateCLI(t *testing.T) {
 	if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil {
 		t.Fatalf("migrate --json printed no report: %v\n%s", err, r)
 	}
-	if rep.Result != "committed" || rep.To != "fog" || len(rep.Phases) != 7 || rep.CRIU == nil {
+	if rep.Result != "committed" || rep.To != "fog" || len(rep.Phases) != 8 || rep.CRIU == nil {
 		t.Errorf("report: %+v", rep)
 	}
 	last, err := state.Last(cloudLog)

@@ -6,12 +6,12 @@ import (
 	"fmt"
 	"os"
 
-	"github.com/containerd/containerd"
-	"github.com/containerd/containerd/namespaces"
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/urfave/cli/v2"
 
 	"github.com/ftwin-migrate/ftwin-migrate/checkpoint"
-	"github.com/ftwin-migrate/ftwin-migrate/kafkahooks"
+	"github.com/ftwin-migrate/ftwin-migrate/migrate"
 	"github.com/ftwin-migrate/ftwin-migrate/restore"
 	"github.com/ftwin-migrate/ftwin-migrate/transfer"
 )
@@ -91,7 +91,7 @@ func restoreCommand() *cli.Command {
 		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "id", Usage: "container id (default: the checkpointed container's)"},
 			&cli.StringFlag{Name: "log", Usage: "file for the restored task's stdout and stderr (default: discarded)"},
-			&cli.StringFlag{Name: "tcp", Value: restore.TCPClose, Usage: "established connections: close (clients reconnect; another host) or established (same address)"},
+			&cli.StringFlag{Name: "tcp", Value: string(restore.TCPClose), Usage: "established connections: close (clients reconnect; another host) or established (same address)"},
 		}, containerdFlags...),
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
@@ -120,7 +120,11 @@ func restoreCommand() *cli.Command {
 				return err
 			}
 			defer checkpoint.Delete(ctx, client, ref)
-			tcp, err := restore.WithTCP(c.String("tcp"), os.TempDir())
+			mode, err := restore.ParseTCPMode(c.String("tcp"))
+			if err != nil {
+				return fmt.Errorf("--tcp: %w", err)
+			}
+			tcp, err := restore.WithTCP(mode, os.TempDir())
 			if err != nil {
 				return err
 			}
@@ -164,9 +168,9 @@ func inspectCommand() *cli.Command {
 	}
 }
 
-// containerHook returns the kafkahooks client of container id's application, or nil if it
-// serves no hook at the default socket.
-func containerHook(ctx context.Context, client *containerd.Client, id string) (*kafkahooks.Client, error) {
+// containerHook returns the hook of container id's application, or nil if it serves none at
+// the default socket.
+func containerHook(ctx context.Context, client *containerd.Client, id string) (*migrate.SocketHook, error) {
 	c, err := client.LoadContainer(ctx, id)
 	if err != nil {
 		return nil, fmt.Errorf("container %q: %w", id, err)
@@ -175,11 +179,7 @@ func containerHook(ctx context.Context, client *containerd.Client, id string) (*
 	if err != nil {
 		return nil, fmt.Errorf("container %q has no running task: %w", id, err)
 	}
-	p := kafkahooks.ContainerSocketPath(int(t.Pid()))
-	if fi, err := os.Stat(p); err != nil || fi.Mode()&os.ModeSocket == 0 {
-		return nil, nil
-	}
-	return kafkahooks.Dial(p), nil
+	return migrate.FindSocketHook(t.Pid(), migrate.DefaultHookSocket)
 }
 
 func mib(n int64) float64 { return float64(n) / (1 << 20) }

@@ -16,12 +16,17 @@ func recoverCommand() *cli.Command {
 		ArgsUsage: "CONTAINER",
 		Flags: append(append([]cli.Flag{
 			&cli.StringFlag{Name: "peer", Usage: "the target's host name in the PKI"},
-			&cli.StringFlag{Name: "hook-socket", Value: migrate.DefaultHookSocket, Usage: "the application's hook socket inside the container"},
+			&cli.StringFlag{Name: "hook", Value: "auto", Usage: "the application's migration hook: auto (tell it to carry on if it serves one) or off"},
+			&cli.StringFlag{Name: "hook-socket", Value: migrate.DefaultHookSocket, Usage: "the application's hook socket inside the container (an absolute path)"},
 			&cli.BoolFlag{Name: "force-thaw", Usage: "thaw the source even if the target agent cannot be asked (only if the target is gone for good)"},
 		}, containerdFlags...), pkiFlags...),
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
 				return fmt.Errorf("recover takes one argument, the container id (got %d)", c.NArg())
+			}
+			hookMode, err := hookFlags(c)
+			if err != nil {
+				return err
 			}
 			tlsCfg, err := pki.ClientConfig(c.String("pki"), hostName(c), c.String("peer"))
 			if err != nil && !c.Bool("force-thaw") {
@@ -34,7 +39,7 @@ func recoverCommand() *cli.Command {
 			defer client.Close()
 			what, err := migrate.Recover(c.Context, client, migrate.RecoverOptions{
 				Namespace: c.String("namespace"), Container: c.Args().First(), TLS: tlsCfg,
-				HookSocket: c.String("hook-socket"), ForceThaw: c.Bool("force-thaw"),
+				HookMode: hookMode, HookSocket: c.String("hook-socket"), ForceThaw: c.Bool("force-thaw"),
 			})
 			if err != nil {
 				return err

@@ -149,7 +149,7 @@ func TestMigrateAndBack(t *testing.T) {
 		for _, p := range rep.Phases {
 			phases = append(phases, p.Name)
 		}
-		want := []migrate.Phase{migrate.Preflight, migrate.Quiesce, migrate.Checkpoint, migrate.Transfer, migrate.Restore, migrate.Verify, migrate.Commit}
+		want := []migrate.Phase{migrate.Preflight, migrate.Quiesce, migrate.Checkpoint, migrate.Transfer, migrate.Restore, migrate.Resume, migrate.Verify, migrate.Commit}
 		if len(phases) != len(want) {
 			t.Fatalf("phases %v, want %v", phases, want)
 		}

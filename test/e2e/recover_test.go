@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/containerd/containerd"
+	containerd "github.com/containerd/containerd/v2/client"
 
 	"github.com/ftwin-migrate/ftwin-migrate/internal/testbin"
 	"github.com/ftwin-migrate/ftwin-migrate/lab"
@@ -31,7 +31,7 @@ func TestRecoverAfterMigratorKilled(t *testing.T) {
 	cli := testbin.Build(t, "github.com/ftwin-migrate/ftwin-migrate/cmd/ftwin-migrate")
 	before := lastState(t, cloud, id)
 	cmd := exec.Command(cli, "migrate", "--address", cloud.Address(), "--namespace", lab.Namespace, "--pki", ml.pki,
-		"--host", cloud.Name, "--to", ml.agents[fog.Name].Addr, "--hook-socket", "none", id)
+		"--host", cloud.Name, "--to", ml.agents[fog.Name].Addr, "--hook", "off", id)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -79,7 +79,7 @@ func TestRecoverAfterMigratorKilled(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	what, err := migrate.Recover(ctx, client, migrate.RecoverOptions{Namespace: lab.Namespace, Container: id, TLS: tlsCfg, HookSocket: "none"})
+	what, err := migrate.Recover(ctx, client, migrate.RecoverOptions{Namespace: lab.Namespace, Container: id, TLS: tlsCfg, HookMode: migrate.HookOff})
 	if err != nil {
 		t.Fatalf("recover: %v", err)
 	}

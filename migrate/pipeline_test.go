@@ -1,0 +1,493 @@
+package migrate
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containerd/containerd/v2/core/content"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/ftwin-migrate/ftwin-migrate/agent"
+	"github.com/ftwin-migrate/ftwin-migrate/checkpoint"
+	"github.com/ftwin-migrate/ftwin-migrate/kafkahooks"
+	"github.com/ftwin-migrate/ftwin-migrate/transfer"
+)
+
+// world is a source host, a target host and an application, faked: every call is logged and
+// may be made to fail; the state says how many copies of the workload run and where.
+type world struct {
+	t    *testing.T
+	log  []string
+	fail map[string]error
+	// block makes a call wait for the end of its context instead of answering.
+	block map[string]bool
+
+	// the source
+	srcFrozen, srcRemoved bool
+	srcLabel              string
+	// the target
+	sessionOpen, copyRunning, committed bool
+	// the application
+	prepared, copyResumed bool
+}
+
+func newWorld(t *testing.T) *world {
+	return &world{t: t, fail: map[string]error{}, block: map[string]bool{}}
+}
+
+var errInjected = errors.New("injected failure")
+
+func (w *world) call(ctx context.Context, name string) error {
+	w.log = append(w.log, name)
+	if w.block[name] {
+		<-ctx.Done()
+		return ctx.Err()
+	}
+	return w.fail[name]
+}
+
+// copies says where the workload runs: a frozen or removed source does not run.
+func (w *world) copies() (source, target bool) {
+	return !w.srcFrozen && !w.srcRemoved, w.copyRunning
+}
+
+type fakeSource struct{ *world }
+
+func (s fakeSource) Running(ctx context.Context) (TaskInfo, error) {
+	return TaskInfo{Pid: 4242, ResidentBytes: 64 << 20}, s.call(ctx, "source.Running")
+}
+func (s fakeSource) CPUInfo(ctx context.Context) ([]byte, error) {
+	return []byte("cpuinfo"), s.call(ctx, "source.CPUInfo")
+}
+func (s fakeSource) SetMigrating(ctx context.Context, target string) error {
+	name := "source.SetMigrating"
+	if target == "" {
+		name = "source.ClearMigrating"
+	}
+	if err := s.call(ctx, name); err != nil {
+		return err
+	}
+	s.srcLabel = target
+	return nil
+}
+func (s fakeSource) Freeze(ctx context.Context) error {
+	if err := s.call(ctx, "source.Freeze"); err != nil {
+		return err
+	}
+	s.srcFrozen = true
+	return nil
+}
+func (s fakeSource) Thaw(ctx context.Context) error {
+	if err := s.call(ctx, "source.Thaw"); err != nil {
+		return err
+	}
+	s.srcFrozen = false
+	return nil
+}
+func (s fakeSource) Checkpoint(ctx context.Context, ref, workDir, imageDir string) (*checkpoint.Result, error) {
+	if err := s.call(ctx, "source.Checkpoint"); err != nil {
+		return nil, err
+	}
+	// An index of a type transfer does not descend into: the walk reads no content.
+	return &checkpoint.Result{Ref: ref, Target: ocispec.Descriptor{MediaType: "application/x-test-checkpoint", Digest: "sha256:0000000000000000000000000000000000000000000000000000000000000000", Size: 1}}, nil
+}
+func (s fakeSource) Content(context.Context) content.Provider { return nil }
+func (s fakeSource) DeleteCheckpoint(ctx context.Context, ref string) error {
+	s.log = append(s.log, "source.DeleteCheckpoint")
+	return nil
+}
+func (s fakeSource) Remove(ctx context.Context) error {
+	if err := s.call(ctx, "source.Remove"); err != nil {
+		return err
+	}
+	s.srcRemoved, s.srcFrozen = true, false
+	return nil
+}
+
+type fakeTarget struct{ *world }
+
+func (t fakeTarget) Hello(ctx context.Context) (agent.Hello, error) {
+	return agent.Hello{Protocol: agent.ProtocolVersion, Host: "fog", FreeBytes: 1 << 30}, t.call(ctx, "target.Hello")
+}
+func (t fakeTarget) CheckCPU(ctx context.Context, _ []byte) error {
+	return t.call(ctx, "target.CheckCPU")
+}
+func (t fakeTarget) Open(ctx context.Context, _ agent.SessionRequest) (agent.Session, error) {
+	if err := t.call(ctx, "target.Open"); err != nil {
+		return agent.Session{}, err
+	}
+	t.sessionOpen = true
+	return agent.Session{ID: "s1", Timeout: time.Minute}, nil
+}
+func (t fakeTarget) Receiver() Receiver { return t }
+func (t fakeTarget) Missing(ctx context.Context, _ []ocispec.Descriptor) ([]ocispec.Descriptor, error) {
+	return nil, t.call(ctx, "target.Missing")
+}
+func (t fakeTarget) Put(ctx context.Context, _ ocispec.Descriptor, r io.Reader) (int64, error) {
+	t.t.Fatal("Put called although the target holds every blob")
+	return 0, nil
+}
+func (t fakeTarget) PutDir(ctx context.Context, r io.Reader) (int64, string, error) {
+	if err := t.call(ctx, "target.PutDir"); err != nil {
+		_, _ = io.Copy(io.Discard, r)
+		return 0, "", err
+	}
+	sum, err := transfer.ReceiveDir(r, t.t.TempDir(), 0)
+	return 0, sum, err
+}
+func (t fakeTarget) Restore(ctx context.Context, _ ocispec.Descriptor, _ string) (agent.RestoreResult, error) {
+	if err := t.call(ctx, "target.Restore"); err != nil {
+		return agent.RestoreResult{}, err
+	}
+	t.copyRunning = true
+	return agent.RestoreResult{Duration: time.Millisecond}, nil
+}
+func (t fakeTarget) HookTransport() http.RoundTripper { return nil }
+func (t fakeTarget) Verify(ctx context.Context) (agent.VerifyResult, error) {
+	if err := t.call(ctx, "target.Verify"); err != nil {
+		return agent.VerifyResult{}, err
+	}
+	return agent.VerifyResult{Running: t.copyRunning}, nil
+}
+func (t fakeTarget) Commit(ctx context.Context) error {
+	if err := t.call(ctx, "target.Commit"); err != nil {
+		return err
+	}
+	t.committed = true
+	return nil
+}
+func (t fakeTarget) Abort(ctx context.Context) error {
+	if err := t.call(ctx, "target.Abort"); err != nil {
+		return err
+	}
+	t.sessionOpen, t.copyRunning = false, false
+	return nil
+}
+
+type fakeHook struct{ *world }
+
+var boundary = kafkahooks.Offsets{"sensors": {0: 120, 1: 98}}
+
+func (h fakeHook) Prepare(ctx context.Context) (*kafkahooks.Boundary, error) {
+	if err := h.call(ctx, "hook.Prepare"); err != nil {
+		return nil, err
+	}
+	h.prepared = true
+	return &kafkahooks.Boundary{Protocol: kafkahooks.Version, Group: "twin", Offsets: boundary}, nil
+}
+func (h fakeHook) Resume(ctx context.Context, _ http.RoundTripper) (kafkahooks.Offsets, error) {
+	if err := h.call(ctx, "hook.Resume"); err != nil {
+		return nil, err
+	}
+	h.copyResumed = true
+	return boundary, nil
+}
+func (h fakeHook) Abort(ctx context.Context) error {
+	if err := h.call(ctx, "hook.Abort"); err != nil {
+		return err
+	}
+	h.prepared = false
+	return nil
+}
+
+func (w *world) run(t *testing.T, o Options) (*Report, error) {
+	t.Helper()
+	o.Container, o.Target, o.SourceHost = "twin", "fog:7443", "cloud"
+	if o.Hook == nil && o.HookMode != HookOff {
+		o.Hook = fakeHook{w}
+	}
+	rep, err := Run(context.Background(), fakeSource{w}, fakeTarget{w}, o)
+	if rep == nil {
+		t.Fatalf("no report (err %v)", err)
+	}
+	return rep, err
+}
+
+// The calls of a migration that succeeds, in order.
+var successCalls = []string{
+	"source.Running", "target.Hello", "source.CPUInfo", "target.CheckCPU", "target.Open", // preflight
+	"hook.Prepare",                                              // quiesce
+	"source.SetMigrating", "source.Freeze", "source.Checkpoint", // checkpoint
+	"target.Missing", "target.PutDir", // transfer
+	"target.Restore",                 // restore
+	"hook.Resume",                    // resume
+	"target.Verify",                  // verify
+	"target.Commit", "source.Remove", // commit
+	"source.DeleteCheckpoint", // cleanup
+}
+
+func TestPipelineCommits(t *testing.T) {
+	w := newWorld(t)
+	rep, err := w.run(t, Options{})
+	if err != nil {
+		t.Fatalf("migration failed: %v", err)
+	}
+	if !slices.Equal(w.log, successCalls) {
+		t.Errorf("calls\n got %v\nwant %v", w.log, successCalls)
+	}
+	var phases []Phase
+	for _, p := range rep.Phases {
+		phases = append(phases, p.Name)
+	}
+	if want := []Phase{Preflight, Quiesce, Checkpoint, Transfer, Restore, Resume, Verify, Commit}; !slices.Equal(phases, want) {
+		t.Errorf("phases %v, want %v", phases, want)
+	}
+	if src, tgt := w.copies(); src || !tgt || !w.srcRemoved || !w.committed || !w.copyResumed {
+		t.Errorf("after commit: source runs %v, removed %v; target runs %v, committed %v, resumed %v", src, w.srcRemoved, tgt, w.committed, w.copyResumed)
+	}
+	if rep.Result != Committed || len(rep.Undo) != 0 || rep.Session != "s1" || rep.Downtime <= 0 {
+		t.Errorf("report: result %q, undo %v, session %q, downtime %v", rep.Result, rep.Undo, rep.Session, rep.Downtime)
+	}
+	if c := rep.BoundaryCheck; c == nil || !c.Resumed || !c.ResumedMatch {
+		t.Errorf("boundary check %+v: want resumed at the boundary", c)
+	}
+}
+
+// The undos, by name.
+const (
+	undoAbort = undoAbortTarget
+	undoHook  = "tell the source application to carry on"
+	undoLabel = "clear the source's migration label"
+	undoThaw  = "thaw the source"
+)
+
+// TestPipelineRollsBack fails every call of the pipeline in turn and checks which phase
+// failed, the exact undo sequence, and that exactly one copy runs afterwards: the source,
+// thawed, unlabelled, its application carrying on, with nothing left on the target.
+func TestPipelineRollsBack(t *testing.T) {
+	for _, tc := range []struct {
+		fail  string
+		phase Phase
+		undo  []string
+	}{
+		{"source.Running", Preflight, nil},
+		{"target.Hello", Preflight, nil},
+		{"source.CPUInfo", Preflight, nil},
+		{"target.CheckCPU", Preflight, nil},
+		{"target.Open", Preflight, []string{undoAbort}},
+		{"hook.Prepare", Quiesce, []string{undoHook, undoAbort}},
+		{"source.SetMigrating", Checkpoint, []string{undoLabel, undoHook, undoAbort}},
+		{"source.Freeze", Checkpoint, []string{undoLabel, undoHook, undoAbort}},
+		{"source.Checkpoint", Checkpoint, []string{undoThaw, undoLabel, undoHook, undoAbort}},
+		{"target.Missing", Transfer, []string{undoThaw, undoLabel, undoHook, undoAbort}},
+		{"target.PutDir", Transfer, []string{undoThaw, undoLabel, undoHook, undoAbort}},
+		// From the restore on, a copy may run on the target: it goes before the source thaws.
+		{"target.Restore", Restore, []string{undoAbort, undoThaw, undoLabel, undoHook}},
+		{"hook.Resume", Resume, []string{undoAbort, undoThaw, undoLabel, undoHook}},
+		{"target.Verify", Verify, []string{undoAbort, undoThaw, undoLabel, undoHook}},
+	} {
+		t.Run(tc.fail, func(t *testing.T) {
+			w := newWorld(t)
+			w.fail[tc.fail] = errInjected
+			rep, err := w.run(t, Options{})
+			var pe *PhaseError
+			if !errors.As(err, &pe) || pe.Phase != tc.phase || !errors.Is(err, errInjected) {
+				t.Fatalf("error %v: want the injected failure in phase %s", err, tc.phase)
+			}
+			var undone []string
+			for _, u := range rep.Undo {
+				undone = append(undone, u.Name)
+				if u.Error != "" {
+					t.Errorf("undo %q failed: %s", u.Name, u.Error)
+				}
+			}
+			if !slices.Equal(undone, tc.undo) {
+				t.Errorf("undo sequence\n got %q\nwant %q", undone, tc.undo)
+			}
+			if rep.Result != RolledBack {
+				t.Errorf("result %q, want %q", rep.Result, RolledBack)
+			}
+			if last := rep.Phases[len(rep.Phases)-1]; last.Name != Rollback || last.Error != "" {
+				t.Errorf("last phase %+v: want a clean rollback", last)
+			}
+			src, tgt := w.copies()
+			if !src || tgt || w.sessionOpen || w.srcLabel != "" || w.prepared || w.srcRemoved {
+				t.Errorf("after rollback: source runs %v (label %q, prepared %v, removed %v); target runs %v, session open %v",
+					src, w.srcLabel, w.prepared, w.srcRemoved, tgt, w.sessionOpen)
+			}
+			if slices.Contains(w.log, "source.Checkpoint") && !slices.Contains(w.log, "source.DeleteCheckpoint") {
+				t.Error("the checkpoint image was not deleted")
+			}
+		})
+	}
+}
+
+// TestPipelineCommitFailures: past verify nothing rolls back. A target that does not confirm the
+// commit leaves the source frozen and labelled for recover, and the migration fails; a source
+// that cannot be removed after the commit is a warning.
+func TestPipelineCommitFailures(t *testing.T) {
+	t.Run("target.Commit", func(t *testing.T) {
+		w := newWorld(t)
+		w.fail["target.Commit"] = errInjected
+		rep, err := w.run(t, Options{})
+		if !errors.Is(err, errInjected) || rep.Result != CommitUnconfirmed || len(rep.Undo) != 0 {
+			t.Fatalf("result %q, undo %v, err %v: want %q, no undo, the injected error", rep.Result, rep.Undo, err, CommitUnconfirmed)
+		}
+		if !w.srcFrozen || w.srcRemoved || w.srcLabel != "fog:7443" || !w.copyRunning {
+			t.Errorf("source frozen %v removed %v label %q; target runs %v: want the source frozen and labelled, the copy running", w.srcFrozen, w.srcRemoved, w.srcLabel, w.copyRunning)
+		}
+		if !strings.Contains(err.Error(), "ftwin-migrate recover twin") {
+			t.Errorf("error %q does not name the recover command", err)
+		}
+	})
+	t.Run("source.Remove", func(t *testing.T) {
+		w := newWorld(t)
+		w.fail["source.Remove"] = errInjected
+		rep, err := w.run(t, Options{})
+		if err != nil || rep.Result != Committed || len(rep.Warnings) == 0 || !strings.Contains(strings.Join(rep.Warnings, "\n"), errInjected.Error()) {
+			t.Fatalf("result %q, warnings %q, err %v: want committed with a warning", rep.Result, rep.Warnings, err)
+		}
+		if !w.srcFrozen || !w.committed {
+			t.Errorf("source frozen %v, target committed %v", w.srcFrozen, w.committed)
+		}
+	})
+}
+
+// TestRollbackFailureIsReported: an undo that fails never yields ROLLED BACK; the other undos
+// still run and the error names the recover command.
+func TestRollbackFailureIsReported(t *testing.T) {
+	w := newWorld(t)
+	w.fail["target.Verify"] = errInjected
+	w.fail["source.Thaw"] = errors.New("freezer stuck")
+	rep, err := w.run(t, Options{})
+	if rep.Result != RollbackFailed {
+		t.Errorf("result %q, want %q", rep.Result, RollbackFailed)
+	}
+	if err == nil || !errors.Is(err, errInjected) || !strings.Contains(err.Error(), "freezer stuck") || !strings.Contains(err.Error(), "ftwin-migrate recover twin") {
+		t.Errorf("error %v: want the cause, the failed thaw and the recover command", err)
+	}
+	var ran []string
+	for _, u := range rep.Undo {
+		ran = append(ran, u.Name)
+	}
+	if want := []string{undoAbort, undoThaw, undoLabel, undoHook}; !slices.Equal(ran, want) {
+		t.Errorf("undos %q, want all of %q", ran, want)
+	}
+	if last := rep.Phases[len(rep.Phases)-1]; last.Name != Rollback || last.Error == "" {
+		t.Errorf("last phase %+v: want a failed rollback", last)
+	}
+}
+
+// TestUnconfirmedSessionAbortIsAWarning: before the restore the target holds only blobs, so an
+// agent that cannot be told to abort (killed, say) is a warning, not a failed rollback.
+func TestUnconfirmedSessionAbortIsAWarning(t *testing.T) {
+	w := newWorld(t)
+	w.fail["target.PutDir"] = errInjected
+	w.fail["target.Abort"] = errors.New("connection refused")
+	rep, err := w.run(t, Options{})
+	if !errors.Is(err, errInjected) || rep.Result != RolledBack {
+		t.Fatalf("result %q, err %v: want rolled back", rep.Result, err)
+	}
+	if !strings.Contains(strings.Join(rep.Warnings, "\n"), "connection refused") {
+		t.Errorf("warnings %q do not mention the failed abort", rep.Warnings)
+	}
+	if src, _ := w.copies(); !src {
+		t.Error("the source does not run")
+	}
+}
+
+// TestThawDoesNotStarveBehindRemoteAbort: the target's abort hangs (an unreachable agent); it
+// gets its own short timeout, and the thaw its own context, so the source runs again.
+func TestThawDoesNotStarveBehindRemoteAbort(t *testing.T) {
+	w := newWorld(t)
+	w.fail["target.Verify"] = errInjected
+	w.block["target.Abort"] = true
+	start := time.Now()
+	rep, _ := w.run(t, Options{RemoteUndoTimeout: 50 * time.Millisecond, LocalUndoTimeout: time.Second, PhaseTimeout: time.Second})
+	if time.Since(start) > 5*time.Second {
+		t.Errorf("rollback took %v", time.Since(start))
+	}
+	if w.srcFrozen {
+		t.Error("the source stayed frozen behind a hanging abort")
+	}
+	if rep.Result != RollbackFailed {
+		t.Errorf("result %q: the abort did not confirm, so the rollback cannot claim %q", rep.Result, RolledBack)
+	}
+	if rep.Downtime <= 0 {
+		t.Error("the downtime of a rolled-back migration ends at the thaw, and was not recorded")
+	}
+}
+
+// TestPhaseTimeout: a phase that hangs is cut at the phase timeout and rolled back.
+func TestPhaseTimeout(t *testing.T) {
+	w := newWorld(t)
+	w.block["target.Restore"] = true
+	rep, err := w.run(t, Options{PhaseTimeout: 50 * time.Millisecond})
+	var pe *PhaseError
+	if !errors.As(err, &pe) || pe.Phase != Restore || !strings.Contains(err.Error(), "phase timeout 50ms") {
+		t.Fatalf("error %v: want a restore phase timeout", err)
+	}
+	if rep.Result != RolledBack || w.srcFrozen {
+		t.Errorf("result %q, source frozen %v", rep.Result, w.srcFrozen)
+	}
+}
+
+// TestHookModes: without a hook nothing is prepared or resumed and the report says no boundary
+// was taken; HookRequired refuses a container without one before anything happens to it.
+func TestHookModes(t *testing.T) {
+	t.Run("off", func(t *testing.T) {
+		w := newWorld(t)
+		rep, err := w.run(t, Options{HookMode: HookOff})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if slices.Contains(w.log, "hook.Prepare") || rep.Boundary != nil || rep.BoundaryCheck != nil {
+			t.Errorf("hook called or boundary reported: calls %v, boundary %+v", w.log, rep.Boundary)
+		}
+		if !strings.Contains(strings.Join(rep.Warnings, "\n"), "no boundary was taken") {
+			t.Errorf("warnings %q do not say that no boundary was taken", rep.Warnings)
+		}
+	})
+	t.Run("required without a hook", func(t *testing.T) {
+		w := newWorld(t)
+		// The fake source's pid has no /proc entry here: it serves no hook socket.
+		o := Options{HookMode: HookRequired, HookSocket: "/run/ftwin-migrate/hook.sock"}
+		o.Container, o.Target = "twin", "fog:7443"
+		rep, err := Run(context.Background(), fakeSource{w}, fakeTarget{w}, o)
+		if err == nil || !strings.Contains(err.Error(), "serves no migration hook") {
+			t.Fatalf("error %v: want a refusal", err)
+		}
+		if slices.Contains(w.log, "target.Open") || slices.Contains(w.log, "source.Freeze") || rep.Result != RolledBack {
+			t.Errorf("calls %v, result %q: want a refusal before the session opens", w.log, rep.Result)
+		}
+	})
+	t.Run("resumed elsewhere", func(t *testing.T) {
+		w := newWorld(t)
+		rep, err := w.run(t, Options{Hook: offsetHook{fakeHook{w}, kafkahooks.Offsets{"sensors": {0: 7}}}})
+		if err == nil || !strings.Contains(err.Error(), "not at the boundary") || rep.BoundaryCheck.ResumedMatch {
+			t.Fatalf("err %v, check %+v: want a mismatch", err, rep.BoundaryCheck)
+		}
+		if src, tgt := w.copies(); !src || tgt {
+			t.Errorf("source runs %v, target runs %v", src, tgt)
+		}
+	})
+}
+
+// offsetHook resumes at other offsets than its boundary.
+type offsetHook struct {
+	fakeHook
+	at kafkahooks.Offsets
+}
+
+func (h offsetHook) Resume(ctx context.Context, rt http.RoundTripper) (kafkahooks.Offsets, error) {
+	_, err := h.fakeHook.Resume(ctx, rt)
+	return h.at, err
+}
+
+func TestUndoStackMovesARepushedUndoToTheTop(t *testing.T) {
+	var s undoStack
+	var ran []string
+	for _, n := range []string{"a", "b", "c", "a"} {
+		s.push(n, Preflight, local, required, func(context.Context) error { ran = append(ran, n); return nil })
+	}
+	rep := s.unwind(context.Background(), time.Second, time.Second)
+	if want := []string{"a", "c", "b"}; !slices.Equal(ran, want) || len(rep) != 3 {
+		t.Errorf("ran %v (%d reports), want %v", ran, len(rep), want)
+	}
+}

@@ -1,0 +1,72 @@
+package migrate
+
+import (
+	"context"
+	"slices"
+	"time"
+)
+
+// where an undo acts: on this host, or on the target through the network.
+type where bool
+
+const (
+	local  where = false
+	remote where = true
+)
+
+// How much an undo matters.
+type need bool
+
+const (
+	// required: if it fails, exactly one working copy is not assured: the rollback failed.
+	required need = false
+	// bestEffort: its failure leaves only garbage that is removed anyway (a session the agent
+	// drops once it idles past its timeout or restarts): a warning.
+	bestEffort need = true
+)
+
+// undoAbortTarget is the undo of everything the target holds: pushed when the session opens
+// (best effort: the target holds only blobs then), and pushed again, required, when a restored
+// copy may run there (so it moves to the top and runs before the source thaws).
+const undoAbortTarget = "abort the session on the target"
+
+// undo reverses what a phase did.
+type undo struct {
+	name  string
+	phase Phase
+	where where
+	need  need
+	fn    func(context.Context) error
+}
+
+// undoStack holds the undos of the phases that ran, the latest on top.
+type undoStack []undo
+
+// push puts an undo on top. An undo of the same name already on the stack moves to the top
+// instead: it runs once, at the latest point it is needed.
+func (s *undoStack) push(name string, p Phase, w where, n need, fn func(context.Context) error) {
+	*s = slices.DeleteFunc(*s, func(u undo) bool { return u.name == name })
+	*s = append(*s, undo{name: name, phase: p, where: w, need: n, fn: fn})
+}
+
+// unwind runs the undos from the top down, each under a context of its own (localTimeout or
+// remoteTimeout), and reports every one: a failed undo does not stop the ones below it.
+func (s undoStack) unwind(ctx context.Context, localTimeout, remoteTimeout time.Duration) []UndoReport {
+	var out []UndoReport
+	for _, u := range slices.Backward(s) {
+		timeout, where := localTimeout, "source"
+		if u.where == remote {
+			timeout, where = remoteTimeout, "target"
+		}
+		uctx, cancel := context.WithTimeout(ctx, timeout)
+		start := time.Now()
+		err := u.fn(uctx)
+		cancel()
+		r := UndoReport{Name: u.name, PushedBy: u.phase, On: where, BestEffort: bool(u.need), Duration: time.Since(start)}
+		if err != nil {
+			r.Error = err.Error()
+		}
+		out = append(out, r)
+	}
+	return out
+}

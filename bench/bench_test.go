@@ -34,13 +34,13 @@ func TestSamplesInterpolate(t *testing.T) {
 	}
 }
 
-func TestDrainRate(t *testing.T) {
+func TestOutputRate(t *testing.T) {
 	stop := time.Unix(0, 1e9)
 	var ev []verify.Event
-	for i := int64(0); i < 3000; i++ { // 1000 before the stop, 2000 in the 2 s after it
+	for i := int64(0); i < 3000; i++ { // 1000 before from, 2000 in the 2 s after it
 		ev = append(ev, verify.Event{ProcessedNS: i * 1e6})
 	}
-	r, err := drainRate(ev, stop)
+	r, err := outputRate(ev, stop)
 	if err != nil || r < 999 || r > 1001 {
 		t.Fatalf("drain rate %v, %v; want 1000/s", r, err)
 	}

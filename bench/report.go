@@ -196,7 +196,7 @@ func (r *Results) WriteMarkdown(w io.Writer) error {
 			g.stat(func(x Run) float64 { return x.CPUSeconds }).fmtRange("%.2f"),
 			g.stat(func(x Run) float64 { return float64(x.MovedBytes) / mib }).fmt("%.1f"),
 			wire.fmt("%.1f"), wire.med/float64(g.cell.StateMiB),
-			g.stat(func(x Run) float64 { return x.Compression }).fmt("%.2f"),
+			compression(g),
 			okCol, digests)
 	}
 	// The standby's cost while nothing moves.
@@ -222,6 +222,15 @@ func (r *Results) WriteMarkdown(w io.Writer) error {
 		}
 	}
 	return nil
+}
+
+// compression is the median compression of the cell's runs, "–" where nothing was carried.
+func compression(g group) string {
+	c := g.stat(func(x Run) float64 { return x.Compression })
+	if math.IsNaN(c.med) || c.med == 0 {
+		return "–"
+	}
+	return c.fmt("%.2f")
 }
 
 func firstError(r *Results, g group) string {

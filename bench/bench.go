@@ -170,6 +170,8 @@ type Results struct {
 	CPUAccounting bool   `json:"cpu_accounting"`
 	Cells         []Cell `json:"cells"`
 	Runs          []Run  `json:"runs"`
+	// Replaced are failed runs that Retry measured again (in Runs now), kept with their errors.
+	Replaced []Run `json:"replaced,omitempty"`
 }
 
 // OK reports whether every run is OK.
@@ -291,6 +293,43 @@ func Measure(ctx context.Context, cfg Config) (*Results, error) {
 		}
 	}
 	return res, nil
+}
+
+// Retry measures again every run of prev that is not OK (same cell, method and repeat, the
+// cells' rates as they were), replaces it in prev.Runs and keeps the failed one in
+// prev.Replaced. For runs lost to something outside the benchmark (a daemon replaced under it).
+func Retry(ctx context.Context, cfg Config, prev *Results) error {
+	cfg.Cells = prev.Cells
+	cfg.defaults()
+	cg, err := joinCPUGroup(cfg.Name)
+	if err != nil {
+		fmt.Fprintf(cfg.Log, "bench: %v\n", err)
+	}
+	defer cg.leave()
+	var todo []int
+	for i, x := range prev.Runs {
+		if !x.OK() {
+			todo = append(todo, i)
+		}
+	}
+	start := time.Now()
+	for n, i := range todo {
+		old := prev.Runs[i]
+		fmt.Fprintf(cfg.Log, "bench: retry [%d/%d %s] %s, %d MiB, %s, %.0f events/s, repeat %d (was: %s) ...\n", n+1, len(todo),
+			time.Since(start).Round(time.Second), old.Method, old.StateMiB, linkName(old.LinkMbit), old.Rate, old.Repeat+1, old.Error)
+		run := measureOne(ctx, cfg, prev, cg, old.Cell, old.Method, old.Repeat)
+		fmt.Fprintf(cfg.Log, "bench:   stream gap %.0f ms, lost %d, dup %d%s %s\n", run.StreamGapMs, run.Lost, run.Duplicated, digestNote(run), run.Error)
+		prev.Runs[i] = run
+		prev.Replaced = append(prev.Replaced, old)
+		prev.Finished = time.Now()
+		if cfg.OnRun != nil {
+			cfg.OnRun(prev)
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+	}
+	return nil
 }
 
 func digestNote(r Run) string {

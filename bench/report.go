@@ -139,6 +139,9 @@ func (r *Results) WriteMarkdown(w io.Writer) error {
 	if r.CapacityEPS > 0 {
 		fmt.Fprintf(w, " Twin capacity at %d MiB: %.0f events/s (the high rate is %.0f%% of it).", r.CapacityStateMiB, r.CapacityEPS, CapacityShare*100)
 	}
+	if len(r.Replaced) > 0 {
+		fmt.Fprintf(w, " %d runs failed for a reason outside the benchmark and were measured again (`--retry-failed`; the failures are in bench.json under \"replaced\").", len(r.Replaced))
+	}
 	if !r.CPUAccounting {
 		fmt.Fprint(w, " CPU: cgroup accounting was unavailable (CPU columns are 0).")
 	}

@@ -36,6 +36,7 @@ func benchCommand() *cli.Command {
 			&cli.StringFlag{Name: "twin", Usage: "static twin binary (default: twin beside this executable)"},
 			&cli.StringFlag{Name: "out", Value: "results", Usage: "directory for bench.json, bench.md and bench.svg"},
 			&cli.StringFlag{Name: "render", Usage: "render bench.md and bench.svg again from this bench.json (no runs)"},
+			&cli.StringFlag{Name: "retry-failed", Usage: "measure again the failed runs of this bench.json (same cells, methods, repeats) and write the merged results to --out"},
 		},
 		Action: func(c *cli.Context) error {
 			if p := c.String("render"); p != "" {
@@ -94,7 +95,14 @@ func benchCommand() *cli.Command {
 					return fmt.Errorf("--method %q: want one of %v", m, bench.AllMethods)
 				}
 			}
-			res, err := bench.Measure(c.Context, cfg)
+			var res *bench.Results
+			if p := c.String("retry-failed"); p != "" {
+				if res, err = bench.Load(p); err == nil {
+					err = bench.Retry(c.Context, cfg, res)
+				}
+			} else {
+				res, err = bench.Measure(c.Context, cfg)
+			}
 			if res != nil {
 				if werr := res.Write(c.String("out")); werr != nil {
 					return werr

@@ -63,11 +63,11 @@ test: install build vet
 
 # The downtime benchmark: all methods side by side, 16/128/512 MiB, unthrottled and 100 Mbit/s.
 bench: install build
-	$(BIN)/ftwin-migrate bench --out results
+	$(BIN)/ftwin-migrate bench --out results $(BENCH_FLAGS)
 
 # The short version CI runs on every run: 16 MiB, both links; prints the table.
 bench-short: install build
-	$(BIN)/ftwin-migrate bench --short --out results-short
+	$(BIN)/ftwin-migrate bench --short --out results-short $(BENCH_FLAGS)
 
 lab-down:
 	$(BIN)/ftwin-migrate lab down

@@ -4,37 +4,252 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"slices"
 	"sort"
 	"strings"
+
+	"github.com/ftwin-migrate/ftwin-migrate/scenario"
 )
 
-// WriteMarkdown writes the results as a Markdown table, each method's stream gap beside its
-// ratio to the floor measured in the same run.
+// stat is the median and range of a metric over a cell's repeats.
+type stat struct{ med, lo, hi float64 }
+
+func statOf(xs []float64) stat {
+	if len(xs) == 0 {
+		return stat{math.NaN(), math.NaN(), math.NaN()}
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	m := s[len(s)/2]
+	if len(s)%2 == 0 {
+		m = (s[len(s)/2-1] + s[len(s)/2]) / 2
+	}
+	return stat{m, s[0], s[len(s)-1]}
+}
+
+// fmtRange prints "median (min–max)", or the median alone for one value.
+func (s stat) fmtRange(format string) string {
+	if math.IsNaN(s.med) {
+		return "–"
+	}
+	if s.lo == s.hi {
+		return fmt.Sprintf(format, s.med)
+	}
+	return fmt.Sprintf(format+" ("+format+"–"+format+")", s.med, s.lo, s.hi)
+}
+
+func (s stat) fmt(format string) string {
+	if math.IsNaN(s.med) {
+		return "–"
+	}
+	return fmt.Sprintf(format, s.med)
+}
+
+// group is a cell's runs of one method.
+type group struct {
+	cell   Cell
+	method string
+	runs   []Run // the OK ones
+	failed int
+}
+
+func (g group) stat(f func(Run) float64) stat {
+	var xs []float64
+	for _, r := range g.runs {
+		xs = append(xs, f(r))
+	}
+	return statOf(xs)
+}
+
+// groups orders the runs by cell (as measured) and method (as in AllMethods).
+func (r *Results) groups() []group {
+	var out []group
+	idx := map[string]int{}
+	for _, x := range r.Runs {
+		k := fmt.Sprintf("%d/%d/%v/%v/%s", x.StateMiB, x.LinkMbit, x.Rate, x.HighRate, x.Method)
+		i, ok := idx[k]
+		if !ok {
+			i = len(out)
+			idx[k] = i
+			out = append(out, group{cell: x.Cell, method: x.Method})
+		}
+		if x.OK() {
+			out[i].runs = append(out[i].runs, x)
+		} else {
+			out[i].failed++
+		}
+	}
+	cellIdx := map[Cell]int{}
+	for i, c := range r.Cells {
+		cellIdx[c] = i
+	}
+	sort.SliceStable(out, func(a, b int) bool {
+		ca, cb := cellIdx[out[a].cell], cellIdx[out[b].cell]
+		if ca != cb {
+			return ca < cb
+		}
+		return slices.Index(AllMethods, out[a].method) < slices.Index(AllMethods, out[b].method)
+	})
+	return out
+}
+
+// floorEstimate is the floor of stop-and-copy for a cell, in ms: the median stream gap of CRIU
+// dump+restore on one host plus the median compressed image over the link's measured
+// bandwidth. 0 when the cell has no floor runs.
+func (r *Results) floorEstimate(gs []group, c Cell) float64 {
+	for _, g := range gs {
+		if g.cell == c && g.method == scenario.MethodFloor && len(g.runs) > 0 {
+			bw := r.BandwidthMBps[c.LinkMbit]
+			if bw <= 0 {
+				return 0
+			}
+			gap := g.stat(func(x Run) float64 { return x.StreamGapMs }).med
+			wire := g.stat(func(x Run) float64 { return float64(x.WireBytes) }).med
+			return gap + wire/(bw*1e6)*1000
+		}
+	}
+	return 0
+}
+
+func rateName(c Cell) string {
+	if c.HighRate {
+		return fmt.Sprintf("%.0f (%.0f%% cap.)", c.Rate, CapacityShare*100)
+	}
+	return fmt.Sprintf("%.0f", c.Rate)
+}
+
+const mib = 1 << 20
+
+// WriteMarkdown writes the results as Markdown tables: one row per cell and method, medians
+// over the repeats with (min–max) where it matters, then the standby's idle cost.
 func (r *Results) WriteMarkdown(w io.Writer) error {
-	fmt.Fprintf(w, "Measured %s on %s. Stream gap: longest pause in the twin's committed output around the move; ×floor: over CRIU dump+restore on one host plus the CRIU image at the link's measured bandwidth", r.Started.Format("2006-01-02 15:04 MST"), r.Host)
+	ok := 0
+	for _, x := range r.Runs {
+		if x.OK() {
+			ok++
+		}
+	}
+	fmt.Fprintf(w, "Measured %s – %s on %s (%d CPUs), %s broker, %d devices, dwell %.0f s before and after each move; %d of %d runs complete with nothing lost or duplicated (the ok column: runs of the cell).",
+		r.Started.UTC().Format("2006-01-02 15:04"), r.Finished.UTC().Format("15:04 MST"), r.Host, r.CPUs, r.Broker, r.Devices, r.DwellS, ok, len(r.Runs))
 	var bws []string
 	for _, link := range sortedKeys(r.BandwidthMBps) {
-		bws = append(bws, fmt.Sprintf("%s %.0f MB/s", linkName(link), r.BandwidthMBps[link]))
+		bws = append(bws, fmt.Sprintf("%s %.1f MB/s", linkName(link), r.BandwidthMBps[link]))
 	}
-	fmt.Fprintf(w, " (%s).\n\n", strings.Join(bws, ", "))
-	fmt.Fprintln(w, "| state | link | method | stream gap ms | ×floor | downtime ms | CRIU frozen ms | total ms | wire MiB | CPU s | lost | dup | rebalances |")
-	fmt.Fprintln(w, "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-	for _, x := range r.Runs {
+	fmt.Fprintf(w, " Measured link bandwidth: %s.", strings.Join(bws, ", "))
+	if r.CapacityEPS > 0 {
+		fmt.Fprintf(w, " Twin capacity at %d MiB: %.0f events/s (the high rate is %.0f%% of it).", r.CapacityStateMiB, r.CapacityEPS, CapacityShare*100)
+	}
+	if len(r.Replaced) > 0 {
+		fmt.Fprintf(w, " %d runs failed for a reason outside the benchmark and were measured again (`--retry-failed`; the failures are in bench.json under \"replaced\").", len(r.Replaced))
+	}
+	if !r.CPUAccounting {
+		fmt.Fprint(w, " CPU: cgroup accounting was unavailable (CPU columns are 0).")
+	}
+	fmt.Fprint(w, "\n\n")
+	fmt.Fprintln(w, "Stream gap: longest pause in committed output around the move. ×floor: stream gap over the floor's (CRIU dump+restore on one host, plus its image at the compression measured, over the link's measured bandwidth). Downtime: sum of the move's pauses, each beyond the normal output interval. Latency: sensor timestamp to output, whole run. Throughput: outputs/s from the move's start to output resuming. CPU: every process (cgroups), move start to resume, beyond the baseline before it. Moved: the state as the method carried it; wire: what crossed the link for it (floor: its zstd size, not sent); compr.: moved/wire. Medians over the repeats, (min–max).")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "| state | link | events/s | method | stream gap ms | ×floor | downtime ms | run gap ms | latency p50 / p99 / p99.9 / max ms | throughput ev/s | CPU s | moved MiB | wire MiB | wire/state | compr. | ok |")
+	fmt.Fprintln(w, "|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+	gs := r.groups()
+	for _, g := range gs {
+		n := len(g.runs) + g.failed
+		okCol := fmt.Sprintf("%d/%d", len(g.runs), n)
+		if len(g.runs) == 0 {
+			fmt.Fprintf(w, "| %d MiB | %s | %s | %s | – | – | – | – | – | – | – | – | – | – | – | %s %s |\n", g.cell.StateMiB, linkName(g.cell.LinkMbit), rateName(g.cell), g.method, okCol, firstError(r, g))
+			continue
+		}
+		gap := g.stat(func(x Run) float64 { return x.StreamGapMs })
 		ratio := "–"
-		if x.FloorRatio > 0 {
-			ratio = fmt.Sprintf("%.2f", x.FloorRatio)
+		if f := r.floorEstimate(gs, g.cell); f > 0 {
+			if g.method == scenario.MethodFloor {
+				ratio = fmt.Sprintf("(%.0f ms)", f)
+			} else {
+				ratio = fmt.Sprintf("%.2f", gap.med/f)
+			}
 		}
-		if x.Method == "criu-floor" && x.FloorEstimateMs > 0 {
-			ratio = fmt.Sprintf("(%.0f ms)", x.FloorEstimateMs)
+		lat := fmt.Sprintf("%s / %s / %s / %s",
+			g.stat(func(x Run) float64 { return x.Latency.P50 }).fmt("%.0f"),
+			g.stat(func(x Run) float64 { return x.Latency.P99 }).fmtRange("%.0f"),
+			g.stat(func(x Run) float64 { return x.Latency.P999 }).fmt("%.0f"),
+			g.stat(func(x Run) float64 { return x.Latency.Max }).fmt("%.0f"))
+		wire := g.stat(func(x Run) float64 { return float64(x.WireBytes) / mib })
+		digests := ""
+		var checked, equal int
+		for _, x := range g.runs {
+			if x.DigestChecked {
+				checked++
+				if x.DigestEqual {
+					equal++
+				}
+			}
 		}
-		fmt.Fprintf(w, "| %d MiB | %s | %s | %.0f | %s | %.0f | %.0f | %.0f | %.1f | %.2f | %d | %d | %d |", x.StateMiB, linkName(x.LinkMbit), x.Method,
-			x.StreamGapMs, ratio, x.DowntimeMs, x.FrozenMs, x.TotalMs, float64(x.WireBytes)/(1<<20), x.CPUSeconds, x.Lost, x.Duplicated, x.Rebalances)
-		if x.Error != "" {
-			fmt.Fprintf(w, " error: %s", strings.ReplaceAll(x.Error, "|", "/"))
+		if checked > 0 {
+			digests = fmt.Sprintf(", digest %d/%d =", equal, checked)
 		}
+		if g.failed > 0 {
+			digests += " " + firstError(r, g)
+		}
+		fmt.Fprintf(w, "| %d MiB | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %.2f | %s | %s%s |\n",
+			g.cell.StateMiB, linkName(g.cell.LinkMbit), rateName(g.cell), g.method,
+			gap.fmtRange("%.0f"), ratio,
+			g.stat(func(x Run) float64 { return x.DowntimeMs }).fmtRange("%.0f"),
+			g.stat(func(x Run) float64 { return x.RunGapMs }).fmt("%.0f"),
+			lat,
+			g.stat(func(x Run) float64 { return x.ThroughputEPS }).fmt("%.0f"),
+			g.stat(func(x Run) float64 { return x.CPUSeconds }).fmtRange("%.2f"),
+			g.stat(func(x Run) float64 { return float64(x.MovedBytes) / mib }).fmt("%.1f"),
+			wire.fmt("%.1f"), wire.med/float64(g.cell.StateMiB),
+			compression(g),
+			okCol, digests)
+	}
+	// The standby's cost while nothing moves.
+	var rows []string
+	for _, g := range gs {
+		if g.method != scenario.MethodStandby || len(g.runs) == 0 || g.runs[0].Standby == nil {
+			continue
+		}
+		rows = append(rows, fmt.Sprintf("| %d MiB | %s | %s | %s | %s | %s | %s |", g.cell.StateMiB, linkName(g.cell.LinkMbit), rateName(g.cell),
+			g.stat(func(x Run) float64 { return x.Standby.LinkBytesPerSec / 1e3 }).fmtRange("%.0f"),
+			g.stat(func(x Run) float64 { return x.Standby.CPUPerSec }).fmt("%.3f"),
+			g.stat(func(x Run) float64 { return float64(x.Standby.RSSBytes) / mib }).fmt("%.0f"),
+			g.stat(func(x Run) float64 { return float64(x.Standby.ActiveRSSBytes) / mib }).fmt("%.0f")))
+	}
+	if len(rows) > 0 {
 		fmt.Fprintln(w)
+		fmt.Fprintln(w, "Warm standby, idle cost (over the dwell before the move): what crossed the standby host's link (replication of the changelog), its CPU, and its resident memory beside the active twin's.")
+		fmt.Fprintln(w)
+		fmt.Fprintln(w, "| state | link | events/s | replication kB/s | standby CPU s/s | standby RSS MiB | active twin RSS MiB |")
+		fmt.Fprintln(w, "|---:|---|---:|---:|---:|---:|---:|")
+		for _, row := range rows {
+			fmt.Fprintln(w, row)
+		}
 	}
 	return nil
+}
+
+// compression is the median compression of the cell's runs, "–" where nothing was carried.
+func compression(g group) string {
+	c := g.stat(func(x Run) float64 { return x.Compression })
+	if math.IsNaN(c.med) || c.med == 0 {
+		return "–"
+	}
+	return c.fmt("%.2f")
+}
+
+func firstError(r *Results, g group) string {
+	for _, x := range r.Runs {
+		if x.Cell == g.cell && x.Method == g.method && !x.OK() {
+			e := x.Error
+			if e == "" {
+				e = fmt.Sprintf("lost %d, duplicated %d, %d of %d out", x.Lost, x.Duplicated, x.EventsOut, x.EventsIn)
+			}
+			if len(e) > 160 {
+				e = e[:160] + "…"
+			}
+			return "failed: " + strings.ReplaceAll(e, "|", "/")
+		}
+	}
+	return ""
 }
 
 func sortedKeys(m map[int]float64) []int {
@@ -46,28 +261,43 @@ func sortedKeys(m map[int]float64) []int {
 	return k
 }
 
-// WriteSVG plots stream gap against state size, log-log, one line per method and link.
+func baseRate(r *Results) string {
+	for _, c := range r.Cells {
+		if !c.HighRate {
+			return fmt.Sprintf("%.0f", c.Rate)
+		}
+	}
+	return "the base rate"
+}
+
+// WriteSVG plots the stream gap against state size, log-log, at the base rate: one line per
+// method and link (medians), with error bars from min to max.
 func (r *Results) WriteSVG(w io.Writer) error {
-	const W, H, left, right, top, bottom = 780, 440, 90, 210, 30, 50
+	const W, H, left, right, top, bottom = 860, 480, 90, 250, 30, 50
 	type key struct {
 		method string
 		link   int
 	}
-	series := map[key][][2]float64{}
+	type pt struct{ x, med, lo, hi float64 }
+	series := map[key][]pt{}
 	minX, maxX, minY, maxY := math.Inf(1), math.Inf(-1), math.Inf(1), math.Inf(-1)
-	for _, x := range r.Runs {
-		if x.StreamGapMs <= 0 || x.Error != "" {
+	for _, g := range r.groups() {
+		if g.cell.HighRate || len(g.runs) == 0 {
 			continue
 		}
-		k := key{x.Method, x.LinkMbit}
-		series[k] = append(series[k], [2]float64{float64(x.StateMiB), x.StreamGapMs})
-		minX, maxX = math.Min(minX, float64(x.StateMiB)), math.Max(maxX, float64(x.StateMiB))
-		minY, maxY = math.Min(minY, x.StreamGapMs), math.Max(maxY, x.StreamGapMs)
+		s := g.stat(func(x Run) float64 { return x.StreamGapMs })
+		if s.lo <= 0 {
+			continue
+		}
+		k := key{g.method, g.cell.LinkMbit}
+		series[k] = append(series[k], pt{float64(g.cell.StateMiB), s.med, s.lo, s.hi})
+		minX, maxX = math.Min(minX, float64(g.cell.StateMiB)), math.Max(maxX, float64(g.cell.StateMiB))
+		minY, maxY = math.Min(minY, s.lo), math.Max(maxY, s.hi)
 	}
 	if len(series) == 0 {
 		minX, maxX, minY, maxY = 16, 512, 100, 10000
 	}
-	lx0, lx1 := math.Log10(minX)-0.1, math.Log10(maxX)+0.1
+	lx0, lx1 := math.Log10(minX)-0.15, math.Log10(maxX)+0.15
 	ly0, ly1 := math.Floor(math.Log10(minY)), math.Ceil(math.Log10(maxY))
 	if ly1 <= ly0 {
 		ly1 = ly0 + 1
@@ -77,18 +307,18 @@ func (r *Results) WriteSVG(w io.Writer) error {
 
 	fmt.Fprintf(w, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" font-family="sans-serif" font-size="12">`+"\n", W, H)
 	fmt.Fprintf(w, `<rect width="100%%" height="100%%" fill="white"/>`+"\n")
-	fmt.Fprintf(w, `<text x="%d" y="18" font-size="14">Stream gap during a twin migration (log-log)</text>`+"\n", left)
+	fmt.Fprintf(w, `<text x="%d" y="18" font-size="14">Stream gap of a twin move at %s events/s (median, bars min–max over the repeats; log-log)</text>`+"\n", left, baseRate(r))
 	for e := ly0; e <= ly1; e++ {
 		y := py(math.Pow(10, e))
 		fmt.Fprintf(w, `<line x1="%d" x2="%d" y1="%.1f" y2="%.1f" stroke="#ddd"/><text x="%d" y="%.1f" text-anchor="end">%g ms</text>`+"\n", left, W-right, y, y, left-6, y+4, math.Pow(10, e))
 	}
-	var sizes []float64
 	seen := map[float64]bool{}
+	var sizes []float64
 	for _, s := range series {
 		for _, p := range s {
-			if !seen[p[0]] {
-				seen[p[0]] = true
-				sizes = append(sizes, p[0])
+			if !seen[p.x] {
+				seen[p.x] = true
+				sizes = append(sizes, p.x)
 			}
 		}
 	}
@@ -98,35 +328,42 @@ func (r *Results) WriteSVG(w io.Writer) error {
 		fmt.Fprintf(w, `<line x1="%.1f" x2="%.1f" y1="%d" y2="%d" stroke="#ddd"/><text x="%.1f" y="%d" text-anchor="middle">%g MiB</text>`+"\n", x, x, top, H-bottom, x, H-bottom+16, s)
 	}
 	fmt.Fprintf(w, `<text x="%d" y="%d" text-anchor="middle">twin state size</text>`+"\n", (left+W-right)/2, H-10)
-	colors := map[string]string{"ftwin-migrate": "#1f77b4", "containerd": "#ff7f0e", "kafka-restart": "#2ca02c", "criu-floor": "#7f7f7f"}
+	colors := map[string]string{scenario.MethodFtwin: "#1f77b4", scenario.MethodContainerd: "#ff7f0e", scenario.MethodNaive: "#d62728",
+		scenario.MethodRestart: "#2ca02c", scenario.MethodStandby: "#9467bd", scenario.MethodFloor: "#7f7f7f"}
+	dashes := map[int]string{0: "", 100: ` stroke-dasharray="6,4"`, 20: ` stroke-dasharray="2,3"`}
 	var keys []key
 	for k := range series {
 		keys = append(keys, k)
 	}
 	sort.Slice(keys, func(i, j int) bool {
-		if keys[i].method != keys[j].method {
-			return keys[i].method < keys[j].method
+		if keys[i].link != keys[j].link {
+			return keys[i].link == 0 || (keys[j].link != 0 && keys[i].link > keys[j].link)
 		}
-		return keys[i].link < keys[j].link
+		return slices.Index(AllMethods, keys[i].method) < slices.Index(AllMethods, keys[j].method)
 	})
 	for i, k := range keys {
 		pts := series[k]
-		sort.Slice(pts, func(a, b int) bool { return pts[a][0] < pts[b][0] })
+		sort.Slice(pts, func(a, b int) bool { return pts[a].x < pts[b].x })
+		// Offset each series a little sideways so that error bars do not hide each other.
+		off := float64(i%6-3) * 2.5
 		var path []string
 		for _, p := range pts {
-			path = append(path, fmt.Sprintf("%.1f,%.1f", px(p[0]), py(p[1])))
-		}
-		dash := ""
-		if k.link != 0 {
-			dash = ` stroke-dasharray="6,4"`
+			path = append(path, fmt.Sprintf("%.1f,%.1f", px(p.x)+off, py(p.med)))
 		}
 		c := colors[k.method]
 		if c == "" {
 			c = "black"
 		}
+		dash, ok := dashes[k.link]
+		if !ok {
+			dash = ` stroke-dasharray="1,2"`
+		}
 		fmt.Fprintf(w, `<polyline fill="none" stroke="%s" stroke-width="2"%s points="%s"/>`+"\n", c, dash, strings.Join(path, " "))
 		for _, p := range pts {
-			fmt.Fprintf(w, `<circle cx="%.1f" cy="%.1f" r="3" fill="%s"/>`+"\n", px(p[0]), py(p[1]), c)
+			x := px(p.x) + off
+			fmt.Fprintf(w, `<line x1="%.1f" x2="%.1f" y1="%.1f" y2="%.1f" stroke="%s"/><line x1="%.1f" x2="%.1f" y1="%.1f" y2="%.1f" stroke="%s"/><line x1="%.1f" x2="%.1f" y1="%.1f" y2="%.1f" stroke="%s"/>`+"\n",
+				x, x, py(p.lo), py(p.hi), c, x-3, x+3, py(p.lo), py(p.lo), c, x-3, x+3, py(p.hi), py(p.hi), c)
+			fmt.Fprintf(w, `<circle cx="%.1f" cy="%.1f" r="3" fill="%s"/>`+"\n", x, py(p.med), c)
 		}
 		ly := top + 10 + i*18
 		fmt.Fprintf(w, `<line x1="%d" x2="%d" y1="%d" y2="%d" stroke="%s" stroke-width="2"%s/><text x="%d" y="%d">%s, %s</text>`+"\n",

@@ -11,7 +11,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -23,7 +22,7 @@ import (
 	"github.com/ftwin-migrate/ftwin-migrate/lab"
 	"github.com/ftwin-migrate/ftwin-migrate/migrate"
 	"github.com/ftwin-migrate/ftwin-migrate/pki"
-	"github.com/ftwin-migrate/ftwin-migrate/test/workloads/sensors/gen"
+	"github.com/ftwin-migrate/ftwin-migrate/sensors"
 	"github.com/ftwin-migrate/ftwin-migrate/verify"
 )
 
@@ -33,6 +32,8 @@ const (
 	OutputTopic = "twin-state"
 	Group       = "ftwin-twin"
 	ContainerID = "twin"
+	// StandbyID is the standby twin's container (Config.Standby).
+	StandbyID = "twin-standby"
 )
 
 // Config describes a scenario run.
@@ -48,8 +49,12 @@ type Config struct {
 	StateMiB int
 	// Rate is sensor events per second. Default 200.
 	Rate float64
-	// Devices is the number of sensors. Default 20.
+	// Devices is the number of sensors, the twin's fleet (each has an equal share of its
+	// state). Default 256.
 	Devices int
+	// Standby also starts a standby twin (twin -standby) on the second host, replicating the
+	// changelog, for MoveStandby. TwinArgs must hold -rebuild-from-changelog.
+	Standby bool
 	// Partitions of the input topic. Default 3.
 	Partitions int32
 	// TwinArgs are added to the twin's command line.
@@ -67,6 +72,10 @@ type Scenario struct {
 	agents  map[string]*lab.RunningAgent
 	at      string // host the twin runs on
 	twin    lab.Workload
+	// standbyAt is the host of the standby twin (Config.Standby), "" if none or taken over.
+	standbyAt string
+	// runningID is the container the twin runs in (ContainerID, or StandbyID after a takeover).
+	runningID string
 
 	stopLoad func()
 	loadDone chan loadResult
@@ -76,7 +85,7 @@ type Scenario struct {
 }
 
 type loadResult struct {
-	res gen.Result
+	res sensors.Result
 	err error
 }
 
@@ -88,11 +97,21 @@ type Migration struct {
 	Report     *migrate.Report // ftwin-migrate's report (MethodFtwin only)
 	Err        error
 	Start, End time.Time
-	// Downtime runs from the freeze (or stop) to the twin running again; Frozen is CRIU's
-	// frozen time; Bytes is what the move wrote or sent, WireBytes what crossed the link.
+	// Downtime is the mover's own view: from the freeze (or stop) to the twin running again
+	// (Finish measures the downtime the output shows, the same way for every method); Frozen
+	// is CRIU's frozen time; Bytes is the state the move carried (the CRIU image or checkpoint
+	// as written, or the changelog bytes read), WireBytes what crossed the link for it
+	// (compressed); Skipped what was not sent because the target held it.
 	Downtime         time.Duration
 	Frozen           time.Duration
 	Bytes, WireBytes int64
+	Skipped          int64
+	// Compressed is, for MethodFloor (nothing is sent), the size of its CRIU image through the
+	// same zstd level ftwin-migrate's transfer uses: the measured compression of the state.
+	Compressed int64
+	// Digests are the source's state digest when it stopped and the target's after its
+	// rebuild or takeover (kafka methods, twin -digest), read from the twins' status lines.
+	SourceDigest, TargetDigest string
 	// CPU is the CPU time this process spent on the move (migrator and agents run in it).
 	CPU time.Duration
 }
@@ -107,7 +126,7 @@ func Start(ctx context.Context, cfg Config) (s *Scenario, err error) {
 		cfg.Rate = 200
 	}
 	if cfg.Devices == 0 {
-		cfg.Devices = 20
+		cfg.Devices = 256
 	}
 	if cfg.Partitions == 0 {
 		cfg.Partitions = 3
@@ -125,7 +144,7 @@ func Start(ctx context.Context, cfg Config) (s *Scenario, err error) {
 	if err != nil {
 		return nil, err
 	}
-	s = &Scenario{cfg: cfg, Lab: l, agents: map[string]*lab.RunningAgent{}, at: l.Hosts[0].Name}
+	s = &Scenario{cfg: cfg, Lab: l, agents: map[string]*lab.RunningAgent{}, at: l.Hosts[0].Name, runningID: ContainerID}
 	defer func() {
 		if err != nil {
 			s.Close()
@@ -150,7 +169,7 @@ func Start(ctx context.Context, cfg Config) (s *Scenario, err error) {
 	}
 	twin := lab.Workload{ID: ContainerID, Binary: cfg.TwinBinary, Args: append([]string{
 		"-brokers", strings.Join(s.Brokers, ","), "-group", Group, "-in", InputTopic, "-out", OutputTopic,
-		"-state-mib", fmt.Sprint(cfg.StateMiB), "-instance-id", "twin-1",
+		"-state-mib", fmt.Sprint(cfg.StateMiB), "-instance-id", "twin-1", "-devices", fmt.Sprint(cfg.Devices),
 	}, cfg.TwinArgs...)}
 	for _, h := range l.Hosts {
 		a, err := h.StartAgent(ctx, s.pkiDir, cfg.AgentEdit[h.Name])
@@ -171,11 +190,19 @@ func Start(ctx context.Context, cfg Config) (s *Scenario, err error) {
 	if err := l.Hosts[0].Run(ctx, twin); err != nil {
 		return s, err
 	}
+	if cfg.Standby {
+		sb := twin
+		sb.ID, sb.Args = StandbyID, append(append([]string{}, twin.Args...), "-standby", "-hook-socket", "")
+		if err := l.Hosts[1].Run(ctx, sb); err != nil {
+			return s, err
+		}
+		s.standbyAt = l.Hosts[1].Name
+	}
 	lctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s.stopLoad = cancel
 	s.loadDone = make(chan loadResult, 1)
 	go func() {
-		res, err := gen.Run(lctx, gen.Config{Brokers: s.Brokers, Topic: InputTopic, Partitions: cfg.Partitions, Devices: cfg.Devices, Rate: cfg.Rate})
+		res, err := sensors.Run(lctx, sensors.Config{Brokers: s.Brokers, Topic: InputTopic, Partitions: cfg.Partitions, Devices: cfg.Devices, Rate: cfg.Rate})
 		s.loadDone <- loadResult{res, err}
 	}()
 	return s, s.waitOutput(ctx, 1, 60*time.Second)
@@ -187,10 +214,10 @@ func (s *Scenario) createTopics(ctx context.Context) error {
 		return err
 	}
 	defer cl.Close()
-	if err := gen.EnsureTopic(ctx, cl, InputTopic, s.cfg.Partitions, nil); err != nil {
+	if err := sensors.EnsureTopic(ctx, cl, InputTopic, s.cfg.Partitions, nil); err != nil {
 		return fmt.Errorf("scenario: topic %s: %w", InputTopic, err)
 	}
-	if err := gen.EnsureTopic(ctx, cl, OutputTopic, s.cfg.Partitions, nil); err != nil {
+	if err := sensors.EnsureTopic(ctx, cl, OutputTopic, s.cfg.Partitions, nil); err != nil {
 		return fmt.Errorf("scenario: topic %s: %w", OutputTopic, err)
 	}
 	return nil
@@ -233,6 +260,28 @@ func (s *Scenario) host(name string) *lab.Host {
 
 // At is the host the twin runs on.
 func (s *Scenario) At() string { return s.at }
+
+// WaitProcessing waits until the twin, where it runs now, reports progress: its status line's
+// processed count grows (after a move, the new instance processes).
+func (s *Scenario) WaitProcessing(ctx context.Context, timeout time.Duration) error {
+	path := s.host(s.at).LogPath(s.runningID)
+	deadline := time.Now().Add(timeout)
+	first, _ := LastStatus(path)
+	for {
+		st, _ := LastStatus(path)
+		if st.Processed > first.Processed && st.State == "running" {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("scenario: the twin on %s made no progress in %v (status %+v); see %s", s.at, timeout, st, path)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
 
 // Migrate moves the twin to host to, with its Kafka hook and the broker check.
 func (s *Scenario) Migrate(ctx context.Context, to string) Migration {
@@ -280,25 +329,52 @@ type Result struct {
 	StreamGapMs float64 `json:"stream_gap_ms"`
 	// IntervalMs is the median pause between consecutive output batches (the normal interval;
 	// outputs of one batch share a processing time).
-	IntervalMs float64       `json:"interval_ms"`
-	Verify     verify.Report `json:"-"`
+	IntervalMs float64 `json:"interval_ms"`
+	// Latency is the event latency over the run, sensor timestamp to output (verify.Latencies).
+	Latency LatencyMs     `json:"latency_ms"`
+	Verify  verify.Report `json:"-"`
+	// Events are the committed outputs; LoadStopped is when the sensors were told to stop.
+	Events      []verify.Event `json:"-"`
+	LoadStopped time.Time      `json:"-"`
+}
+
+// LatencyMs is verify.Latency in milliseconds.
+type LatencyMs struct {
+	P50  float64 `json:"p50"`
+	P99  float64 `json:"p99"`
+	P999 float64 `json:"p999"`
+	Max  float64 `json:"max"`
 }
 
 // MigrationResult is one migration's line.
 type MigrationResult struct {
-	Method      string  `json:"method"`
-	From        string  `json:"from"`
-	To          string  `json:"to"`
-	Result      string  `json:"result"`
-	Error       string  `json:"error,omitempty"`
+	Method string `json:"method"`
+	From   string `json:"from"`
+	To     string `json:"to"`
+	Result string `json:"result"`
+	Error  string `json:"error,omitempty"`
+	// DowntimeMs and StreamGapMs are what the output shows (verify.MoveStats): the pauses
+	// overlapping the move's window, beyond the normal interval, summed; and the longest.
 	DowntimeMs  float64 `json:"downtime_ms"`
 	StreamGapMs float64 `json:"stream_gap_ms"`
-	FrozenMs    float64 `json:"criu_frozen_ms"`
-	TotalMs     float64 `json:"total_ms"`
-	BytesSent   int64   `json:"bytes_sent"`
-	WireBytes   int64   `json:"wire_bytes"`
-	CPUSeconds  float64 `json:"cpu_seconds"`
-	Boundary    string  `json:"boundary,omitempty"`
+	Pauses      int     `json:"pauses"`
+	// ResumedMs is when output resumed after the move, from its start; ThroughputEPS the
+	// outputs per second until then.
+	ResumedMs     float64 `json:"resumed_ms"`
+	ThroughputEPS float64 `json:"throughput_eps"`
+	// MoverDowntimeMs is the mover's own view (Migration.Downtime).
+	MoverDowntimeMs float64 `json:"mover_downtime_ms"`
+	FrozenMs        float64 `json:"criu_frozen_ms"`
+	TotalMs         float64 `json:"total_ms"`
+	BytesSent       int64   `json:"bytes_sent"`
+	WireBytes       int64   `json:"wire_bytes"`
+	SkippedBytes    int64   `json:"skipped_bytes,omitempty"`
+	CompressedBytes int64   `json:"compressed_bytes,omitempty"`
+	// CPUSeconds is the CPU time of this process (migrator and agents) during the move.
+	CPUSeconds   float64 `json:"cpu_seconds"`
+	SourceDigest string  `json:"source_digest,omitempty"`
+	TargetDigest string  `json:"target_digest,omitempty"`
+	Boundary     string  `json:"boundary,omitempty"`
 	// BoundaryChecked: the broker's committed offsets and the restored copy's resume position
 	// both equal the boundary.
 	BoundaryChecked bool `json:"boundary_checked"`
@@ -308,6 +384,7 @@ type MigrationResult struct {
 // returns the result.
 func (s *Scenario) Finish(ctx context.Context) (Result, error) {
 	var res Result
+	res.LoadStopped = time.Now()
 	s.stopLoad()
 	load := <-s.loadDone
 	if load.err != nil {
@@ -322,15 +399,25 @@ func (s *Scenario) Finish(ctx context.Context) (Result, error) {
 	if err != nil {
 		return res, err
 	}
-	res.Verify = rep
+	res.Verify, res.Events = rep, events
 	res.EventsOut, res.Lost, res.Duplicated, res.OutOfOrder = rep.EventsOut, rep.Lost, rep.Duplicated, rep.OutOfOrder
 	res.Rebalances = s.watch.stop()
 	res.StreamGapMs = ms(rep.StreamGap)
-	res.IntervalMs = ms(medianInterval(events))
+	normal := verify.NormalInterval(verify.Stamps(events))
+	res.IntervalMs = ms(normal)
+	lat := verify.Latencies(events)
+	res.Latency = LatencyMs{P50: ms(lat.P50), P99: ms(lat.P99), P999: ms(lat.P999), Max: ms(lat.Max)}
+	for i := range s.Migrations {
+		s.kafkaStats(&s.Migrations[i])
+	}
 	for _, m := range s.Migrations {
+		mv := verify.MoveStats(events, m.Start, m.End, normal)
 		mr := MigrationResult{Method: m.Method, From: m.From, To: m.To, Result: "committed",
-			DowntimeMs: ms(m.Downtime), TotalMs: ms(m.End.Sub(m.Start)), FrozenMs: ms(m.Frozen),
-			BytesSent: m.Bytes, WireBytes: m.WireBytes, CPUSeconds: m.CPU.Seconds()}
+			DowntimeMs: ms(mv.Downtime), StreamGapMs: ms(mv.StreamGap), Pauses: mv.Pauses,
+			ResumedMs: ms(mv.Resumed.Sub(m.Start)), ThroughputEPS: mv.Throughput,
+			MoverDowntimeMs: ms(m.Downtime), TotalMs: ms(m.End.Sub(m.Start)), FrozenMs: ms(m.Frozen),
+			BytesSent: m.Bytes, WireBytes: m.WireBytes, SkippedBytes: m.Skipped, CompressedBytes: m.Compressed,
+			CPUSeconds: m.CPU.Seconds(), SourceDigest: m.SourceDigest, TargetDigest: m.TargetDigest}
 		if m.Err != nil {
 			mr.Result, mr.Error = "rolled back", m.Err.Error()
 		}
@@ -342,10 +429,35 @@ func (s *Scenario) Finish(ctx context.Context) (Result, error) {
 				mr.Boundary = b.Offsets.String()
 			}
 		}
-		mr.StreamGapMs = ms(gapDuring(events, m.Start, m.End))
 		res.Migrations = append(res.Migrations, mr)
 	}
 	return res, nil
+}
+
+// kafkaStats fills in what the kafka methods' twins report in their status lines: the
+// changelog bytes the target read and the digests of the source at its stop and of the target
+// after its rebuild or takeover.
+func (s *Scenario) kafkaStats(m *Migration) {
+	var target string
+	switch m.Method {
+	case MethodRestart:
+		target = s.host(m.To).LogPath(ContainerID)
+	case MethodStandby:
+		target = s.host(m.To).LogPath(StandbyID)
+	default:
+		return
+	}
+	src, _ := LastStatus(s.host(m.From).LogPath(ContainerID))
+	dst := firstDigest(target)
+	if dst.Digest == "" { // twins without -digest: the bytes still show
+		dst, _ = LastStatus(target)
+	}
+	m.SourceDigest, m.TargetDigest = src.Digest, dst.Digest
+	if m.Method == MethodRestart {
+		m.Bytes = dst.RebuiltBytes
+	} else {
+		m.Bytes = dst.TakeoverBytes
+	}
 }
 
 // readOutput reads every committed output event.
@@ -368,45 +480,6 @@ func (s *Scenario) readOutput(ctx context.Context, expected map[string]int64) ([
 		return nil, verify.Report{}, fmt.Errorf("scenario: read %s: %w", OutputTopic, err)
 	}
 	return events, verify.Analyze(events, expected), nil
-}
-
-// gapDuring is the longest pause between consecutive outputs (by processing time) that
-// overlaps [start, end].
-func gapDuring(events []verify.Event, start, end time.Time) time.Duration {
-	ts := make([]int64, len(events))
-	for i, e := range events {
-		ts[i] = e.ProcessedNS
-	}
-	sort.Slice(ts, func(i, j int) bool { return ts[i] < ts[j] })
-	var gap time.Duration
-	for i := 1; i < len(ts); i++ {
-		if ts[i] >= start.UnixNano() && ts[i-1] <= end.UnixNano() {
-			gap = max(gap, time.Duration(ts[i]-ts[i-1]))
-		}
-	}
-	return gap
-}
-
-func medianInterval(events []verify.Event) time.Duration {
-	if len(events) < 2 {
-		return 0
-	}
-	ts := make([]int64, len(events))
-	for i, e := range events {
-		ts[i] = e.ProcessedNS
-	}
-	sort.Slice(ts, func(i, j int) bool { return ts[i] < ts[j] })
-	var d []int64
-	for i := 1; i < len(ts); i++ {
-		if ts[i] != ts[i-1] {
-			d = append(d, ts[i]-ts[i-1])
-		}
-	}
-	if len(d) == 0 {
-		return 0
-	}
-	sort.Slice(d, func(i, j int) bool { return d[i] < d[j] })
-	return time.Duration(d[len(d)/2])
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }

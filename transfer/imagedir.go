@@ -147,6 +147,24 @@ func (c *countWriter) Write(p []byte) (int, error) {
 	return n, err
 }
 
+// CompressedSize is how many bytes PushDir would send of directory dir: its flat tar through
+// the same zstd level. It measures the compression of a CRIU image without sending it.
+func CompressedSize(dir string) (int64, error) {
+	wire := &countWriter{w: io.Discard}
+	enc, err := zstd.NewWriter(wire, zstd.WithEncoderLevel(zstd.SpeedFastest))
+	if err != nil {
+		return 0, err
+	}
+	err = writeFlatTar(enc, dir)
+	if cerr := enc.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return 0, fmt.Errorf("transfer: compress %s: %w", dir, err)
+	}
+	return wire.n, nil
+}
+
 // ErrTooLarge is returned when a received stream decompresses to more than allowed.
 var ErrTooLarge = errors.New("transfer: the stream decompresses to more than allowed")
 

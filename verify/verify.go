@@ -27,9 +27,13 @@ type Event struct {
 	InputOffset    int64   `json:"input_offset"`
 	Mean           float64 `json:"mean"`
 	Stddev         float64 `json:"stddev"`
+	Baseline       float64 `json:"baseline"`
 	Anomaly        bool    `json:"anomaly"`
-	ProcessedNS    int64   `json:"processed_ns"`
-	Instance       string  `json:"instance"`
+	// SensorNS is the reading's timestamp at the sensor; ProcessedNS when the twin produced
+	// the output (inside the transaction that commits it).
+	SensorNS    int64  `json:"sensor_ns"`
+	ProcessedNS int64  `json:"processed_ns"`
+	Instance    string `json:"instance"`
 }
 
 // Report is what Output and Analyze find.
@@ -82,7 +86,7 @@ type config struct {
 }
 
 // ExpectMaxSeq sets the expected outputs: for every device, sequence numbers 1 to its maximum
-// (gen.Result.MaxSeq). Without it (or InputTopic) the maximum seen in the output is expected.
+// (sensors.Result.MaxSeq). Without it (or InputTopic) the maximum seen in the output is expected.
 func ExpectMaxSeq(maxSeq map[string]int64) Option {
 	return func(c *config) { c.expected = maxSeq }
 }

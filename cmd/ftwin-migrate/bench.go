@@ -3,6 +3,8 @@ package main
 import (
 	"fmt"
 	"os"
+	"path/filepath"
+	"slices"
 
 	"github.com/urfave/cli/v2"
 
@@ -13,19 +15,37 @@ import (
 func benchCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "bench",
-		Usage: "measure migration downtime of the twin: ftwin-migrate beside containerd checkpoint/copy/restore, a Kafka-native restart and the CRIU floor, in one run",
+		Usage: "move the twin with every method side by side (ftwin-migrate, containerd, Kafka restart, warm standby, CRIU floor), repeated, and write the table and plot",
 		Flags: []cli.Flag{
-			&cli.BoolFlag{Name: "short", Usage: "the CI version: 16 MiB state only, both links"},
+			&cli.BoolFlag{Name: "short", Usage: "the CI version: 16 MiB, unthrottled and 100 Mbit/s, every method once"},
 			&cli.IntSliceFlag{Name: "state-mib", Value: cli.NewIntSlice(16, 128, 512), Usage: "twin state sizes"},
 			&cli.BoolFlag{Name: "with-1gib", Usage: "add a 1024 MiB state"},
-			&cli.IntSliceFlag{Name: "link-mbit", Value: cli.NewIntSlice(0, 100), Usage: "host link rates (0: unthrottled)"},
-			&cli.StringSliceFlag{Name: "method", Usage: "methods to run (default: all): " + fmt.Sprint(bench.Methods)},
-			&cli.Float64Flag{Name: "rate", Value: 200, Usage: "sensor events per second"},
+			&cli.IntSliceFlag{Name: "link-mbit", Value: cli.NewIntSlice(0, 100), Usage: "host link rates (0: unthrottled), for every state size"},
+			&cli.IntFlag{Name: "thin-mbit", Value: 20, Usage: "a thin fog uplink, at --extra-state-mib only (0: none)"},
+			&cli.BoolFlag{Name: "high-rate", Value: true, Usage: "add a cell at 80% of the twin's measured capacity, unthrottled, at --extra-state-mib"},
+			&cli.IntFlag{Name: "extra-state-mib", Value: 128, Usage: "state size of the thin-link and high-rate cells"},
+			&cli.StringSliceFlag{Name: "method", Usage: "methods to run (default: " + fmt.Sprint(bench.Methods) + "; also " + bench.AllMethods[len(bench.AllMethods)-1] + ")"},
+			&cli.Float64Flag{Name: "rate", Value: 200, Usage: "sensor events per second (the base rate)"},
+			&cli.IntFlag{Name: "repeats", Value: 5, Usage: "runs of every method per cell"},
+			&cli.IntFlag{Name: "repeats-heavy", Value: 3, Usage: "runs per cell for the long cells: states above --extra-state-mib, the thin link, the high rate"},
+			&cli.IntFlag{Name: "devices", Value: 256, Usage: "devices of the fleet"},
+			&cli.DurationFlag{Name: "dwell", Value: 0, Usage: "time before and after each move (default 2s)"},
+			&cli.StringFlag{Name: "name", Value: "bench", Usage: "lab name (1-8 of [a-z0-9]); two benchmarks side by side need different ones"},
+			&cli.StringFlag{Name: "subnet", Value: "10.231.100.0/24", Usage: "the labs' IPv4 /24; two benchmarks side by side need different ones"},
 			&cli.StringFlag{Name: "broker", Value: "kfake", Usage: "the labs' Kafka: kfake or apache"},
 			&cli.StringFlag{Name: "twin", Usage: "static twin binary (default: twin beside this executable)"},
 			&cli.StringFlag{Name: "out", Value: "results", Usage: "directory for bench.json, bench.md and bench.svg"},
+			&cli.StringFlag{Name: "render", Usage: "render bench.md and bench.svg again from this bench.json (no runs)"},
+			&cli.StringFlag{Name: "retry-failed", Usage: "measure again the failed runs of this bench.json (same cells, methods, repeats) and write the merged results to --out"},
 		},
 		Action: func(c *cli.Context) error {
+			if p := c.String("render"); p != "" {
+				res, err := bench.Load(p)
+				if err != nil {
+					return err
+				}
+				return res.Write(c.String("out"))
+			}
 			twin, err := besideExecutable(c, "twin", "twin")
 			if err != nil {
 				return err
@@ -34,43 +54,69 @@ func benchCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			cfg := bench.Config{StateMiB: c.IntSlice("state-mib"), LinksMbit: c.IntSlice("link-mbit"), Methods: c.StringSlice("method"),
-				Rate: c.Float64("rate"), TwinBinary: twin, Broker: kind, Log: os.Stderr}
-			if c.Bool("short") {
-				cfg.StateMiB = []int{16}
-			}
+			cfg := bench.Config{Methods: c.StringSlice("method"), Repeats: c.Int("repeats"), Devices: c.Int("devices"),
+				Dwell: c.Duration("dwell"), Name: c.String("name"), Subnet: c.String("subnet"),
+				TwinBinary: twin, Broker: kind, Log: os.Stderr}
+			states, links, rate := c.IntSlice("state-mib"), c.IntSlice("link-mbit"), c.Float64("rate")
+			thin, high, extra := c.Int("thin-mbit"), c.Bool("high-rate"), c.Int("extra-state-mib")
 			if c.Bool("with-1gib") {
-				cfg.StateMiB = append(cfg.StateMiB, 1024)
+				states = append(states, 1024)
 			}
-			for _, m := range cfg.Methods {
-				if !contains(bench.Methods, m) {
-					return fmt.Errorf("--method %q: want one of %v", m, bench.Methods)
+			if c.Bool("short") {
+				states, links, thin, high, cfg.Repeats = []int{16}, []int{0, 100}, 0, false, 1
+			}
+			heavy := c.Int("repeats-heavy")
+			if c.Bool("short") {
+				heavy = 1
+			}
+			for _, link := range links {
+				for _, s := range states {
+					cell := bench.Cell{StateMiB: s, LinkMbit: link, Rate: rate}
+					if s > extra {
+						cell.Repeats = heavy
+					}
+					cfg.Cells = append(cfg.Cells, cell)
 				}
 			}
-			res, err := bench.Measure(c.Context, cfg)
+			if thin > 0 {
+				cfg.Cells = append(cfg.Cells, bench.Cell{StateMiB: extra, LinkMbit: thin, Rate: rate, Repeats: heavy})
+			}
+			if high {
+				cfg.Cells = append(cfg.Cells, bench.Cell{StateMiB: extra, HighRate: true, Repeats: heavy})
+			}
+			out := c.String("out")
+			cfg.OnRun = func(r *bench.Results) {
+				if err := r.Write(out); err != nil {
+					fmt.Fprintf(os.Stderr, "bench: write %s: %v\n", out, err)
+				}
+			}
+			for _, m := range cfg.Methods {
+				if !slices.Contains(bench.AllMethods, m) {
+					return fmt.Errorf("--method %q: want one of %v", m, bench.AllMethods)
+				}
+			}
+			var res *bench.Results
+			if p := c.String("retry-failed"); p != "" {
+				if res, err = bench.Load(p); err == nil {
+					err = bench.Retry(c.Context, cfg, res)
+				}
+			} else {
+				res, err = bench.Measure(c.Context, cfg)
+			}
 			if res != nil {
 				if werr := res.Write(c.String("out")); werr != nil {
 					return werr
 				}
 				_ = res.WriteMarkdown(os.Stdout)
-				fmt.Printf("\nwritten to %s (bench.json, bench.md, bench.svg)\n", c.String("out"))
+				fmt.Printf("\nwritten to %s (bench.json, bench.md, bench.svg)\n", filepath.Clean(c.String("out")))
 			}
 			if err != nil {
 				return err
 			}
 			if !res.OK() {
-				return fmt.Errorf("a run failed, or lost or duplicated events (see the table)")
+				return fmt.Errorf("a run failed, lost or duplicated events, or rebuilt a different state (see the table and %s/bench.json)", c.String("out"))
 			}
 			return nil
 		},
 	}
-}
-
-func contains(xs []string, x string) bool {
-	for _, y := range xs {
-		if y == x {
-			return true
-		}
-	}
-	return false
 }

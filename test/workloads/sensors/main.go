@@ -15,7 +15,7 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/ftwin-migrate/ftwin-migrate/test/workloads/sensors/gen"
+	"github.com/ftwin-migrate/ftwin-migrate/sensors"
 )
 
 func main() {
@@ -33,7 +33,7 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	res, err := gen.Run(ctx, gen.Config{
+	res, err := sensors.Run(ctx, sensors.Config{
 		Brokers: strings.Split(*brokers, ","), Topic: *topic, Partitions: int32(*partitions),
 		Devices: *devices, Rate: *rate, Duration: *duration, Seed: *seed,
 	})

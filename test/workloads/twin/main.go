@@ -3,7 +3,8 @@
 // reading (see package twin). It serves the kafkahooks protocol on -hook-socket so that
 // ftwin-migrate can prepare, resume and abort it around a live migration, and prints a JSON
 // status line per second: {"processed":N,"devices":D,"state_mib":M,"txn_commits":C,...}.
-// SIGTERM and SIGINT commit the batch in hand and exit 0 without leaving the group.
+// SIGTERM and SIGINT commit the batch in hand and exit 0 without leaving the group. With
+// -standby it keeps a replica of the state from the changelog and takes over on SIGUSR1.
 package main
 
 import (
@@ -14,6 +15,7 @@ import (
 	"log"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -31,13 +33,20 @@ func main() {
 	flag.StringVar(&cfg.Out, "out", "twin-state", "output topic")
 	flag.StringVar(&cfg.Changelog, "changelog", "twin-changelog", "compacted changelog topic (with -rebuild-from-changelog)")
 	flag.IntVar(&cfg.StateMiB, "state-mib", 16, "MiB of per-device history the twin holds (16 to 1024)")
-	flag.IntVar(&cfg.MaxDevices, "max-devices", 1024, "devices the state holds")
+	flag.IntVar(&cfg.Devices, "devices", 256, "devices of the fleet (d-0 ... d-N-1); each has an equal share of the state")
 	flag.IntVar(&cfg.Window, "window", 60, "readings the rolling statistics cover")
 	flag.BoolVar(&cfg.Transactional, "transactional", true, "exactly-once: one transaction per batch, read_committed")
-	flag.BoolVar(&cfg.RebuildFromChangelog, "rebuild-from-changelog", false, "write state to the changelog topic and rebuild it from there at start")
+	flag.BoolVar(&cfg.RebuildFromChangelog, "rebuild-from-changelog", false, "write every state change to the changelog topic and rebuild the state from there at start")
+	flag.BoolVar(&cfg.Standby, "standby", false, "keep a standby replica from the changelog; take over as -instance-id on SIGUSR1")
+	flag.BoolVar(&cfg.Digest, "digest", false, "compute the state digest after a rebuild or takeover and at exit (status line state_digest)")
 	flag.DurationVar(&cfg.SessionTimeout, "session-timeout", 45*time.Second, "group session timeout")
+	flag.DurationVar(&cfg.TransactionTimeout, "transaction-timeout", 40*time.Second, "producer transaction timeout (a move without hooks must finish within it)")
 	hookSocket := flag.String("hook-socket", kafkahooks.SocketPath(), "kafkahooks socket (empty: no hooks)")
+	gogc := flag.Int("gogc", 25, "Go GC target percentage unless $GOGC is set: the state is one pointer-free arena, cheap to scan, and a low target keeps the heap (what CRIU dumps) near the state")
 	flag.Parse()
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(*gogc)
+	}
 	if flag.NArg() > 0 || cfg.StateMiB < 16 || cfg.StateMiB > 1024 {
 		flag.Usage()
 		os.Exit(2)
@@ -48,6 +57,13 @@ func main() {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	if cfg.Standby {
+		usr1 := make(chan os.Signal, 1)
+		signal.Notify(usr1, syscall.SIGUSR1)
+		takeover := make(chan struct{})
+		go func() { <-usr1; close(takeover) }()
+		cfg.Takeover = takeover
+	}
 	if err := run(ctx, cfg, *hookSocket, logger); err != nil {
 		fmt.Fprintln(os.Stderr, "twin:", err)
 		os.Exit(1)

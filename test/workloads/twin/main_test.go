@@ -14,7 +14,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 
 	"github.com/ftwin-migrate/ftwin-migrate/kafkahooks"
-	"github.com/ftwin-migrate/ftwin-migrate/test/workloads/sensors/gen"
+	"github.com/ftwin-migrate/ftwin-migrate/sensors"
 	"github.com/ftwin-migrate/ftwin-migrate/test/workloads/twin/twin"
 	"github.com/ftwin-migrate/ftwin-migrate/verify"
 )
@@ -41,7 +41,7 @@ func TestProcess(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 
-	res, err := gen.Run(ctx, gen.Config{Brokers: brokers, Topic: "sensors", Devices: 5, Rate: 500, Duration: 400 * time.Millisecond})
+	res, err := sensors.Run(ctx, sensors.Config{Brokers: brokers, Topic: "sensors", Devices: 5, Rate: 500, Duration: 400 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}

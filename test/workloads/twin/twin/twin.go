@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"runtime/debug"
 	"sync/atomic"
 	"time"
 
@@ -19,7 +20,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/ftwin-migrate/ftwin-migrate/kafkahooks"
-	"github.com/ftwin-migrate/ftwin-migrate/test/workloads/sensors/gen"
+	"github.com/ftwin-migrate/ftwin-migrate/sensors"
 	"github.com/ftwin-migrate/ftwin-migrate/verify"
 )
 
@@ -37,21 +38,39 @@ type Config struct {
 	// OutPartitions is the partition count of Out (and Changelog) if the twin creates them.
 	// Default: as many as In has, or 3 if In does not exist yet.
 	OutPartitions int32
-	// StateMiB is the size of the history the twin holds. Default 16.
+	// StateMiB is the size of the history the twin holds (see State). Default 16.
 	StateMiB int
-	// MaxDevices is how many devices the state holds. Default 1024.
-	MaxDevices int
+	// Devices is the fleet: devices d-0 ... d-(Devices-1), each with an equal share of the
+	// state. Default 256.
+	Devices int
 	// Window is how many readings the rolling statistics cover. Default 60.
 	Window int
+	// PrefillSeed seeds the history written into an empty state. Default 7 (the live load's
+	// default seed is 1).
+	PrefillSeed uint64
 	// Transactional processes exactly-once (read_committed, one transaction per batch).
 	// Without it, at-least-once.
 	Transactional bool
-	// RebuildFromChangelog writes every changed device's state to the compacted Changelog topic
-	// in the batch's transaction, and at start rebuilds the state from it before consuming, as
-	// a Kafka Streams application does.
+	// RebuildFromChangelog writes every change of the state to the compacted Changelog topic
+	// in the batch's transaction (the changed chunks and meta records, see State.Changes), and
+	// at start rebuilds the whole state from it before consuming, as a Kafka Streams state
+	// store does. An empty changelog is bootstrapped with the prefilled state.
 	RebuildFromChangelog bool
+	// Standby keeps a replica instead of processing (a Kafka Streams standby replica): it
+	// consumes the changelog continuously, outside the group, until Takeover is closed; then
+	// it consumes the changelog's tail and starts processing as the static member InstanceID.
+	// Needs RebuildFromChangelog.
+	Standby  bool
+	Takeover <-chan struct{}
+	// Digest computes the state's digest (State.Digest) after a rebuild or takeover and when
+	// Run returns (Stats.Digest); it costs a pass over the state (about 0.4 s per 512 MiB).
+	Digest bool
 	// SessionTimeout is the group session timeout. Default 45s.
 	SessionTimeout time.Duration
+	// TransactionTimeout is the producer's transaction timeout. Default: kgo's (40s). A move
+	// without the hooks (frozen with a transaction open) must finish within it, or the
+	// coordinator aborts the transaction and the restored twin is fenced.
+	TransactionTimeout time.Duration
 	// MaxPollRecords bounds a batch (a transaction). Default 500.
 	MaxPollRecords int
 	// Instance names this process in the outputs. Default $FTWIN_HOST, or the host name.
@@ -76,8 +95,24 @@ type Stats struct {
 	Aborts     int64  `json:"aborts,omitempty"`
 	Anomalies  int64  `json:"anomalies,omitempty"`
 	Skipped    int64  `json:"skipped,omitempty"`
-	Rebuilt    int64  `json:"rebuilt_devices,omitempty"`
 	State      string `json:"state"`
+	// RebuiltRecords and RebuiltBytes are the changelog records (and their key+value bytes)
+	// the state was rebuilt from; RebuildMs how long it took.
+	RebuiltRecords int64 `json:"rebuilt_records,omitempty"`
+	RebuiltBytes   int64 `json:"rebuilt_bytes,omitempty"`
+	RebuildMs      int64 `json:"rebuild_ms,omitempty"`
+	// Standby: the instance keeps a replica. ReplicatedBytes counts the changelog bytes it
+	// consumed (key+value), Lag the changelog records it has yet to read.
+	Standby         bool  `json:"standby,omitempty"`
+	ReplicatedBytes int64 `json:"replicated_bytes,omitempty"`
+	Lag             int64 `json:"standby_lag,omitempty"`
+	// TakeoverMs is how long the standby took from the takeover signal to its state being
+	// current (the changelog's tail).
+	TakeoverMs    int64 `json:"takeover_ms,omitempty"`
+	TakeoverBytes int64 `json:"takeover_bytes,omitempty"`
+	// Digest is the state's digest after the rebuild or takeover, or at the end of Run (with
+	// Config.Digest).
+	Digest string `json:"state_digest,omitempty"`
 }
 
 // Twin is a running digital twin.
@@ -86,7 +121,12 @@ type Twin struct {
 	state *State // owned by the loop goroutine
 	loop  *kafkahooks.Loop
 
-	devices, anomalies, skipped, rebuilt atomic.Int64
+	anomalies, skipped                         atomic.Int64
+	rebuiltRecords, rebuiltBytes, rebuildMs    atomic.Int64
+	standby                                    atomic.Bool
+	replicated, lag, takeoverMs, takeoverBytes atomic.Int64
+	digest                                     atomic.Value // string
+	ready                                      bool         // the state is current (prefilled, rebuilt or taken over)
 }
 
 // New allocates the state and prepares the loop; Run runs it.
@@ -111,8 +151,14 @@ func New(cfg Config) (*Twin, error) {
 	if cfg.StateMiB == 0 {
 		cfg.StateMiB = 16
 	}
-	if cfg.MaxDevices == 0 {
-		cfg.MaxDevices = 1024
+	if cfg.Devices == 0 {
+		cfg.Devices = 256
+	}
+	if cfg.PrefillSeed == 0 {
+		cfg.PrefillSeed = 7
+	}
+	if cfg.Standby && !cfg.RebuildFromChangelog {
+		return nil, errors.New("twin: a standby needs the changelog (RebuildFromChangelog)")
 	}
 	if cfg.Window == 0 {
 		cfg.Window = 60
@@ -120,24 +166,25 @@ func New(cfg Config) (*Twin, error) {
 	if cfg.Logf == nil {
 		cfg.Logf = func(string, ...any) {}
 	}
-	st, err := NewState(cfg.StateMiB, cfg.MaxDevices, cfg.Window)
+	st, err := NewState(cfg.StateMiB, cfg.Devices, cfg.Window)
 	if err != nil {
 		return nil, err
 	}
 	t := &Twin{cfg: cfg, state: st}
 	lc := kafkahooks.LoopConfig{
-		Brokers:        cfg.Brokers,
-		Group:          cfg.Group,
-		Topics:         []string{cfg.In},
-		InstanceID:     cfg.InstanceID,
-		SessionTimeout: cfg.SessionTimeout,
-		MaxPollRecords: cfg.MaxPollRecords,
-		Dialer:         cfg.Dialer,
-		Opts:           cfg.KgoOpts,
-		Handle:         t.handle,
-		BeforeConsume:  t.beforeConsume,
-		OnAborted:      st.markAllDirty,
-		Logf:           cfg.Logf,
+		Brokers:            cfg.Brokers,
+		Group:              cfg.Group,
+		Topics:             []string{cfg.In},
+		InstanceID:         cfg.InstanceID,
+		SessionTimeout:     cfg.SessionTimeout,
+		TransactionTimeout: cfg.TransactionTimeout,
+		MaxPollRecords:     cfg.MaxPollRecords,
+		Dialer:             cfg.Dialer,
+		Opts:               cfg.KgoOpts,
+		Handle:             t.handle,
+		BeforeConsume:      t.beforeConsume,
+		OnAborted:          st.Aborted,
+		Logf:               cfg.Logf,
 	}
 	if cfg.Transactional {
 		lc.TransactionalID = TransactionalID(cfg.InstanceID)
@@ -154,7 +201,19 @@ func TransactionalID(instanceID string) string { return "twin-" + instanceID }
 // Run runs the twin until ctx is done (a clean stop: the last batch is committed) or a fatal
 // error, such as being fenced by a newer copy.
 func (t *Twin) Run(ctx context.Context) error {
-	if err := t.loop.Run(ctx); err != nil {
+	if t.cfg.Standby {
+		if err := t.replicate(ctx); err != nil {
+			if ctx.Err() != nil {
+				return nil // stopped while standing by
+			}
+			return fmt.Errorf("twin %s: standby: %w", t.cfg.Instance, err)
+		}
+	}
+	err := t.loop.Run(ctx)
+	if t.cfg.Digest && t.ready {
+		t.digest.Store(t.state.Digest())
+	}
+	if err != nil {
 		return fmt.Errorf("twin %s: %w", t.cfg.Instance, err)
 	}
 	return nil
@@ -166,16 +225,23 @@ func (t *Twin) Loop() *kafkahooks.Loop { return t.loop }
 // Stats returns the counters of the status line.
 func (t *Twin) Stats() Stats {
 	ls := t.loop.Stats()
-	return Stats{
-		Processed: ls.Processed, Devices: t.devices.Load(), StateMiB: t.cfg.StateMiB, TxnCommits: ls.Commits,
-		Aborts: ls.Aborts, Anomalies: t.anomalies.Load(), Skipped: t.skipped.Load(), Rebuilt: t.rebuilt.Load(),
-		State: string(t.loop.Status().State),
+	st := Stats{
+		Processed: ls.Processed, Devices: int64(t.cfg.Devices), StateMiB: t.cfg.StateMiB, TxnCommits: ls.Commits,
+		Aborts: ls.Aborts, Anomalies: t.anomalies.Load(), Skipped: t.skipped.Load(),
+		State:          string(t.loop.Status().State),
+		RebuiltRecords: t.rebuiltRecords.Load(), RebuiltBytes: t.rebuiltBytes.Load(), RebuildMs: t.rebuildMs.Load(),
+		Standby: t.standby.Load(), ReplicatedBytes: t.replicated.Load(), Lag: t.lag.Load(), TakeoverMs: t.takeoverMs.Load(), TakeoverBytes: t.takeoverBytes.Load(),
 	}
+	st.Digest, _ = t.digest.Load().(string)
+	return st
 }
 
 func (t *Twin) handle(_ context.Context, b *kafkahooks.Batch) error {
+	// The outputs of one batch share their processing time: they commit together, and the
+	// verifier's pauses are those between batches.
+	processed := time.Now().UnixNano()
 	for _, r := range b.Records {
-		var ev gen.Event
+		var ev sensors.Event
 		if err := json.Unmarshal(r.Value, &ev); err != nil || ev.Device == "" {
 			t.skipped.Add(1)
 			continue
@@ -189,23 +255,18 @@ func (t *Twin) handle(_ context.Context, b *kafkahooks.Batch) error {
 		}
 		v, err := json.Marshal(Output{
 			Device: ev.Device, Seq: ev.Seq, InputPartition: r.Partition, InputOffset: r.Offset,
-			Mean: res.Mean, Stddev: res.Stddev, Anomaly: res.Anomaly,
-			ProcessedNS: time.Now().UnixNano(), Instance: t.cfg.Instance,
+			Mean: res.Mean, Stddev: res.Stddev, Baseline: res.Baseline, Anomaly: res.Anomaly,
+			SensorNS: ev.TsNS, ProcessedNS: processed, Instance: t.cfg.Instance,
 		})
 		if err != nil {
 			return fmt.Errorf("encode the output: %w", err)
 		}
 		b.Produce(&kgo.Record{Topic: t.cfg.Out, Key: []byte(ev.Device), Value: v})
 	}
-	t.devices.Store(int64(t.state.Devices()))
 	if t.cfg.RebuildFromChangelog {
-		for _, sn := range t.state.dirtySnapshots() {
-			v, err := json.Marshal(sn)
-			if err != nil {
-				return fmt.Errorf("encode the changelog entry: %w", err)
-			}
-			b.Produce(&kgo.Record{Topic: t.cfg.Changelog, Key: []byte(sn.Device), Value: v})
-		}
+		t.state.Changes(func(k, v []byte) {
+			b.Produce(&kgo.Record{Topic: t.cfg.Changelog, Key: k, Value: v})
+		})
 	}
 	return nil
 }
@@ -221,45 +282,123 @@ func (t *Twin) beforeConsume(ctx context.Context, cl *kgo.Client) error {
 			parts = int32(len(td[t.cfg.In].Partitions))
 		}
 	}
-	if err := gen.EnsureTopic(ctx, cl, t.cfg.Out, parts, nil); err != nil {
+	if err := sensors.EnsureTopic(ctx, cl, t.cfg.Out, parts, nil); err != nil {
 		return err
 	}
 	if !t.cfg.RebuildFromChangelog {
+		if !t.ready {
+			t.prefill()
+		}
 		return nil
 	}
-	compact := "compact"
-	if err := gen.EnsureTopic(ctx, cl, t.cfg.Changelog, parts, map[string]*string{"cleanup.policy": &compact}); err != nil {
+	if err := t.ensureChangelog(ctx, cl, parts); err != nil {
 		return err
 	}
+	if t.ready { // a standby that took over
+		return nil
+	}
 	start := time.Now()
+	rd, err := t.reader()
+	if err != nil {
+		return err
+	}
+	defer rd.Close()
+	var records, bytes int64
+	var applyErr error
+	err = verify.ReadTopic(ctx, rd, t.cfg.Changelog, func(r *kgo.Record) {
+		records++
+		bytes += int64(len(r.Key) + len(r.Value))
+		if err := t.state.ApplyChange(r.Key, r.Value); err != nil && applyErr == nil {
+			applyErr = err
+		}
+	})
+	if err == nil {
+		err = applyErr
+	}
+	if err != nil {
+		return fmt.Errorf("rebuild from the changelog %s: %w", t.cfg.Changelog, err)
+	}
+	if records == 0 {
+		return t.bootstrap(ctx)
+	}
+	t.state.Finish()
+	t.rebuiltRecords.Store(records)
+	t.rebuiltBytes.Store(bytes)
+	t.rebuildMs.Store(time.Since(start).Milliseconds())
+	t.ready = true
+	t.storeDigest()
+	releaseGarbage()
+	t.cfg.Logf("twin: rebuilt %d MiB of state from %d changelog records (%d MiB) in %s", t.state.Bytes()>>20, records, bytes>>20, time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// releaseGarbage returns the heap freed after a bootstrap or rebuild (records by the
+// thousand) to the OS, so that the process holds its state and not that garbage, as it would
+// some time later anyway.
+func releaseGarbage() { debug.FreeOSMemory() }
+
+func (t *Twin) storeDigest() {
+	if t.cfg.Digest {
+		t.digest.Store(t.state.Digest())
+	}
+}
+
+func (t *Twin) prefill() {
+	start := time.Now()
+	t.state.Prefill(t.cfg.PrefillSeed, time.Second, start)
+	t.ready = true
+	t.cfg.Logf("twin: prefilled %d MiB of history (%d devices, %d readings each) in %s", t.state.Bytes()>>20, t.state.Devices(), t.state.RingLen(), time.Since(start).Round(time.Millisecond))
+}
+
+// bootstrap prefills the state and writes all of it to the (empty) changelog, with a plain
+// idempotent producer, before the first batch.
+func (t *Twin) bootstrap(ctx context.Context) error {
+	t.prefill()
+	start := time.Now()
+	opts := []kgo.Opt{kgo.SeedBrokers(t.cfg.Brokers...), kgo.DefaultProduceTopic(t.cfg.Changelog), kgo.MaxBufferedRecords(4096)}
+	if t.cfg.Dialer != nil {
+		opts = append(opts, kgo.Dialer(t.cfg.Dialer))
+	}
+	pr, err := kgo.NewClient(opts...)
+	if err != nil {
+		return fmt.Errorf("bootstrap the changelog: create a producer: %w", err)
+	}
+	defer pr.Close()
+	var first atomic.Value
+	var n int64
+	t.state.Everything(func(k, v []byte) {
+		n++
+		pr.Produce(ctx, &kgo.Record{Key: k, Value: v}, func(_ *kgo.Record, err error) {
+			if err != nil {
+				first.CompareAndSwap(nil, err)
+			}
+		})
+	})
+	if err := pr.Flush(ctx); err != nil {
+		return fmt.Errorf("bootstrap the changelog %s: %w", t.cfg.Changelog, err)
+	}
+	if err, _ := first.Load().(error); err != nil {
+		return fmt.Errorf("bootstrap the changelog %s: %w", t.cfg.Changelog, err)
+	}
+	t.storeDigest()
+	releaseGarbage()
+	t.cfg.Logf("twin: wrote the prefilled state to the changelog: %d records in %s", n, time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+func (t *Twin) reader() (*kgo.Client, error) {
 	var opts []kgo.Opt
 	if t.cfg.Dialer != nil {
 		opts = append(opts, kgo.Dialer(t.cfg.Dialer))
 	}
 	rd, err := verify.NewReader(t.cfg.Brokers, opts...)
 	if err != nil {
-		return fmt.Errorf("changelog reader: %w", err)
+		return nil, fmt.Errorf("changelog reader: %w", err)
 	}
-	defer rd.Close()
-	latest := map[string]Snapshot{}
-	var records int
-	err = verify.ReadTopic(ctx, rd, t.cfg.Changelog, func(r *kgo.Record) {
-		records++
-		var sn Snapshot
-		if json.Unmarshal(r.Value, &sn) == nil && sn.Device != "" {
-			latest[sn.Device] = sn
-		}
-	})
-	if err != nil {
-		return fmt.Errorf("rebuild from the changelog: %w", err)
-	}
-	for _, sn := range latest {
-		if err := t.state.restore(sn); err != nil {
-			return err
-		}
-	}
-	t.rebuilt.Store(int64(len(latest)))
-	t.devices.Store(int64(t.state.Devices()))
-	t.cfg.Logf("twin: rebuilt %d devices from %d changelog records in %s", len(latest), records, time.Since(start).Round(time.Millisecond))
-	return nil
+	return rd, nil
+}
+
+func (t *Twin) ensureChangelog(ctx context.Context, cl *kgo.Client, parts int32) error {
+	compact := "compact"
+	return sensors.EnsureTopic(ctx, cl, t.cfg.Changelog, parts, map[string]*string{"cleanup.policy": &compact})
 }

@@ -21,7 +21,7 @@ import (
 
 	"github.com/ftwin-migrate/ftwin-migrate/broker"
 	"github.com/ftwin-migrate/ftwin-migrate/kafkahooks"
-	"github.com/ftwin-migrate/ftwin-migrate/test/workloads/sensors/gen"
+	"github.com/ftwin-migrate/ftwin-migrate/sensors"
 	"github.com/ftwin-migrate/ftwin-migrate/test/workloads/twin/twin"
 	"github.com/ftwin-migrate/ftwin-migrate/verify"
 )
@@ -297,7 +297,7 @@ func migration(t *testing.T, brokers []string) {
 	txnID := twin.TransactionalID(instanceID)
 	adm, stopGen, genDone := setup(ctx, t, brokers, in)
 	cfg := func(instance string) twin.Config {
-		return twin.Config{Group: group, InstanceID: instanceID, In: in, Out: out, StateMiB: 16, MaxDevices: 64,
+		return twin.Config{Group: group, InstanceID: instanceID, In: in, Out: out, StateMiB: 16, Devices: 64,
 			Window: 20, Transactional: true, RebuildFromChangelog: true, Changelog: "twin-changelog", Instance: instance}
 	}
 	a := startTwin(t, brokers, cfg("A"), logs)
@@ -362,7 +362,7 @@ func migration(t *testing.T, brokers []string) {
 	bInit := b.tw.Loop().InitializedAt()
 	t.Logf("B initialised %s after its start; A stopped %s after B's start: %v", bInit.Sub(bStart).Round(time.Millisecond), fenced.Round(time.Millisecond), aErr)
 	waitFor(t, "B to process", 30*time.Second, func() bool { return b.tw.Stats().Processed > 200 }, b)
-	if st := b.tw.Stats(); st.Rebuilt == 0 {
+	if st := b.tw.Stats(); st.RebuiltRecords == 0 {
 		t.Errorf("B rebuilt no device from the changelog: %+v", st)
 	}
 
@@ -411,7 +411,7 @@ func rollback(t *testing.T, brokers []string) {
 	const in, out, group, instanceID = "sensors-rb", "twin-state-rb", "ftwin-twin-rb", "twin-rb"
 	adm, stopGen, genDone := setup(ctx, t, brokers, in)
 	cfg := func(instance string) twin.Config {
-		return twin.Config{Group: group, InstanceID: instanceID, In: in, Out: out, StateMiB: 16, MaxDevices: 64,
+		return twin.Config{Group: group, InstanceID: instanceID, In: in, Out: out, StateMiB: 16, Devices: 64,
 			Window: 20, Transactional: true, Instance: instance}
 	}
 	a := startTwin(t, brokers, cfg("A"), logs)
@@ -449,7 +449,7 @@ func rollback(t *testing.T, brokers []string) {
 }
 
 // setup starts the sensors producing to topic in.
-func setup(ctx context.Context, t *testing.T, brokers []string, in string) (*kadm.Client, context.CancelFunc, chan gen.Result) {
+func setup(ctx context.Context, t *testing.T, brokers []string, in string) (*kadm.Client, context.CancelFunc, chan sensors.Result) {
 	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
 	if err != nil {
 		t.Fatal(err)
@@ -457,9 +457,9 @@ func setup(ctx context.Context, t *testing.T, brokers []string, in string) (*kad
 	t.Cleanup(cl.Close)
 	genCtx, stopGen := context.WithCancel(ctx)
 	t.Cleanup(stopGen)
-	genDone := make(chan gen.Result, 1)
+	genDone := make(chan sensors.Result, 1)
 	go func() {
-		res, err := gen.Run(genCtx, gen.Config{Brokers: brokers, Topic: in, Partitions: 3, Devices: 20, Rate: 400})
+		res, err := sensors.Run(genCtx, sensors.Config{Brokers: brokers, Topic: in, Partitions: 3, Devices: 20, Rate: 400})
 		if err != nil {
 			t.Errorf("sensors: %v", err)
 		}
@@ -469,7 +469,7 @@ func setup(ctx context.Context, t *testing.T, brokers []string, in string) (*kad
 }
 
 // drain stops the sensors, waits until the group committed the whole input and stops r.
-func drain(ctx context.Context, t *testing.T, adm *kadm.Client, stopGen context.CancelFunc, genDone chan gen.Result, in, group string, r *running) gen.Result {
+func drain(ctx context.Context, t *testing.T, adm *kadm.Client, stopGen context.CancelFunc, genDone chan sensors.Result, in, group string, r *running) sensors.Result {
 	t.Helper()
 	stopGen()
 	res := <-genDone
@@ -492,7 +492,7 @@ func drain(ctx context.Context, t *testing.T, adm *kadm.Client, stopGen context.
 }
 
 // checkOutput asserts the output holds every input exactly once.
-func checkOutput(ctx context.Context, t *testing.T, brokers []string, out string, res gen.Result) {
+func checkOutput(ctx context.Context, t *testing.T, brokers []string, out string, res sensors.Result) {
 	t.Helper()
 	rep, err := verify.Output(ctx, brokers, out, verify.ExpectMaxSeq(res.MaxSeq))
 	if err != nil {

@@ -1,7 +1,7 @@
-// Package gen produces sensor events for the twin workload: every device emits readings with a
+// Package sensors produces sensor events for the twin workload: every device emits readings with a
 // strictly increasing sequence number starting at 1, keyed by device id, through an idempotent
 // producer, at a fixed total rate. Command sensors wraps it; tests run it in process.
-package gen
+package sensors
 
 import (
 	"context"
@@ -104,9 +104,9 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		res      = Result{MaxSeq: make(map[string]int64, cfg.Devices)}
 		firstErr error
 	)
-	devs := make([]*device, cfg.Devices)
+	devs := make([]*Device, cfg.Devices)
 	for i := range devs {
-		devs[i] = newDevice(i, cfg.Seed)
+		devs[i] = NewDevice(i, cfg.Seed)
 	}
 	runCtx := ctx
 	if cfg.Duration > 0 {
@@ -128,7 +128,7 @@ loop:
 		for ; sent < due; sent++ {
 			d := devs[next]
 			next = (next + 1) % len(devs)
-			ev := d.next()
+			ev := d.Next(time.Now().UnixNano())
 			v, _ := json.Marshal(ev)
 			cl.Produce(produceCtx, &kgo.Record{Key: []byte(ev.Device), Value: v}, func(_ *kgo.Record, err error) {
 				mu.Lock()
@@ -185,9 +185,11 @@ func EnsureTopic(ctx context.Context, cl *kgo.Client, topic string, partitions i
 	return nil
 }
 
-// device generates the readings of one device: a daily-like temperature wave with noise and
-// a rare spike (which the twin should flag as an anomaly), and humidity moving against it.
-type device struct {
+// Device generates the readings of one device: a daily-like temperature wave with noise and
+// a rare spike (which the twin should flag as an anomaly), and humidity moving against it, both
+// rounded to the sensors' precision of 0.01. The twin prefills its history from these
+// distributions.
+type Device struct {
 	id    string
 	seq   int64
 	base  float64
@@ -195,11 +197,13 @@ type device struct {
 	rng   *rand.Rand
 }
 
-func newDevice(i int, seed uint64) *device {
-	return &device{id: DeviceID(i), base: 18 + float64(i%10), phase: float64(i), rng: rand.New(rand.NewPCG(seed, uint64(i)))}
+// NewDevice is the generator of device i (0-based) with the given seed.
+func NewDevice(i int, seed uint64) *Device {
+	return &Device{id: DeviceID(i), base: 18 + float64(i%10), phase: float64(i), rng: rand.New(rand.NewPCG(seed, uint64(i)))}
 }
 
-func (d *device) next() Event {
+// Next is the device's next reading, stamped tsNS (the sensor's clock).
+func (d *Device) Next(tsNS int64) Event {
 	d.seq++
 	x := float64(d.seq)/200 + d.phase
 	temp := d.base + 2*math.Sin(x) + d.rng.NormFloat64()*0.3
@@ -207,6 +211,6 @@ func (d *device) next() Event {
 		temp += 12
 	}
 	hum := 55 - 8*math.Sin(x) + d.rng.NormFloat64()
-	return Event{Device: d.id, Seq: d.seq, TsNS: time.Now().UnixNano(),
+	return Event{Device: d.id, Seq: d.seq, TsNS: tsNS,
 		Temp: math.Round(temp*100) / 100, Humidity: math.Round(hum*100) / 100}
 }

@@ -351,8 +351,17 @@ func linkName(mbit int) string {
 }
 
 func (cfg *Config) start(ctx context.Context, state, link int, rate float64, twinArgs []string, standby bool) (*scenario.Scenario, error) {
-	// Leftovers of a crashed run under the same name would make Up fail or the run lie.
-	if err := lab.Teardown(ctx, cfg.BaseDir, cfg.Name); err != nil {
+	// Leftovers of a crashed run under the same name would make Up fail or the run lie. A
+	// large twin killed by the previous lab's Down can take a while to leave its cgroup
+	// (seen after 512 MiB standby runs: "device or resource busy"), so try for a while.
+	var err error
+	for try := 0; try < 20; try++ {
+		if err = lab.Teardown(ctx, cfg.BaseDir, cfg.Name); err == nil {
+			break
+		}
+		time.Sleep(time.Second)
+	}
+	if err != nil {
 		return nil, fmt.Errorf("bench: remove the leftovers of lab %s: %w", cfg.Name, err)
 	}
 	return scenario.Start(ctx, scenario.Config{

@@ -46,7 +46,7 @@ func TestProcess(t *testing.T) {
 		t.Fatal(err)
 	}
 	sock := filepath.Join(dir, "hook.sock")
-	cmd := exec.Command(bin, "-brokers", brokers[0], "-hook-socket", sock, "-state-mib", "16")
+	cmd := exec.Command(bin, "-brokers", brokers[0], "-hook-socket", sock, "-state-mib", "16", "-devices", "5")
 	cmd.Env = append(os.Environ(), "FTWIN_HOST=proc-test")
 	cmd.Stderr = os.Stderr
 	stdout, err := cmd.StdoutPipe()

@@ -93,6 +93,11 @@ func (t *Twin) replicate(ctx context.Context) error {
 			cancel()
 			return err
 		}
+		if t.lag.Load() == 0 && t.replicated.Load() > 0 {
+			// Caught up: hash what changed (the first time, everything), so that the digest
+			// at the takeover costs only the tail.
+			t.warmDigest()
+		}
 	}
 	cancel()
 	if ctx.Err() != nil {

@@ -44,11 +44,29 @@ type State struct {
 	byID    map[string]*device
 
 	emitted []chunkRef // changelog records written by the last batch (re-marked if it aborts)
+
+	// The digest's cache (see Digest), apart from the changelog's dirty marks: a SHA-256 per
+	// chunk of the arena and one per group of digestGroup chunks, with the chunks written
+	// since they were hashed. Nil until the first Digest or WarmDigest, so that a twin that
+	// never digests neither holds nor maintains it.
+	sums       [][sha256.Size]byte
+	groupSums  [][sha256.Size]byte
+	sumDirty   []bool  // chunks written since hashed
+	sumList    []int32 // their indices
+	groupDirty []bool  // groups with a chunk re-hashed, during an update
+	groupList  []int32
+	sumsStale  bool // every chunk is to be hashed (the first time, or after Prefill)
 }
+
+// digestGroup is how many chunk hashes the digest hashes into one group hash (2 KiB of
+// hashes): a change of a chunk costs re-hashing its chunk and its group, and the digest then
+// hashes only the group hashes, 1/64 of the chunk hashes (64 KiB per 512 MiB of state).
+const digestGroup = 64
 
 type device struct {
 	id      string
 	ring    []sample
+	chunk0  int32 // index in the arena of the ring's first chunk
 	n       int64 // readings written to the ring, prefill included; the next slot is n % len
 	lastSeq int64 // highest live sequence number applied (prefilled history is at seq <= 0)
 	sumT    int64 // sum of the ring's temperatures, in hundredths
@@ -78,7 +96,7 @@ func NewState(stateMiB, devices, window int) (*State, error) {
 	s := &State{arena: make([]sample, ring*devices), ringLen: ring, window: window, byID: map[string]*device{}}
 	chunks := ring / ChunkSamples
 	for i := range devices {
-		d := &device{id: sensors.DeviceID(i), ring: s.arena[i*ring : (i+1)*ring], dirty: make([]bool, chunks)}
+		d := &device{id: sensors.DeviceID(i), ring: s.arena[i*ring : (i+1)*ring], chunk0: int32(i * chunks), dirty: make([]bool, chunks)}
 		s.devices = append(s.devices, d)
 		s.byID[d.id] = d
 	}
@@ -110,6 +128,7 @@ func (s *State) Prefill(seed uint64, period time.Duration, now time.Time) {
 		d.n, d.lastSeq = int64(s.ringLen), 0
 		d.recompute()
 	}
+	s.sumsStale = true
 }
 
 func hundredths(x float64) int64 { return int64(math.Round(x * 100)) }
@@ -178,6 +197,7 @@ func (s *State) Apply(id string, seq, ts int64, temp, hum float64) (Result, erro
 	d.n++
 	d.lastSeq = seq
 	d.markDirty(int32(slot / ChunkSamples))
+	s.markSum(d.chunk0 + int32(slot/ChunkSamples))
 	return r, nil
 }
 
@@ -283,6 +303,7 @@ func (s *State) ApplyChange(key, value []byte) error {
 	}
 	part := d.ring[c*ChunkSamples : (c+1)*ChunkSamples]
 	copy(unsafe.Slice((*byte)(unsafe.Pointer(&part[0])), len(value)), value)
+	s.markSum(d.chunk0 + int32(c))
 	return nil
 }
 
@@ -293,22 +314,107 @@ func (s *State) Finish() {
 	}
 }
 
-// Digest is a SHA-256 of the whole state: every ring slot, and per device its counters and
-// sums. Two twins at the same committed boundary have the same digest.
-func (s *State) Digest() string {
-	h := sha256.New()
-	var b [40]byte
-	for _, d := range s.devices {
-		binary.LittleEndian.PutUint64(b[0:], uint64(d.n))
-		binary.LittleEndian.PutUint64(b[8:], uint64(d.lastSeq))
-		binary.LittleEndian.PutUint64(b[16:], uint64(d.sumT))
-		binary.LittleEndian.PutUint64(b[24:], uint64(d.sumH))
-		binary.LittleEndian.PutUint64(b[32:], uint64(len(d.id)))
-		h.Write(b[:])
-		h.Write([]byte(d.id))
+// markSum marks chunk g of the arena (a write to it) to be hashed again by the digest.
+func (s *State) markSum(g int32) {
+	if s.sums == nil || s.sumsStale || s.sumDirty[g] {
+		return
 	}
-	if len(s.arena) > 0 {
-		h.Write(unsafe.Slice((*byte)(unsafe.Pointer(&s.arena[0])), len(s.arena)*sampleSize))
+	s.sumDirty[g] = true
+	s.sumList = append(s.sumList, g)
+}
+
+// Digest is a SHA-256 of the whole state: every ring slot, and per device its counters and
+// sums. Two twins at the same committed boundary have the same digest; it depends only on the
+// state, not on how it came to be (prefill and readings, or a rebuild from the changelog).
+//
+// It is a hash tree, kept up to date incrementally: a SHA-256 per chunk of ChunkSamples
+// slots (4 KiB), one per group of digestGroup chunk hashes, and the digest over a header, the
+// devices' counters and the group hashes. A call re-hashes only the chunks written since the
+// last one (by Apply, ApplyChange or Prefill) and their groups: about 50 µs at 512 MiB with
+// nothing changed, plus about 3.5 µs per changed chunk (BenchmarkDigest, with SHA-NI). The
+// first call hashes everything (WarmDigest does it ahead).
+// Apply, ApplyChange or Prefill must not run during a call (the loop owns the state).
+func (s *State) Digest() string {
+	s.updateSums()
+	return s.digestOf(s.groupSums)
+}
+
+// WarmDigest hashes what Digest would hash again (on the first call, the whole state: about
+// 0.3 s per 512 MiB), so that the next Digest costs only what changes after it. A twin calls it
+// after its prefill, rebuild or takeover and while standing by, not at a cutover.
+func (s *State) WarmDigest() { s.updateSums() }
+
+func (s *State) updateSums() {
+	if s.sums == nil {
+		chunks := len(s.arena) / ChunkSamples
+		groups := (chunks + digestGroup - 1) / digestGroup
+		s.sums = make([][sha256.Size]byte, chunks)
+		s.groupSums = make([][sha256.Size]byte, groups)
+		s.sumDirty = make([]bool, chunks)
+		s.groupDirty = make([]bool, groups)
+		s.sumsStale = true
+	}
+	if s.sumsStale {
+		for g := range s.sums {
+			s.sums[g] = s.chunkSum(g)
+		}
+		for k := range s.groupSums {
+			s.groupSums[k] = groupSum(s.sums, k)
+		}
+		clear(s.sumDirty)
+		s.sumList = s.sumList[:0]
+		s.sumsStale = false
+		return
+	}
+	for _, g := range s.sumList {
+		s.sumDirty[g] = false
+		s.sums[g] = s.chunkSum(int(g))
+		if k := g / digestGroup; !s.groupDirty[k] {
+			s.groupDirty[k] = true
+			s.groupList = append(s.groupList, k)
+		}
+	}
+	s.sumList = s.sumList[:0]
+	for _, k := range s.groupList {
+		s.groupDirty[k] = false
+		s.groupSums[k] = groupSum(s.sums, int(k))
+	}
+	s.groupList = s.groupList[:0]
+}
+
+// chunkSum hashes chunk g of the arena: its samples' bytes in this machine's byte order, as the
+// changelog carries them.
+func (s *State) chunkSum(g int) [sha256.Size]byte {
+	part := s.arena[g*ChunkSamples : (g+1)*ChunkSamples]
+	return sha256.Sum256(unsafe.Slice((*byte)(unsafe.Pointer(&part[0])), ChunkSamples*sampleSize))
+}
+
+// groupSum hashes group k of the chunk hashes (the last group may be shorter).
+func groupSum(sums [][sha256.Size]byte, k int) [sha256.Size]byte {
+	part := sums[k*digestGroup : min((k+1)*digestGroup, len(sums))]
+	return sha256.Sum256(unsafe.Slice((*byte)(unsafe.Pointer(&part[0])), len(part)*sha256.Size))
+}
+
+// digestOf is the digest given the group hashes: a header (the state's shape), per device its
+// counters, sums and id, then the group hashes in arena order.
+func (s *State) digestOf(groupSums [][sha256.Size]byte) string {
+	h := sha256.New()
+	b := make([]byte, 0, 64+len(s.devices)*48)
+	b = append(b, "ftwin twin state v2\x00"...)
+	b = binary.LittleEndian.AppendUint64(b, uint64(len(s.arena)))
+	b = binary.LittleEndian.AppendUint64(b, uint64(s.ringLen))
+	b = binary.LittleEndian.AppendUint64(b, uint64(len(s.devices)))
+	for _, d := range s.devices {
+		b = binary.LittleEndian.AppendUint64(b, uint64(d.n))
+		b = binary.LittleEndian.AppendUint64(b, uint64(d.lastSeq))
+		b = binary.LittleEndian.AppendUint64(b, uint64(d.sumT))
+		b = binary.LittleEndian.AppendUint64(b, uint64(d.sumH))
+		b = binary.LittleEndian.AppendUint64(b, uint64(len(d.id)))
+		b = append(b, d.id...)
+	}
+	h.Write(b)
+	if len(groupSums) > 0 {
+		h.Write(unsafe.Slice((*byte)(unsafe.Pointer(&groupSums[0])), len(groupSums)*sha256.Size))
 	}
 	return hex.EncodeToString(h.Sum(nil))
 }

@@ -2,11 +2,18 @@ package twin
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
+	"fmt"
 	"math"
+	"math/rand/v2"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/klauspost/compress/zstd"
+
+	"github.com/ftwin-migrate/ftwin-migrate/sensors"
 )
 
 func TestStateStats(t *testing.T) {
@@ -128,5 +135,234 @@ func TestChangelogRebuildDigest(t *testing.T) {
 	src.Apply("d-1", seq["d-1"]+1, 1, 99, 1)
 	if src.Digest() == dst.Digest() {
 		t.Fatal("the digest did not change with the state")
+	}
+}
+
+// digestScratch is the digest computed from nothing: every chunk hashed, every group, without
+// the cache. The incremental Digest must always equal it.
+func (s *State) digestScratch() string {
+	sums := make([][sha256.Size]byte, len(s.arena)/ChunkSamples)
+	for g := range sums {
+		sums[g] = s.chunkSum(g)
+	}
+	groups := make([][sha256.Size]byte, (len(sums)+digestGroup-1)/digestGroup)
+	for k := range groups {
+		groups[k] = groupSum(sums, k)
+	}
+	return s.digestOf(groups)
+}
+
+// The incremental digest equals the digest from scratch after any mix of readings (new and
+// replayed), changelog records (chunks and meta), rebuild finishes, changelog writes and
+// aborts, and prefills; and it changes whenever the state does.
+func TestDigestIncremental(t *testing.T) {
+	const devices = 3
+	s, _ := NewState(1, devices, 20) // 85 chunks a ring: 255 in all, the last group short
+	if chunks := len(s.arena) / ChunkSamples; chunks%digestGroup == 0 {
+		t.Fatalf("%d chunks: want a short last group", chunks)
+	}
+	if got, want := s.Digest(), s.digestScratch(); got != want {
+		t.Fatalf("empty state: digest %s, from scratch %s", got, want)
+	}
+	s.Prefill(7, time.Second, time.Unix(1e9, 0))
+	rng := rand.New(rand.NewPCG(1, 2))
+	seq := make([]int64, devices)
+	last := s.Digest()
+	changed, unknown := false, false // since the last digest: the state changed; may have
+	checks := 0
+	for step := range 6000 {
+		dev := rng.IntN(devices)
+		id := sensors.DeviceID(dev)
+		switch r := rng.IntN(100); {
+		case r < 70: // a reading; one in ten applied before
+			sq := seq[dev] + 1
+			if rng.IntN(10) == 0 && seq[dev] > 0 {
+				sq = seq[dev] - rng.Int64N(min(seq[dev], 5))
+			}
+			res, err := s.Apply(id, sq, rng.Int64(), 15+float64(rng.IntN(2000))/100, 40+float64(rng.IntN(3000))/100)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.Replay != (sq <= seq[dev]) {
+				t.Fatalf("step %d: reading %d after %d: replay %v", step, sq, seq[dev], res.Replay)
+			}
+			if !res.Replay {
+				seq[dev] = sq
+				changed = true
+			}
+		case r < 88: // a changelog chunk record (a replica's update)
+			v := make([]byte, ChunkSamples*sampleSize)
+			for i := range v {
+				v[i] = byte(rng.Uint32())
+			}
+			if err := s.ApplyChange(chunkKey(id, int32(rng.IntN(s.ringLen/ChunkSamples))), v); err != nil {
+				t.Fatal(err)
+			}
+			changed = true
+		case r < 92: // a changelog meta record
+			n, ls := rng.Int64N(int64(10*s.ringLen)), rng.Int64N(1000)
+			v := binary.LittleEndian.AppendUint64(binary.LittleEndian.AppendUint64(nil, uint64(n)), uint64(ls))
+			if err := s.ApplyChange(metaKey(id), v); err != nil {
+				t.Fatal(err)
+			}
+			seq[dev] = ls
+			changed = true
+		case r < 95: // the end of a rebuild: the sums again
+			s.Finish()
+			unknown = true
+		case r < 99: // a batch's changelog records, written or aborted: the state stays
+			s.Changes(func(_, _ []byte) {})
+			if rng.IntN(2) == 0 {
+				s.Aborted()
+			}
+		default:
+			s.Prefill(rng.Uint64(), time.Second, time.Unix(1e9+rng.Int64N(1e6), 0))
+			clear(seq)
+			changed = true
+		}
+		if rng.IntN(8) != 0 {
+			continue
+		}
+		checks++
+		got := s.Digest()
+		if want := s.digestScratch(); got != want {
+			t.Fatalf("step %d: incremental digest %s, from scratch %s", step, got, want)
+		}
+		if changed && got == last {
+			t.Fatalf("step %d: the state changed, the digest did not", step)
+		}
+		if !changed && !unknown && got != last {
+			t.Fatalf("step %d: the state did not change, the digest did", step)
+		}
+		last, changed, unknown = got, false, false
+	}
+	t.Logf("%d digests checked", checks)
+}
+
+// Equal states have equal digests however they came to be: prefilled and applied to (with
+// digests taken along the way or not), copied record by record in any order into a state that
+// was digested while empty, or rebuilt from a copy and then replicated.
+func TestDigestHistoryIndependent(t *testing.T) {
+	const devices = 8
+	type reading struct {
+		dev       string
+		seq, ts   int64
+		temp, hum float64
+	}
+	rng := rand.New(rand.NewPCG(3, 4))
+	var readings []reading
+	seq := map[string]int64{}
+	for i := range 5000 {
+		dev := sensors.DeviceID(rng.IntN(devices))
+		seq[dev]++
+		readings = append(readings, reading{dev, seq[dev], int64(i), 15 + float64(rng.IntN(2000))/100, 40 + float64(rng.IntN(3000))/100})
+	}
+	run := func(digestEvery int) *State {
+		s, _ := NewState(2, devices, 20)
+		s.Prefill(7, time.Second, time.Unix(1e9, 0))
+		if digestEvery > 0 {
+			s.WarmDigest()
+		}
+		for i, r := range readings {
+			if _, err := s.Apply(r.dev, r.seq, r.ts, r.temp, r.hum); err != nil {
+				t.Fatal(err)
+			}
+			if digestEvery > 0 && i%digestEvery == 0 {
+				s.Digest()
+			}
+		}
+		return s
+	}
+	a, b := run(0), run(37)
+	want := a.Digest()
+	if got := b.Digest(); got != want {
+		t.Fatalf("the same readings with digests along the way: %s, without: %s", got, want)
+	}
+
+	// A copy of a's records, shuffled, into a state digested while empty.
+	type rec struct{ k, v []byte }
+	var recs []rec
+	a.Everything(func(k, v []byte) { recs = append(recs, rec{k, v}) })
+	rng.Shuffle(len(recs), func(i, j int) { recs[i], recs[j] = recs[j], recs[i] })
+	c, _ := NewState(2, devices, 20)
+	c.Digest()
+	for i, r := range recs {
+		if err := c.ApplyChange(r.k, r.v); err != nil {
+			t.Fatal(err)
+		}
+		if i%100 == 0 {
+			c.WarmDigest()
+		}
+	}
+	c.Finish()
+	if got := c.Digest(); got != want {
+		t.Fatalf("copied record by record: %s, the source: %s", got, want)
+	}
+
+	// And c, now a replica, follows a's changes to a new state, which it reaches as a does.
+	for i, r := range readings[:1000] {
+		if _, err := a.Apply(r.dev, seq[r.dev]+int64(i)+1, r.ts, r.temp+1, r.hum); err != nil {
+			t.Fatal(err)
+		}
+		if i%250 == 249 {
+			a.Changes(func(k, v []byte) {
+				if err := c.ApplyChange(k, v); err != nil {
+					t.Fatal(err)
+				}
+			})
+			c.WarmDigest()
+		}
+	}
+	c.Finish()
+	if got, want := c.Digest(), a.Digest(); got != want || got != a.digestScratch() {
+		t.Fatalf("the replica's digest %s, the source's %s (from scratch %s)", got, want, a.digestScratch())
+	}
+	if a.Digest() == b.Digest() {
+		t.Fatal("the digest did not change with 1000 readings")
+	}
+}
+
+// BenchmarkDigest: the digest at a cutover, with no chunk or some changed since the last one
+// (changed=N: N chunks spread over the arena written, then Digest); warm: the whole state
+// hashed (the first digest, or WarmDigest after a prefill); whole-sha256: a SHA-256 over the
+// arena, what the digest used to cost.
+func BenchmarkDigest(b *testing.B) {
+	for _, mib := range []int{256, 512} {
+		s, err := NewState(mib, 256, 60)
+		if err != nil {
+			b.Fatal(err)
+		}
+		s.Prefill(7, time.Second, time.Unix(1e9, 0))
+		s.WarmDigest()
+		chunks := len(s.arena) / ChunkSamples
+		for _, n := range []int{0, 100, 1000} {
+			b.Run(fmt.Sprintf("%dMiB/changed=%d", mib, n), func(b *testing.B) {
+				iter := 0
+				for b.Loop() {
+					b.StopTimer()
+					for i := range n {
+						g := (i*chunks/n + iter) % chunks
+						s.arena[g*ChunkSamples].ts++
+						s.markSum(int32(g))
+					}
+					iter++
+					b.StartTimer()
+					s.Digest()
+				}
+			})
+		}
+		b.Run(fmt.Sprintf("%dMiB/warm", mib), func(b *testing.B) {
+			for b.Loop() {
+				s.sumsStale = true
+				s.WarmDigest()
+			}
+			b.SetBytes(int64(s.Bytes()))
+		})
+		b.Run(fmt.Sprintf("%dMiB/whole-sha256", mib), func(b *testing.B) {
+			for b.Loop() {
+				sha256.Sum256(unsafe.Slice((*byte)(unsafe.Pointer(&s.arena[0])), s.Bytes()))
+			}
+			b.SetBytes(int64(s.Bytes()))
+		})
 	}
 }

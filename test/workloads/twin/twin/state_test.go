@@ -322,6 +322,35 @@ func TestDigestHistoryIndependent(t *testing.T) {
 	}
 }
 
+// The twin's state is a pure function of its input readings, unless Config.Nondeterministic
+// puts the processing time into it.
+func TestNondeterministic(t *testing.T) {
+	var events []sensors.Event
+	gens := []*sensors.Device{sensors.NewDevice(0, 1), sensors.NewDevice(1, 1), sensors.NewDevice(2, 1), sensors.NewDevice(3, 1)}
+	for i := range 2000 {
+		events = append(events, gens[i%len(gens)].Next(int64(1e18)+int64(i)*1e6))
+	}
+	digest := func(nondeterministic bool) string {
+		st, _ := NewState(1, len(gens), 20)
+		st.Prefill(7, time.Second, time.Unix(1e9, 0))
+		tw := &Twin{cfg: Config{Nondeterministic: nondeterministic}, state: st}
+		for _, ev := range events {
+			if _, err := tw.apply(ev); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return st.Digest()
+	}
+	det := digest(false)
+	if again := digest(false); again != det {
+		t.Fatalf("the same input gave digests %s and %s", det, again)
+	}
+	a, b := digest(true), digest(true)
+	if a == b || a == det {
+		t.Fatalf("nondeterministic: digests %s and %s (deterministic %s): want all different", a, b, det)
+	}
+}
+
 // BenchmarkDigest: the digest at a cutover, with no chunk or some changed since the last one
 // (changed=N: N chunks spread over the arena written, then Digest); warm: the whole state
 // hashed (the first digest, or WarmDigest after a prefill); whole-sha256: a SHA-256 over the

@@ -67,6 +67,12 @@ type Config struct {
 	// once, after its prefill or rebuild or while standing by (about 0.3 s per 512 MiB), and a
 	// digest then costs re-hashing the chunks changed since the last one.
 	Digest bool
+	// Nondeterministic is a test knob: the twin processes non-deterministically (the processing
+	// time goes into the state: a reading's slot holds the wall clock when it was applied, not
+	// the sensor's timestamp), so that a copy that replays the same input ends with a different
+	// state: for testing replay migration's digest check. Without it the state is a pure
+	// function of the input records applied in order per device.
+	Nondeterministic bool
 	// SessionTimeout is the group session timeout. Default 45s.
 	SessionTimeout time.Duration
 	// TransactionTimeout is the producer's transaction timeout. Default: kgo's (40s). A move
@@ -248,7 +254,7 @@ func (t *Twin) handle(_ context.Context, b *kafkahooks.Batch) error {
 			t.skipped.Add(1)
 			continue
 		}
-		res, err := t.state.Apply(ev.Device, ev.Seq, ev.TsNS, ev.Temp, ev.Humidity)
+		res, err := t.apply(ev)
 		if err != nil {
 			return err
 		}
@@ -271,6 +277,16 @@ func (t *Twin) handle(_ context.Context, b *kafkahooks.Batch) error {
 		})
 	}
 	return nil
+}
+
+// apply applies a reading to the state. The slot's timestamp is the sensor's, or with
+// Config.Nondeterministic the wall clock now.
+func (t *Twin) apply(ev sensors.Event) (Result, error) {
+	ts := ev.TsNS
+	if t.cfg.Nondeterministic {
+		ts = time.Now().UnixNano()
+	}
+	return t.state.Apply(ev.Device, ev.Seq, ts, ev.Temp, ev.Humidity)
 }
 
 // beforeConsume runs after the producer fenced any older copy: it creates the output topics

@@ -96,11 +96,41 @@ func (h *SocketHook) Prepare(ctx context.Context) (*kafkahooks.Boundary, error) 
 
 // Resume implements Hook.
 func (h *SocketHook) Resume(ctx context.Context, target http.RoundTripper) (kafkahooks.Offsets, error) {
-	return kafkahooks.NewClient(target, "the target's relay to "+h.Socket).Resume(ctx)
+	return h.copy(target).Resume(ctx)
 }
 
 // Abort implements Hook.
 func (h *SocketHook) Abort(ctx context.Context) error { return h.source.Abort(ctx) }
+
+// Status implements ReplayHook.
+func (h *SocketHook) Status(ctx context.Context) (kafkahooks.Status, error) {
+	return h.source.Status(ctx)
+}
+
+// Release implements ReplayHook.
+func (h *SocketHook) Release(ctx context.Context) error {
+	_, err := h.source.Release(ctx)
+	return err
+}
+
+func (h *SocketHook) copy(target http.RoundTripper) *kafkahooks.Client {
+	return kafkahooks.NewClient(target, "the target's relay to "+h.Socket)
+}
+
+// Shadow implements ReplayHook.
+func (h *SocketHook) Shadow(ctx context.Context, target http.RoundTripper) (kafkahooks.Offsets, error) {
+	return h.copy(target).Shadow(ctx)
+}
+
+// ShadowStatus implements ReplayHook.
+func (h *SocketHook) ShadowStatus(ctx context.Context, target http.RoundTripper) (kafkahooks.Status, error) {
+	return h.copy(target).Status(ctx)
+}
+
+// Advance implements ReplayHook.
+func (h *SocketHook) Advance(ctx context.Context, target http.RoundTripper, to kafkahooks.Offsets) (kafkahooks.Advanced, error) {
+	return h.copy(target).Advance(ctx, to)
+}
 
 // BoundaryCheck records how the broker's view matched the application's boundary.
 type BoundaryCheck struct {

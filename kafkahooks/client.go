@@ -20,8 +20,9 @@ type Client struct {
 	where string
 }
 
-// Dial returns a Client for the hook socket at socketPath, as the host sees it (see
-// hooksock.Path). It does not connect until a call.
+// Dial returns a Client for the hook socket at socketPath, a path on the host dialed as it is
+// (for a socket inside a container, NewClient with hooksock.Socket's Transport). It does not
+// connect until a call.
 func Dial(socketPath string) *Client {
 	return &Client{rt: &hooksock.Transport{Path: socketPath}, where: socketPath}
 }

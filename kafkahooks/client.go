@@ -1,12 +1,15 @@
 package kafkahooks
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"strconv"
+	"strings"
+	"sync/atomic"
 
 	"github.com/ftwin-migrate/ftwin-migrate/hooksock"
 )
@@ -16,83 +19,137 @@ import (
 // socket of the container is connected to the caller; NewClient sends the calls through any
 // other transport, such as a migration agent's relay to a restored container's hook.
 type Client struct {
-	rt    http.RoundTripper
-	where string
+	rt     http.RoundTripper
+	where  string
+	server atomic.Int32 // the server's version, once an answer said it
 }
 
 // Dial returns a Client for the hook socket at socketPath, a path on the host dialed as it is
 // (for a socket inside a container, NewClient with hooksock.Socket's Transport). It does not
 // connect until a call.
 func Dial(socketPath string) *Client {
-	return &Client{rt: &hooksock.Transport{Path: socketPath}, where: socketPath}
+	return NewClient(&hooksock.Transport{Path: socketPath}, socketPath)
 }
 
 // NewClient returns a Client whose calls go through rt; where names it in errors.
-func NewClient(rt http.RoundTripper, where string) *Client { return &Client{rt: rt, where: where} }
+func NewClient(rt http.RoundTripper, where string) *Client {
+	return &Client{rt: rt, where: where}
+}
 
-// Prepare asks the application to stop at a boundary and hold, and returns the boundary.
+// Each call speaks the oldest version that has it: the calls of version 1 reach any server,
+// and a version 1 server answers a version 2 call 400 (errors.Is(err, ErrNoReplay) holds for
+// that answer as for a 501 from a version 2 application that cannot replay).
+
+// Prepare asks the application to stop at a boundary and hold, and returns the boundary (with
+// the state's digest when the application speaks version 2 and can replay).
 func (c *Client) Prepare(ctx context.Context) (Boundary, error) {
 	var b Boundary
-	err := c.call(ctx, "prepare", http.MethodPost, "/v1/prepare", &b)
-	if err == nil && b.Protocol != Version {
-		err = fmt.Errorf("kafkahooks: prepare: the answer speaks protocol %d, this client %d", b.Protocol, Version)
-	}
+	_, err := c.call(ctx, "prepare", http.MethodPost, "/v1/prepare", 2, nil, &b)
 	return b, err
 }
 
-// Resume tells the restored application to continue from its boundary and returns the offsets
-// it resumed fetching from.
+// Resume tells the restored application (or a shadow: it takes over) to continue from its
+// boundary and returns the offsets it resumed fetching from.
 func (c *Client) Resume(ctx context.Context) (Offsets, error) {
 	var r resumeResponse
-	err := c.call(ctx, "resume", http.MethodPost, "/v1/resume", &r)
-	if err == nil && r.Protocol != Version {
-		err = fmt.Errorf("kafkahooks: resume: the answer speaks protocol %d, this client %d", r.Protocol, Version)
-	}
+	_, err := c.call(ctx, "resume", http.MethodPost, "/v1/resume", 1, nil, &r)
 	return r.Offsets, err
 }
 
 // Abort tells the application (the source, after a rollback) to carry on.
 func (c *Client) Abort(ctx context.Context) error {
-	return c.call(ctx, "abort", http.MethodPost, "/v1/abort", nil)
+	_, err := c.call(ctx, "abort", http.MethodPost, "/v1/abort", 1, nil, nil)
+	return err
 }
 
-// Status returns the application's state and committed offsets.
+// Status returns the application's state and committed offsets; Status.Protocol is the
+// server's version.
 func (c *Client) Status(ctx context.Context) (Status, error) {
 	var s Status
-	err := c.call(ctx, "status", http.MethodGet, "/v1/status", &s)
-	if err == nil && s.Protocol != Version {
-		err = fmt.Errorf("kafkahooks: status: the answer speaks protocol %d, this client %d", s.Protocol, Version)
+	server, err := c.call(ctx, "status", http.MethodGet, "/v1/status", 2, nil, &s)
+	if err == nil && server > 0 {
+		s.Protocol = server
 	}
 	return s, err
 }
 
-func (c *Client) call(ctx context.Context, op, method, path string, out any) error {
-	req, err := http.NewRequestWithContext(ctx, method, "http://ftwin-hook"+path, http.NoBody)
+// Release tells the source to carry on after a snapshot, with its clients as they are.
+func (c *Client) Release(ctx context.Context) (Offsets, error) {
+	var r resumeResponse
+	_, err := c.call(ctx, "release", http.MethodPost, "/v2/release", 2, nil, &r)
+	return r.Offsets, err
+}
+
+// Shadow tells a restored copy that it is a shadow, and returns where its replay starts.
+func (c *Client) Shadow(ctx context.Context) (Offsets, error) {
+	var r resumeResponse
+	_, err := c.call(ctx, "shadow", http.MethodPost, "/v2/shadow", 2, nil, &r)
+	return r.Offsets, err
+}
+
+// Advance has the shadow apply the records up to exactly to and returns its state's digest
+// there.
+func (c *Client) Advance(ctx context.Context, to Offsets) (Advanced, error) {
+	var a Advanced
+	body, err := json.Marshal(advanceRequest{Offsets: to})
 	if err != nil {
-		return fmt.Errorf("kafkahooks: %s: build the request: %w", op, err)
+		return a, fmt.Errorf("kafkahooks: advance: encode the offsets: %w", err)
 	}
-	req.Header.Set(HeaderVersion, strconv.Itoa(Version))
+	_, err = c.call(ctx, "advance", http.MethodPost, "/v2/advance", 2, body, &a)
+	return a, err
+}
+
+// call sends one request speaking version v (or the server's, if it said it speaks less) and
+// returns the server's version from its answer header (0 if it sent none).
+func (c *Client) call(ctx context.Context, op, method, path string, v int, in []byte, out any) (int, error) {
+	var body io.Reader = http.NoBody
+	if in != nil {
+		body = bytes.NewReader(in)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://ftwin-hook"+path, body)
+	if err != nil {
+		return 0, fmt.Errorf("kafkahooks: %s: build the request: %w", op, err)
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if known := c.server.Load(); known > 0 && int(known) < v {
+		v = int(known)
+	}
+	req.Header.Set(HeaderVersion, strconv.Itoa(v))
 	resp, err := c.rt.RoundTrip(req)
 	if err != nil {
-		return fmt.Errorf("kafkahooks: %s via %s: %w", op, c.where, err)
+		return 0, fmt.Errorf("kafkahooks: %s via %s: %w", op, c.where, err)
 	}
-	body, err := io.ReadAll(io.LimitReader(resp.Body, hooksock.MaxAnswer))
+	server, _ := strconv.Atoi(resp.Header.Get(HeaderVersion))
+	if server > 0 {
+		c.server.Store(int32(server))
+	}
+	data, err := io.ReadAll(io.LimitReader(resp.Body, hooksock.MaxAnswer))
 	resp.Body.Close()
 	if err != nil {
-		return fmt.Errorf("kafkahooks: %s via %s: read the answer's body: %w", op, c.where, err)
+		return server, fmt.Errorf("kafkahooks: %s via %s: read the answer's body: %w", op, c.where, err)
 	}
 	if resp.StatusCode != http.StatusOK {
 		var e errorResponse
-		if json.Unmarshal(body, &e) != nil || e.Error == "" {
-			e.Error = string(body)
+		if json.Unmarshal(data, &e) != nil || e.Error == "" {
+			e.Error = string(data)
 		}
-		return &Error{Op: op, StatusCode: resp.StatusCode, Message: e.Error}
+		if resp.StatusCode == http.StatusBadRequest && server > 0 && server < v && strings.HasPrefix(path, "/v1/") {
+			// An older server: say the call again in its version (it is the same call).
+			return c.call(ctx, op, method, path, server, in, out)
+		}
+		if server > 0 && server < 2 && strings.HasPrefix(path, "/v2/") {
+			// A version 1 server knows no replay calls.
+			return server, &Error{Op: op, StatusCode: http.StatusNotImplemented, Message: fmt.Sprintf("the application speaks hook protocol %d, which has no %s (%s)", server, path, e.Error)}
+		}
+		return server, &Error{Op: op, StatusCode: resp.StatusCode, Message: e.Error}
 	}
 	if out == nil {
-		return nil
+		return server, nil
 	}
-	if err := json.Unmarshal(body, out); err != nil {
-		return fmt.Errorf("kafkahooks: %s: decode the answer %q: %w", op, body, err)
+	if err := json.Unmarshal(data, out); err != nil {
+		return server, fmt.Errorf("kafkahooks: %s: decode the answer %q: %w", op, data, err)
 	}
-	return nil
+	return server, nil
 }

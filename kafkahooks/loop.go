@@ -60,6 +60,15 @@ type LoopConfig struct {
 	// OnAborted is called (in the loop goroutine) after a batch was aborted by a rebalance and
 	// its records will be delivered again. Optional.
 	OnAborted func()
+	// Digest returns a digest of the application's state (hex, any length), called in the
+	// loop goroutine between batches: at every prepare (Boundary.Digest) and at the end of an
+	// advance. Setting it declares the application replayable (CapReplay, hook protocol 2):
+	// its state is a deterministic function of the records Handle processed, in order within
+	// each partition, whatever their interleaving across partitions (keep state per key, as a
+	// Kafka Streams store does), and Handle reaches the outside only through Batch.Produce
+	// (which a shadow's batches drop). It should cost little (an incremental digest): it runs
+	// within the cutover's pause. Optional.
+	Digest func() string
 	// Logf logs what the loop does. Optional.
 	Logf func(format string, args ...any)
 }
@@ -68,15 +77,23 @@ type LoopConfig struct {
 type Batch struct {
 	Records []*kgo.Record
 
-	cl  *kgo.Client
+	cl  *kgo.Client // nil in a shadow's replay: Produce drops the record
 	ctx context.Context
 	mu  sync.Mutex
 	err error
 }
 
+// Replay reports whether the batch is a shadow's replay (hook protocol 2): the state is to be
+// updated as usual, and nothing is to reach the outside; Produce drops its records.
+func (b *Batch) Replay() bool { return b.cl == nil }
+
 // Produce sends r as part of the batch (in its transaction when transactional). It does not
-// wait; the batch commits only if every record produced is acknowledged.
+// wait; the batch commits only if every record produced is acknowledged. In a replay it does
+// nothing.
 func (b *Batch) Produce(r *kgo.Record) {
+	if b.cl == nil {
+		return
+	}
 	b.cl.Produce(b.ctx, r, func(_ *kgo.Record, err error) {
 		if err != nil {
 			b.mu.Lock()
@@ -104,6 +121,8 @@ type LoopStats struct {
 	Aborts int64
 	// Reinits counts client re-initialisations (resume, abort).
 	Reinits int64
+	// Replayed counts records a shadow applied (hook protocol 2).
+	Replayed int64
 }
 
 // Loop is a Participant that owns a franz-go client and runs the consume loop. Prepare stops
@@ -123,6 +142,10 @@ type Loop struct {
 	boundary   *Boundary
 	resumed    Offsets // the answer of the last resume, for a retried resume
 	cl         *kgo.Client
+	gate       *gate              // the dialer gate of cl
+	assigned   map[string][]int32 // the group's assignment to cl
+	shadow     *shadow            // while StateShadow; owned by Run
+	shadowView Status             // the shadow's fields of Status, under mu
 	initAt     time.Time
 	wake       chan struct{}
 	done       chan struct{}
@@ -133,18 +156,20 @@ type Loop struct {
 	sess  *kgo.GroupTransactSession // nil when not transactional; owned by Run
 	ready chan Offsets              // offsets fetched after the current client joined
 
-	processed, commits, aborts, reinits atomic.Int64
+	processed, commits, aborts, reinits, replayed atomic.Int64
 }
 
 type ctlReq struct {
 	op   string
 	ctx  context.Context
+	to   Offsets // advance
 	resp chan ctlResp
 }
 
 type ctlResp struct {
 	b    Boundary
 	offs Offsets
+	adv  Advanced
 	err  error
 }
 
@@ -186,7 +211,7 @@ func NewLoop(cfg LoopConfig) (*Loop, error) {
 
 // Stats returns the loop's counters.
 func (l *Loop) Stats() LoopStats {
-	return LoopStats{Processed: l.processed.Load(), Commits: l.commits.Load(), Aborts: l.aborts.Load(), Reinits: l.reinits.Load()}
+	return LoopStats{Processed: l.processed.Load(), Commits: l.commits.Load(), Aborts: l.aborts.Load(), Reinits: l.reinits.Load(), Replayed: l.replayed.Load()}
 }
 
 // InitializedAt is when the current client finished initialising its producer: from then on,
@@ -217,6 +242,7 @@ func (l *Loop) Run(ctx context.Context) (err error) {
 		pending := l.pending
 		l.pending = nil
 		cl := l.cl
+		sh := l.shadow
 		l.mu.Unlock()
 		for _, r := range pending {
 			r.resp <- ctlResp{err: fmt.Errorf("the consume loop stopped: %v", err)}
@@ -224,11 +250,19 @@ func (l *Loop) Run(ctx context.Context) (err error) {
 		if cl != nil {
 			cl.Close()
 		}
+		if sh != nil {
+			sh.cl.Close()
+		}
 		close(l.done)
 	}()
 
-	if err := l.connect(ctx, true); err != nil {
-		return err
+	l.mu.Lock()
+	restored := l.cl != nil // a test's stand-in for a copy restored at a boundary
+	l.mu.Unlock()
+	if !restored {
+		if err := l.connect(ctx, true, nil); err != nil {
+			return err
+		}
 	}
 	for {
 		if ctx.Err() != nil {
@@ -247,6 +281,13 @@ func (l *Loop) Run(ctx context.Context) (err error) {
 			select {
 			case <-ctx.Done():
 			case <-l.wake:
+			}
+			continue
+		}
+		if l.state == StateShadow {
+			l.mu.Unlock()
+			if err := l.replayStep(ctx); err != nil {
+				return err
 			}
 			continue
 		}
@@ -271,8 +312,9 @@ func (l *Loop) Run(ctx context.Context) (err error) {
 	}
 }
 
-// connect creates the client: producer first (fencing), then the group.
-func (l *Loop) connect(ctx context.Context, first bool) error {
+// connect creates the client: producer first (fencing), then afterInit (if any), then the
+// group. Each client dials through a gate of its own (see gate).
+func (l *Loop) connect(ctx context.Context, first bool, afterInit func(context.Context, *kgo.Client) error) error {
 	ready := make(chan Offsets, 1)
 	signal := func(o Offsets) {
 		select {
@@ -280,16 +322,33 @@ func (l *Loop) connect(ctx context.Context, first bool) error {
 		default:
 		}
 	}
+	g := newGate()
+	assigned := map[string][]int32{}
 	opts := []kgo.Opt{
 		kgo.SeedBrokers(l.cfg.Brokers...),
-		kgo.Dialer(l.cfg.Dialer),
+		kgo.Dialer(g.dialer(l.cfg.Dialer)),
 		kgo.ConsumerGroup(l.cfg.Group),
 		kgo.SessionTimeout(l.cfg.SessionTimeout),
 		kgo.FetchMaxWait(l.cfg.FetchMaxWait),
 		kgo.OnPartitionsAssigned(func(_ context.Context, _ *kgo.Client, added map[string][]int32) {
+			l.mu.Lock()
+			for t, ps := range added {
+				assigned[t] = append(assigned[t], ps...)
+			}
+			l.mu.Unlock()
 			if len(added) == 0 {
 				signal(Offsets{})
 			}
+		}),
+		kgo.OnPartitionsRevoked(func(_ context.Context, _ *kgo.Client, lost map[string][]int32) {
+			l.mu.Lock()
+			removeAssigned(assigned, lost)
+			l.mu.Unlock()
+		}),
+		kgo.OnPartitionsLost(func(_ context.Context, _ *kgo.Client, lost map[string][]int32) {
+			l.mu.Lock()
+			removeAssigned(assigned, lost)
+			l.mu.Unlock()
 		}),
 		// Called once the committed offsets are fetched, just before fetching starts there.
 		kgo.AdjustFetchOffsetsFn(func(_ context.Context, m map[string]map[int32]kgo.Offset) (map[string]map[int32]kgo.Offset, error) {
@@ -350,9 +409,15 @@ func (l *Loop) connect(ctx context.Context, first bool) error {
 			return fmt.Errorf("kafkahooks: before consuming: %w", err)
 		}
 	}
+	if afterInit != nil {
+		if err := afterInit(ctx, cl); err != nil {
+			cl.Close()
+			return err
+		}
+	}
 	cl.AddConsumeTopics(l.cfg.Topics...)
 	l.mu.Lock()
-	l.cl = cl
+	l.cl, l.gate, l.assigned = cl, g, assigned
 	l.mu.Unlock()
 	l.sess, l.ready = sess, ready
 	return nil
@@ -451,10 +516,23 @@ func (l *Loop) handleCtl(r *ctlReq) ctlResp {
 	switch r.op {
 	case "prepare":
 		return l.prepare(r.ctx)
+	case "release":
+		return l.release()
+	case "shadow":
+		return l.becomeShadow(r.ctx)
+	case "advance":
+		return l.advance(r.ctx, r.to)
 	case "resume", "abort":
 		l.mu.Lock()
 		st, resumed := l.state, l.resumed
 		l.mu.Unlock()
+		if st == StateShadow {
+			if r.op == "abort" {
+				return ctlResp{err: fmt.Errorf("%w: a shadow does not abort (its state is not the source's): remove it", ErrState)}
+			}
+			offs, err := l.takeover(r.ctx)
+			return ctlResp{offs: offs, err: err}
+		}
 		if st == StateRunning {
 			if r.op == "abort" {
 				return ctlResp{}
@@ -464,7 +542,7 @@ func (l *Loop) handleCtl(r *ctlReq) ctlResp {
 			}
 			return ctlResp{err: ErrNotPrepared}
 		}
-		offs, err := l.reinit(r.ctx)
+		offs, err := l.reinit(r.ctx, nil)
 		if err == nil && r.op == "abort" {
 			l.mu.Lock()
 			l.resumed = nil // a resume now is not a retry: nothing was prepared
@@ -477,14 +555,27 @@ func (l *Loop) handleCtl(r *ctlReq) ctlResp {
 
 func (l *Loop) prepare(ctx context.Context) ctlResp {
 	l.mu.Lock()
-	if l.state == StatePrepared {
+	switch l.state {
+	case StatePrepared:
 		b := *l.boundary
 		l.mu.Unlock()
 		return ctlResp{b: b}
+	case StateShadow:
+		l.mu.Unlock()
+		return ctlResp{err: fmt.Errorf("%w: a shadow has no boundary of its own", ErrState)}
 	}
-	cl := l.cl
+	cl, g := l.cl, l.gate
 	l.mu.Unlock()
 	cl.PauseFetchTopics(l.cfg.Topics...)
+	// From the boundary on the client opens no connection: a copy restored from a dump taken
+	// now (its connections restored closed) reaches no broker until it is resumed, released
+	// or made a shadow.
+	g.close()
+	fail := func(err error) ctlResp {
+		g.open()
+		cl.ResumeFetchTopics(l.cfg.Topics...)
+		return ctlResp{err: err}
+	}
 	if l.sess == nil {
 		// Transactional batches are committed when they end; here outputs go first, then offsets.
 		err := cl.Flush(ctx)
@@ -492,14 +583,12 @@ func (l *Loop) prepare(ctx context.Context) ctlResp {
 			err = cl.CommitUncommittedOffsets(ctx)
 		}
 		if err != nil {
-			cl.ResumeFetchTopics(l.cfg.Topics...)
-			return ctlResp{err: fmt.Errorf("commit at the boundary: %w", err)}
+			return fail(fmt.Errorf("commit at the boundary: %w", err))
 		}
 	}
 	offs, err := l.settle(ctx, cl)
 	if err != nil {
-		cl.ResumeFetchTopics(l.cfg.Topics...)
-		return ctlResp{err: err}
+		return fail(err)
 	}
 	member, gen := cl.GroupMetadata()
 	b := Boundary{
@@ -511,6 +600,9 @@ func (l *Loop) prepare(ctx context.Context) ctlResp {
 		Transactional:    l.sess != nil,
 		Offsets:          offs,
 		RecordsProcessed: l.processed.Load(),
+	}
+	if l.cfg.Digest != nil {
+		b.Digest = l.cfg.Digest()
 	}
 	l.mu.Lock()
 	l.state, l.boundary, l.resumed = StatePrepared, &b, nil
@@ -573,7 +665,21 @@ func (l *Loop) awaitTransaction(ctx context.Context, adm *kadm.Client) error {
 // the partitions in mine, the client's own committed offsets, after checking that they are
 // the same: other members' partitions are not part of our boundary.
 func (l *Loop) stableOffsets(ctx context.Context, adm *kadm.Client, mine Offsets) (Offsets, error) {
-	var ours Offsets
+	all, err := l.fetchStable(ctx, adm)
+	if err != nil {
+		return nil, err
+	}
+	ours := all.Only(mine)
+	if !ours.Equal(mine) {
+		return nil, fmt.Errorf("the broker's committed offsets %v are not the client's %v", ours, mine)
+	}
+	return ours, nil
+}
+
+// fetchStable waits until the group's committed offsets of the loop's topics are stable at
+// the broker and returns them.
+func (l *Loop) fetchStable(ctx context.Context, adm *kadm.Client) (Offsets, error) {
+	var all Offsets
 	err := wait.Until(ctx, settlePoll, func() (bool, error) {
 		resp, err := adm.FetchOffsetsForTopics(kadm.RequireStable(ctx), l.cfg.Group, l.cfg.Topics...)
 		if err != nil {
@@ -592,23 +698,19 @@ func (l *Loop) stableOffsets(ctx context.Context, adm *kadm.Client, mine Offsets
 		if perr != nil || unstable {
 			return false, perr
 		}
-		ours = OffsetsFromKadm(resp).Only(mine)
-		if !ours.Equal(mine) {
-			return false, fmt.Errorf("the broker's committed offsets %v are not the client's %v", ours, mine)
-		}
+		all = OffsetsFromKadm(resp)
 		return true, nil
 	})
 	if err != nil && ctx.Err() != nil && errors.Is(err, ctx.Err()) {
 		return nil, fmt.Errorf("wait for the committed offsets to be stable: %w", err)
 	}
-	if err != nil {
-		return nil, err
-	}
-	return ours, nil
+	return all, err
 }
 
 // reinit replaces the client and waits until fetching restarted from the committed offsets.
-func (l *Loop) reinit(ctx context.Context) (Offsets, error) {
+// afterInit (optional) runs once the new producer has fenced every other copy, before the
+// group is joined.
+func (l *Loop) reinit(ctx context.Context, afterInit func(context.Context, *kgo.Client) error) (Offsets, error) {
 	start := time.Now()
 	l.mu.Lock()
 	old := l.cl
@@ -628,7 +730,7 @@ func (l *Loop) reinit(ctx context.Context) (Offsets, error) {
 		}
 	}
 	l.reinits.Add(1)
-	if err := l.connect(ctx, false); err != nil {
+	if err := l.connect(ctx, false, afterInit); err != nil {
 		return nil, err
 	}
 	var offs Offsets
@@ -651,7 +753,12 @@ func (l *Loop) reinit(ctx context.Context) (Offsets, error) {
 
 // do queues a control request for the loop goroutine and interrupts its poll.
 func (l *Loop) do(ctx context.Context, op string) ctlResp {
-	r := &ctlReq{op: op, ctx: ctx, resp: make(chan ctlResp, 1)}
+	return l.doReq(&ctlReq{op: op, ctx: ctx})
+}
+
+func (l *Loop) doReq(r *ctlReq) ctlResp {
+	ctx, op := r.ctx, r.op
+	r.resp = make(chan ctlResp, 1)
 	l.mu.Lock()
 	if !l.started {
 		l.mu.Unlock()
@@ -701,10 +808,16 @@ func (l *Loop) Abort(ctx context.Context) error {
 // Status implements Participant.
 func (l *Loop) Status() Status {
 	l.mu.Lock()
-	st, cl, b := l.state, l.cl, l.boundary
+	st, cl, b, view := l.state, l.cl, l.boundary, l.shadowView
 	l.mu.Unlock()
 	s := Status{Protocol: Version, State: st, Offsets: Offsets{}}
+	if l.cfg.Digest != nil {
+		s.Capabilities = []string{CapReplay}
+	}
 	switch {
+	case st == StateShadow:
+		s.Offsets = view.Position
+		s.Position, s.Limit, s.Lag, s.LagTime, s.Replayed = view.Position, view.Limit, view.Lag, view.LagTime, view.Replayed
 	case b != nil:
 		s.Offsets = b.Offsets
 	case cl != nil:

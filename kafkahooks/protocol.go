@@ -4,11 +4,23 @@ import (
 	"context"
 	"errors"
 	"os"
+	"slices"
 	"strconv"
+	"time"
 )
 
-// Version is the protocol version this package speaks.
-const Version = 1
+// Version is the protocol version this package speaks. A server of this version also answers
+// version 1 requests (the calls of version 1 are unchanged), and says in each answer's
+// "protocol" field the version the request spoke.
+const Version = 2
+
+// MinVersion is the oldest version a server of this package answers.
+const MinVersion = 1
+
+// CapReplay is the capability (Status.Capabilities) of an application that can be migrated by
+// replay: its state is a deterministic function of the records it processed (see PROTOCOL.md),
+// and it answers /v2/release, /v2/shadow and /v2/advance and reports a digest of its state.
+const CapReplay = "replay"
 
 // HeaderVersion is the request (and response) header carrying the protocol version.
 const HeaderVersion = "Ftwin-Hook-Protocol"
@@ -36,6 +48,11 @@ const (
 	StateRunning State = "running"
 	// StatePrepared: holding at a boundary, no fetch and no open transaction.
 	StatePrepared State = "prepared"
+	// StateShadow: a restored copy told it is a shadow (version 2): its old Kafka clients are
+	// dropped without a word to the broker, and it replays its input partitions with a
+	// read-only consumer outside the group, emitting nothing, up to the source's committed
+	// offsets (or the offsets of an advance).
+	StateShadow State = "shadow"
 )
 
 // Boundary is the answer to prepare: where the application stopped.
@@ -50,13 +67,46 @@ type Boundary struct {
 	// committed offset is absent.
 	Offsets          Offsets `json:"offsets"`
 	RecordsProcessed int64   `json:"records_processed"`
+	// Digest is a digest of the application's state at the boundary (version 2, applications
+	// with CapReplay): two copies that processed the same records have the same digest.
+	Digest string `json:"digest,omitempty"`
 }
 
 // Status is the answer to status.
 type Status struct {
+	// Protocol is the version the answer speaks. The Client sets it to the server's own
+	// version (its answer header), so a caller learns whether version 2 calls can be made.
 	Protocol int     `json:"protocol"`
 	State    State   `json:"state"`
 	Offsets  Offsets `json:"offsets"`
+	// Capabilities are what the application can do beyond version 1 (CapReplay). Version 2.
+	Capabilities []string `json:"capabilities,omitempty"`
+	// While a shadow (version 2): Position is the next offset to apply per partition, Limit
+	// the offsets it replays up to (the source's committed offsets, refreshed from the
+	// broker, or those of an advance), Lag the records between them, LagTime the record time
+	// between the newest record it holds below Limit and the last one it applied, Replayed
+	// the records applied since it became a shadow.
+	Position Offsets       `json:"position,omitempty"`
+	Limit    Offsets       `json:"limit,omitempty"`
+	Lag      int64         `json:"lag_records,omitempty"`
+	LagTime  time.Duration `json:"lag_ns,omitempty"`
+	Replayed int64         `json:"replayed,omitempty"`
+}
+
+// Can reports whether the status names capability c.
+func (s Status) Can(c string) bool { return slices.Contains(s.Capabilities, c) }
+
+// Advanced is the answer to advance: the shadow's position (the offsets of the advance) and
+// the digest of its state there.
+type Advanced struct {
+	Protocol int     `json:"protocol"`
+	Offsets  Offsets `json:"offsets"`
+	Digest   string  `json:"digest"`
+}
+
+// advanceRequest is the body of an advance.
+type advanceRequest struct {
+	Offsets Offsets `json:"offsets"`
 }
 
 // resumeResponse is the answer to resume.
@@ -86,9 +136,33 @@ type Participant interface {
 	Status() Status
 }
 
+// Replayer is a Participant that can be migrated by replay (version 2, CapReplay). The server
+// serialises its calls with those of Participant.
+type Replayer interface {
+	Participant
+	// Release continues on the source after a snapshot was taken at the boundary, with the
+	// same Kafka clients (nothing else can have fenced them), and returns the boundary's
+	// offsets. It is a no-op when running.
+	Release(ctx context.Context) (Offsets, error)
+	// Shadow turns a restored, prepared copy into a shadow (StateShadow) and returns the
+	// offsets its replay starts from (its boundary).
+	Shadow(ctx context.Context) (Offsets, error)
+	// Advance has the shadow apply the records up to exactly to (the source's boundary at
+	// the cutover) and returns the digest of its state there.
+	Advance(ctx context.Context, to Offsets) (Advanced, error)
+}
+
 // ErrNotPrepared is what a Participant returns when asked to resume without a prepare. The
 // server answers it with 409 Conflict.
 var ErrNotPrepared = errors.New("not prepared")
+
+// ErrState is what a Participant returns for a call its state does not allow (shadow when not
+// prepared, advance when not a shadow, a shadow past the offsets of an advance). 409 Conflict.
+var ErrState = errors.New("not allowed in this state")
+
+// ErrNoReplay is what the server answers (501) for a version 2 replay call to a Participant
+// that is not a Replayer.
+var ErrNoReplay = errors.New("this application cannot be migrated by replay")
 
 // Error is a protocol error answer (4xx or 5xx) as the Client sees it.
 type Error struct {
@@ -104,7 +178,14 @@ func (e *Error) Error() string {
 	return "kafkahooks: " + e.Op + ": " + strconv.Itoa(e.StatusCode) + " " + e.Message
 }
 
-// Is makes errors.Is(err, ErrNotPrepared) hold for a 409 answer.
+// Is makes errors.Is(err, ErrNotPrepared) and errors.Is(err, ErrState) hold for a 409 answer
+// and errors.Is(err, ErrNoReplay) for a 501.
 func (e *Error) Is(target error) bool {
-	return target == ErrNotPrepared && e.StatusCode == 409
+	switch target {
+	case ErrNotPrepared, ErrState:
+		return e.StatusCode == 409
+	case ErrNoReplay:
+		return e.StatusCode == 501
+	}
+	return false
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -15,6 +16,9 @@ import (
 	"sync"
 	"time"
 )
+
+// maxRequest bounds a request's body (an advance names offsets of a few partitions).
+const maxRequest = 1 << 20
 
 // ServeOpt configures Serve.
 type ServeOpt func(*serveConfig)
@@ -91,18 +95,41 @@ func Serve(ctx context.Context, p Participant, opts ...ServeOpt) error {
 // It must be served without keep-alives (http.Server.SetKeepAlivesEnabled(false)).
 func NewHandler(p Participant) http.Handler { return newHandler(p, nil) }
 
-// calls are the protocol's calls: path and method.
-var calls = []struct{ method, path string }{
-	{http.MethodPost, "/v1/prepare"},
-	{http.MethodPost, "/v1/resume"},
-	{http.MethodPost, "/v1/abort"},
-	{http.MethodGet, "/v1/status"},
+// calls are the protocol's calls: path, method and the version that introduced them.
+var calls = []struct {
+	method, path string
+	since        int
+}{
+	{http.MethodPost, "/v1/prepare", 1},
+	{http.MethodPost, "/v1/resume", 1},
+	{http.MethodPost, "/v1/abort", 1},
+	{http.MethodGet, "/v1/status", 1},
+	{http.MethodPost, "/v2/release", 2},
+	{http.MethodPost, "/v2/shadow", 2},
+	{http.MethodPost, "/v2/advance", 2},
+}
+
+// callList names the calls, for the answer to an unknown path.
+func callList() string {
+	var s []string
+	for _, c := range calls {
+		s = append(s, c.path)
+	}
+	return strings.Join(s, ", ")
 }
 
 type handler struct {
 	p    Participant
 	logf func(format string, args ...any)
-	mu   sync.Mutex // serialises prepare, resume and abort
+	mu   sync.Mutex // serialises prepare, resume, abort, release, shadow and advance
+}
+
+// spokenKey carries the version a request speaks in its context.
+type spokenKey struct{}
+
+func spoken(ctx context.Context) int {
+	v, _ := ctx.Value(spokenKey{}).(int)
+	return v
 }
 
 func newHandler(p Participant, logf func(string, ...any)) http.Handler {
@@ -111,21 +138,58 @@ func newHandler(p Participant, logf func(string, ...any)) http.Handler {
 	}
 	h := &handler{p: p, logf: logf}
 	mux := http.NewServeMux()
-	mux.HandleFunc("POST /v1/prepare", h.serialised("prepare", func(ctx context.Context) (any, error) {
+	mux.HandleFunc("POST /v1/prepare", h.serialised("prepare", func(ctx context.Context, _ []byte) (any, error) {
 		b, err := h.p.Prepare(ctx)
-		b.Protocol = Version
+		b.Protocol = spoken(ctx)
+		if b.Protocol < 2 {
+			b.Digest = ""
+		}
 		return b, err
 	}))
-	mux.HandleFunc("POST /v1/resume", h.serialised("resume", func(ctx context.Context) (any, error) {
+	mux.HandleFunc("POST /v1/resume", h.serialised("resume", func(ctx context.Context, _ []byte) (any, error) {
 		offs, err := h.p.Resume(ctx)
-		return resumeResponse{Protocol: Version, Offsets: offs}, err
+		return resumeResponse{Protocol: spoken(ctx), Offsets: offs}, err
 	}))
-	mux.HandleFunc("POST /v1/abort", h.serialised("abort", func(ctx context.Context) (any, error) {
+	mux.HandleFunc("POST /v1/abort", h.serialised("abort", func(ctx context.Context, _ []byte) (any, error) {
 		return struct{}{}, h.p.Abort(ctx)
 	}))
-	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, _ *http.Request) {
-		writeJSON(w, http.StatusOK, h.p.Status())
+	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
+		s := h.p.Status()
+		s.Protocol = spoken(r.Context())
+		if s.Protocol < 2 {
+			s = Status{Protocol: s.Protocol, State: s.State, Offsets: s.Offsets}
+			if s.State == StateShadow {
+				s.State = StatePrepared // a version 1 client knows no shadows; it holds
+			}
+		}
+		writeJSON(w, http.StatusOK, s)
 	})
+	replay := func(op string, call func(ctx context.Context, r Replayer, body []byte) (any, error)) http.HandlerFunc {
+		return h.serialised(op, func(ctx context.Context, body []byte) (any, error) {
+			r, ok := h.p.(Replayer)
+			if !ok {
+				return nil, ErrNoReplay
+			}
+			return call(ctx, r, body)
+		})
+	}
+	mux.HandleFunc("POST /v2/release", replay("release", func(ctx context.Context, r Replayer, _ []byte) (any, error) {
+		offs, err := r.Release(ctx)
+		return resumeResponse{Protocol: Version, Offsets: offs}, err
+	}))
+	mux.HandleFunc("POST /v2/shadow", replay("shadow", func(ctx context.Context, r Replayer, _ []byte) (any, error) {
+		offs, err := r.Shadow(ctx)
+		return resumeResponse{Protocol: Version, Offsets: offs}, err
+	}))
+	mux.HandleFunc("POST /v2/advance", replay("advance", func(ctx context.Context, r Replayer, body []byte) (any, error) {
+		var req advanceRequest
+		if err := json.Unmarshal(body, &req); err != nil || req.Offsets.Len() == 0 {
+			return nil, badRequest{fmt.Errorf("advance: want a body {\"offsets\":{TOPIC:{PARTITION:OFFSET}}} naming at least one partition (%v)", err)}
+		}
+		a, err := r.Advance(ctx, req.Offsets)
+		a.Protocol = Version
+		return a, err
+	}))
 	// The patterns above win over these for their method: what is left is a wrong method
 	// (405) or an unknown path (404), answered in JSON as every other error.
 	for _, c := range calls {
@@ -135,33 +199,56 @@ func newHandler(p Participant, logf func(string, ...any)) http.Handler {
 		})
 	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, http.StatusNotFound, fmt.Sprintf("no such call %s (protocol %d has /v1/prepare, /v1/resume, /v1/abort, /v1/status)", r.URL.Path, Version))
+		writeError(w, http.StatusNotFound, fmt.Sprintf("no such call %s (protocol %d has %s)", r.URL.Path, Version, callList()))
 	})
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set(HeaderVersion, strconv.Itoa(Version))
 		w.Header().Set("Connection", "close")
-		switch v := r.Header.Get(HeaderVersion); {
-		case v == strconv.Itoa(Version) && (path.Clean(r.URL.Path) != r.URL.Path || !strings.HasPrefix(r.URL.Path, "/")):
+		hv := r.Header.Get(HeaderVersion)
+		v, err := strconv.Atoi(hv)
+		switch {
+		case hv == "":
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("missing header %s (this server speaks protocol %d to %d)", HeaderVersion, MinVersion, Version))
+			return
+		case err != nil || v < MinVersion || v > Version:
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("protocol mismatch: the client speaks %s %q, this server speaks %d to %d", HeaderVersion, hv, MinVersion, Version))
+			return
+		case path.Clean(r.URL.Path) != r.URL.Path || !strings.HasPrefix(r.URL.Path, "/"):
 			// ServeMux would redirect an unclean path (307); the protocol has no such call.
-			writeError(w, http.StatusNotFound, fmt.Sprintf("no such call %q (protocol %d has /v1/prepare, /v1/resume, /v1/abort, /v1/status)", r.URL.Path, Version))
-		case v == strconv.Itoa(Version):
-			mux.ServeHTTP(w, r)
-		case v == "":
-			writeError(w, http.StatusBadRequest, fmt.Sprintf("missing header %s (this server speaks protocol %d)", HeaderVersion, Version))
-		default:
-			writeError(w, http.StatusBadRequest, fmt.Sprintf("protocol mismatch: the client speaks %s %q, this server speaks %d", HeaderVersion, v, Version))
+			writeError(w, http.StatusNotFound, fmt.Sprintf("no such call %q (protocol %d has %s)", r.URL.Path, Version, callList()))
+			return
 		}
+		for _, c := range calls {
+			if c.path == r.URL.Path && c.since > v {
+				writeError(w, http.StatusBadRequest, fmt.Sprintf("%s is a call of protocol %d; the request speaks %s %d", c.path, c.since, HeaderVersion, v))
+				return
+			}
+		}
+		mux.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), spokenKey{}, v)))
 	})
 }
 
+// badRequest marks an error of the request itself (400).
+type badRequest struct{ error }
+
+func (e badRequest) Unwrap() error { return e.error }
+
 // serialised answers a call that changes the state (prepare, resume, abort): one at a time,
 // logged with its duration, its error mapped to a status by statusOf.
-func (h *handler) serialised(op string, call func(context.Context) (any, error)) http.HandlerFunc {
+func (h *handler) serialised(op string, call func(context.Context, []byte) (any, error)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
+		in, err := io.ReadAll(io.LimitReader(r.Body, maxRequest+1))
+		if err == nil && len(in) > maxRequest {
+			err = fmt.Errorf("more than %d bytes", maxRequest)
+		}
+		if err != nil {
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("%s: read the request body: %v", op, err))
+			return
+		}
 		h.mu.Lock()
 		defer h.mu.Unlock()
 		start := time.Now()
-		body, err := call(r.Context())
+		body, err := call(r.Context(), in)
 		if err != nil {
 			h.logf("kafkahooks: %s failed after %s: %v", op, time.Since(start).Round(time.Millisecond), err)
 			writeError(w, statusOf(err), fmt.Sprintf("%s: %v", op, err))
@@ -173,9 +260,14 @@ func (h *handler) serialised(op string, call func(context.Context) (any, error))
 }
 
 func statusOf(err error) int {
+	var br badRequest
 	switch {
-	case errors.Is(err, ErrNotPrepared):
+	case errors.As(err, &br):
+		return http.StatusBadRequest
+	case errors.Is(err, ErrNotPrepared), errors.Is(err, ErrState):
 		return http.StatusConflict
+	case errors.Is(err, ErrNoReplay):
+		return http.StatusNotImplemented
 	case errors.Is(err, context.DeadlineExceeded):
 		return http.StatusGatewayTimeout
 	case errors.Is(err, context.Canceled):

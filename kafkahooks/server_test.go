@@ -119,8 +119,8 @@ func raw(t *testing.T, path, method, url, version string) (int, string) {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	if got := resp.Header.Get(HeaderVersion); got != "1" {
-		t.Errorf("response header %s = %q, want 1", HeaderVersion, got)
+	if got := resp.Header.Get(HeaderVersion); got != "2" {
+		t.Errorf("response header %s = %q, want 2", HeaderVersion, got)
 	}
 	var e errorResponse
 	_ = json.NewDecoder(resp.Body).Decode(&e)
@@ -129,9 +129,15 @@ func raw(t *testing.T, path, method, url, version string) (int, string) {
 
 func TestVersionMismatch(t *testing.T) {
 	path := serve(t, newFake())
-	code, msg := raw(t, path, "POST", "/v1/prepare", "2")
-	if code != http.StatusBadRequest || !strings.Contains(msg, `"2"`) || !strings.Contains(msg, "speaks 1") {
-		t.Errorf("protocol 2: got %d %q, want 400 naming both versions", code, msg)
+	code, msg := raw(t, path, "POST", "/v1/prepare", "3")
+	if code != http.StatusBadRequest || !strings.Contains(msg, `"3"`) || !strings.Contains(msg, "speaks 1 to 2") {
+		t.Errorf("protocol 3: got %d %q, want 400 naming the versions", code, msg)
+	}
+	if code, msg = raw(t, path, "POST", "/v2/shadow", "1"); code != http.StatusBadRequest || !strings.Contains(msg, "call of protocol 2") {
+		t.Errorf("a version 2 call spoken as version 1: got %d %q, want 400", code, msg)
+	}
+	if code, msg = raw(t, path, "POST", "/v2/shadow", "2"); code != http.StatusNotImplemented || !strings.Contains(msg, "cannot be migrated by replay") {
+		t.Errorf("shadow on an application that cannot replay: got %d %q, want 501", code, msg)
 	}
 	code, msg = raw(t, path, "GET", "/v1/status", "")
 	if code != http.StatusBadRequest || !strings.Contains(msg, HeaderVersion) {
@@ -163,7 +169,7 @@ func TestPrepareResumeAbort(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Boundary{Protocol: 1, Group: "g", MemberID: "twin-1-abc", InstanceID: "twin-1", Generation: 3,
+	want := Boundary{Protocol: 2, Group: "g", MemberID: "twin-1-abc", InstanceID: "twin-1", Generation: 3,
 		Transactional: true, Offsets: Offsets{"sensors": {0: 15, 1: 20}}, RecordsProcessed: 42}
 	if !reflect.DeepEqual(b1, want) {
 		t.Fatalf("boundary = %+v, want %+v", b1, want)
@@ -301,8 +307,11 @@ func TestErrorAnswers(t *testing.T) {
 		{"POST", "/v2/prepare", "1", http.StatusNotFound, "", []string{"no such call /v2/prepare", "/v1/status"}},
 		{"GET", "/", "1", http.StatusNotFound, "", []string{"no such call /"}},
 		{"GET", "/v1/status/x", "1", http.StatusNotFound, "", []string{"no such call /v1/status/x"}},
-		{"GET", "/v1/status", "", http.StatusBadRequest, "", []string{"missing header " + HeaderVersion, "speaks protocol 1"}},
-		{"POST", "/v1/prepare", "2", http.StatusBadRequest, "", []string{`client speaks Ftwin-Hook-Protocol "2"`, "this server speaks 1"}},
+		{"GET", "/v1/status", "", http.StatusBadRequest, "", []string{"missing header " + HeaderVersion, "speaks protocol 1 to 2"}},
+		{"POST", "/v1/prepare", "3", http.StatusBadRequest, "", []string{`client speaks Ftwin-Hook-Protocol "3"`, "this server speaks 1 to 2"}},
+		{"POST", "/v2/advance", "1", http.StatusBadRequest, "", []string{"/v2/advance is a call of protocol 2"}},
+		{"POST", "/v2/release", "2", http.StatusNotImplemented, "", []string{"release", "cannot be migrated by replay"}},
+		{"GET", "/v2/shadow", "2", http.StatusMethodNotAllowed, "POST", []string{"/v2/shadow takes POST"}},
 		{"GET", "/nowhere", "0", http.StatusBadRequest, "", []string{`"0"`}}, // the version is checked first
 	} {
 		req := httptest.NewRequest(c.method, c.path, nil)
@@ -318,8 +327,8 @@ func TestErrorAnswers(t *testing.T) {
 		if got := rec.Header().Get("Allow"); got != c.allow {
 			t.Errorf("%s: Allow %q, want %q", name, got, c.allow)
 		}
-		if got := rec.Header().Get(HeaderVersion); got != "1" {
-			t.Errorf("%s: %s %q, want 1", name, HeaderVersion, got)
+		if got := rec.Header().Get(HeaderVersion); got != "2" {
+			t.Errorf("%s: %s %q, want 2", name, HeaderVersion, got)
 		}
 		if got := rec.Header().Get("Content-Type"); got != "application/json" {
 			t.Errorf("%s: Content-Type %q", name, got)

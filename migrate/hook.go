@@ -69,20 +69,20 @@ type SocketHook struct {
 }
 
 // FindSocketHook returns the hook of the container whose init process is pid if it serves one
-// at socket (a clean absolute path inside the container; "" means DefaultHookSocket), nil if it
-// serves none there.
+// at socket (a clean absolute path inside the container, resolved inside its root; "" means
+// DefaultHookSocket), nil if nothing is there, an error if something else is.
 func FindSocketHook(pid uint32, socket string) (*SocketHook, error) {
 	if socket == "" {
 		socket = DefaultHookSocket
 	}
-	p, err := hooksock.Path(pid, socket)
+	s, err := hooksock.InContainer(pid, socket)
 	if err != nil {
 		return nil, err
 	}
-	if !hooksock.Serves(p) {
-		return nil, nil
+	if ok, err := s.Serves(); !ok || err != nil {
+		return nil, err
 	}
-	return &SocketHook{Socket: socket, source: kafkahooks.Dial(p)}, nil
+	return &SocketHook{Socket: socket, source: kafkahooks.NewClient(s.Transport(), s.String())}, nil
 }
 
 // Prepare implements Hook.

@@ -137,7 +137,7 @@ type Options struct {
 	Mode Mode
 	// MaxLag (replay) is the shadow's lag, in records behind the source's committed offsets,
 	// below which the cutover starts: the records the cutover still replays within its pause.
-	// Default 500.
+	// Default 500; negative: 0 (caught up exactly).
 	MaxLag int64
 	// CatchUpTimeout (replay) bounds the catch-up: a shadow not within MaxLag by then is
 	// dropped and the source carries on. Default 2 minutes. CatchUpPoll is how often the
@@ -175,8 +175,11 @@ func (o *Options) setDefaults() {
 	if o.SourceHost == "" {
 		o.SourceHost, _ = os.Hostname()
 	}
-	if o.MaxLag == 0 {
+	switch {
+	case o.MaxLag == 0:
 		o.MaxLag = 500
+	case o.MaxLag < 0:
+		o.MaxLag = 0
 	}
 	if o.CatchUpTimeout == 0 {
 		o.CatchUpTimeout = 2 * time.Minute

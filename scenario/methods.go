@@ -24,6 +24,10 @@ const (
 	// MethodFtwin is ftwin-migrate: quiesce through the hook, freeze, CRIU, mTLS transfer,
 	// restore, verify, resume, commit.
 	MethodFtwin = "ftwin-migrate"
+	// MethodReplay is ftwin-migrate --mode replay: a snapshot dumped while the twin runs, a
+	// shadow restored on the target catching up from the Kafka log, a cutover at a boundary
+	// with the state digests compared.
+	MethodReplay = "ftwin-migrate-replay"
 	// MethodContainerd is the containerd path done carefully: checkpoint (the task exits),
 	// export, one tar stream through zstd over the link without the blobs the target holds (the
 	// base image's layers), import, restore; no Kafka hooks.

@@ -376,3 +376,8 @@ func cpuTime() time.Duration {
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
+
+// KillTwin kills the twin where it runs now with SIGKILL (a crash: no commit, no cleanup).
+func (s *Scenario) KillTwin(ctx context.Context) error {
+	return s.signal(ctx, s.host(s.at), s.runningID, syscall.SIGKILL)
+}

@@ -682,7 +682,7 @@ func (a *Agent) restore(ctx context.Context, s *session, w http.ResponseWriter, 
 }
 
 // hookRelay relays a request to the restored container's application hook, through the
-// task's root (/proc/PID/root/SOCKET): no port is published on the host. The method, the path
+// task's root (SOCKET resolved inside /proc/PID/root, see hooksock): no port is published on the host. The method, the path
 // below .../hook, the headers named Ftwin-Hook-* and the body (at most hooksock.MaxAnswer
 // bytes) go to the hook as they are, and its answer comes back as it is, marked with
 // RelayHeader. The agent knows nothing of the hook's protocol.
@@ -696,7 +696,7 @@ func (a *Agent) hookRelay(ctx context.Context, s *session, w http.ResponseWriter
 		writeError(w, http.StatusConflict, fmt.Errorf("restored container %s has no task: %w", s.Container, err))
 		return
 	}
-	sock, err := hooksock.Path(pid, s.HookSocket)
+	sock, err := hooksock.InContainer(pid, s.HookSocket)
 	if err != nil {
 		writeError(w, http.StatusBadRequest, err)
 		return
@@ -719,7 +719,7 @@ func (a *Agent) hookRelay(ctx context.Context, s *session, w http.ResponseWriter
 			req.Header[k] = v
 		}
 	}
-	resp, err := (&hooksock.Transport{Path: sock}).RoundTrip(req)
+	resp, err := sock.Transport().RoundTrip(req)
 	if err != nil {
 		writeError(w, http.StatusBadGateway, fmt.Errorf("hook of %s on %s: %w", s.Container, a.cfg.Host, err))
 		return

@@ -24,14 +24,14 @@ func TestCheckSocket(t *testing.T) {
 	}
 }
 
-func TestPath(t *testing.T) {
-	if p, err := Path(1234, "/run/ftwin-migrate/hook.sock"); err != nil || p != "/proc/1234/root/run/ftwin-migrate/hook.sock" {
-		t.Errorf("Path = %q, %v", p, err)
+func TestInContainer(t *testing.T) {
+	if s, err := InContainer(1234, "/run/ftwin-migrate/hook.sock"); err != nil || s != (Socket{Root: "/proc/1234/root", Path: "/run/ftwin-migrate/hook.sock"}) {
+		t.Errorf("InContainer = %+v, %v", s, err)
 	}
-	if _, err := Path(1234, "../x"); err == nil {
-		t.Error("Path accepted a relative path")
+	if _, err := InContainer(1234, "../x"); err == nil {
+		t.Error("InContainer accepted a relative path")
 	}
-	if _, err := Path(0, "/hook.sock"); err == nil {
-		t.Error("Path accepted pid 0")
+	if _, err := InContainer(0, "/hook.sock"); err == nil {
+		t.Error("InContainer accepted pid 0")
 	}
 }

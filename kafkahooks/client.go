@@ -24,8 +24,9 @@ type Client struct {
 	server atomic.Int32 // the server's version, once an answer said it
 }
 
-// Dial returns a Client for the hook socket at socketPath, as the host sees it (see
-// hooksock.Path). It does not connect until a call.
+// Dial returns a Client for the hook socket at socketPath, a path on the host dialed as it is
+// (for a socket inside a container, NewClient with hooksock.Socket's Transport). It does not
+// connect until a call.
 func Dial(socketPath string) *Client {
 	return NewClient(&hooksock.Transport{Path: socketPath}, socketPath)
 }

@@ -69,20 +69,20 @@ type SocketHook struct {
 }
 
 // FindSocketHook returns the hook of the container whose init process is pid if it serves one
-// at socket (a clean absolute path inside the container; "" means DefaultHookSocket), nil if it
-// serves none there.
+// at socket (a clean absolute path inside the container, resolved inside its root; "" means
+// DefaultHookSocket), nil if nothing is there, an error if something else is.
 func FindSocketHook(pid uint32, socket string) (*SocketHook, error) {
 	if socket == "" {
 		socket = DefaultHookSocket
 	}
-	p, err := hooksock.Path(pid, socket)
+	s, err := hooksock.InContainer(pid, socket)
 	if err != nil {
 		return nil, err
 	}
-	if !hooksock.Serves(p) {
-		return nil, nil
+	if ok, err := s.Serves(); !ok || err != nil {
+		return nil, err
 	}
-	return &SocketHook{Socket: socket, source: kafkahooks.Dial(p)}, nil
+	return &SocketHook{Socket: socket, source: kafkahooks.NewClient(s.Transport(), s.String())}, nil
 }
 
 // Prepare implements Hook.
@@ -96,11 +96,41 @@ func (h *SocketHook) Prepare(ctx context.Context) (*kafkahooks.Boundary, error) 
 
 // Resume implements Hook.
 func (h *SocketHook) Resume(ctx context.Context, target http.RoundTripper) (kafkahooks.Offsets, error) {
-	return kafkahooks.NewClient(target, "the target's relay to "+h.Socket).Resume(ctx)
+	return h.copy(target).Resume(ctx)
 }
 
 // Abort implements Hook.
 func (h *SocketHook) Abort(ctx context.Context) error { return h.source.Abort(ctx) }
+
+// Status implements ReplayHook.
+func (h *SocketHook) Status(ctx context.Context) (kafkahooks.Status, error) {
+	return h.source.Status(ctx)
+}
+
+// Release implements ReplayHook.
+func (h *SocketHook) Release(ctx context.Context) error {
+	_, err := h.source.Release(ctx)
+	return err
+}
+
+func (h *SocketHook) copy(target http.RoundTripper) *kafkahooks.Client {
+	return kafkahooks.NewClient(target, "the target's relay to "+h.Socket)
+}
+
+// Shadow implements ReplayHook.
+func (h *SocketHook) Shadow(ctx context.Context, target http.RoundTripper) (kafkahooks.Offsets, error) {
+	return h.copy(target).Shadow(ctx)
+}
+
+// ShadowStatus implements ReplayHook.
+func (h *SocketHook) ShadowStatus(ctx context.Context, target http.RoundTripper) (kafkahooks.Status, error) {
+	return h.copy(target).Status(ctx)
+}
+
+// Advance implements ReplayHook.
+func (h *SocketHook) Advance(ctx context.Context, target http.RoundTripper, to kafkahooks.Offsets) (kafkahooks.Advanced, error) {
+	return h.copy(target).Advance(ctx, to)
+}
 
 // BoundaryCheck records how the broker's view matched the application's boundary.
 type BoundaryCheck struct {

@@ -130,6 +130,21 @@ type Options struct {
 	// WorkDir is where the CRIU work directory of the dump is kept for its statistics. It must
 	// be visible to the source's containerd. Default: a temporary directory, removed after.
 	WorkDir string
+
+	// Mode is ModeStopAndCopy (the default) or ModeReplay (see replay.go): the source keeps
+	// working while its copy catches up from the Kafka log; it needs a hook of protocol 2 with
+	// capability replay, and is refused in the preflight otherwise.
+	Mode Mode
+	// MaxLag (replay) is the shadow's lag, in records behind the source's committed offsets,
+	// below which the cutover starts: the records the cutover still replays within its pause.
+	// Default 500; negative: 0 (caught up exactly).
+	MaxLag int64
+	// CatchUpTimeout (replay) bounds the catch-up: a shadow not within MaxLag by then is
+	// dropped and the source carries on. Default 2 minutes. CatchUpPoll is how often the
+	// shadow's status is read (default 100ms), and CatchUpProgress receives it (optional).
+	CatchUpTimeout  time.Duration
+	CatchUpPoll     time.Duration
+	CatchUpProgress func(kafkahooks.Status)
 }
 
 func (o *Options) setDefaults() {
@@ -160,6 +175,18 @@ func (o *Options) setDefaults() {
 	if o.SourceHost == "" {
 		o.SourceHost, _ = os.Hostname()
 	}
+	switch {
+	case o.MaxLag == 0:
+		o.MaxLag = 500
+	case o.MaxLag < 0:
+		o.MaxLag = 0
+	}
+	if o.CatchUpTimeout == 0 {
+		o.CatchUpTimeout = 2 * time.Minute
+	}
+	if o.CatchUpPoll == 0 {
+		o.CatchUpPoll = 100 * time.Millisecond
+	}
 }
 
 // Migrate moves container o.Container of client to the agent at o.Target and returns its
@@ -182,8 +209,13 @@ func Migrate(ctx context.Context, client *containerd.Client, o Options) (*Report
 // needs (for containerd, the namespace).
 func Run(ctx context.Context, src Source, tgt Target, o Options) (*Report, error) {
 	o.setDefaults()
-	m := &run{o: o, src: src, tgt: tgt, rep: &Report{Container: o.Container, From: o.SourceHost, To: o.Target, Started: time.Now()}}
-	err := m.pipeline(ctx)
+	m := &run{o: o, src: src, tgt: tgt, rep: &Report{Container: o.Container, From: o.SourceHost, To: o.Target, Mode: o.Mode.String(), Started: time.Now()}}
+	var err error
+	if o.Mode == ModeReplay {
+		err = m.replayPipeline(ctx)
+	} else {
+		err = m.pipeline(ctx)
+	}
 	m.rep.Total = time.Since(m.rep.Started)
 	if err != nil {
 		m.rep.Error = err.Error()
@@ -206,6 +238,7 @@ type run struct {
 
 	pid      uint32
 	hook     Hook
+	replay   ReplayHook // ModeReplay: the hook, as a ReplayHook
 	boundary *kafkahooks.Boundary
 	frozenAt time.Time
 	ckptRef  string
@@ -246,14 +279,19 @@ func (m *run) pipeline(ctx context.Context) error {
 	return m.phase(context.WithoutCancel(ctx), Commit, m.commit)
 }
 
-// phase runs fn as phase p under the phase timeout and records it in the report.
+// phase runs fn as phase p under the phase timeout (the catch-up's under CatchUpTimeout) and
+// records it in the report.
 func (m *run) phase(ctx context.Context, p Phase, fn func(context.Context) error) error {
-	pctx, cancel := context.WithTimeout(ctx, m.o.PhaseTimeout)
+	timeout := m.o.PhaseTimeout
+	if p == CatchUp {
+		timeout = m.o.CatchUpTimeout
+	}
+	pctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	start := time.Now()
 	err := fn(pctx)
-	if err != nil && pctx.Err() != nil && ctx.Err() == nil {
-		err = fmt.Errorf("%w (phase timeout %s)", err, m.o.PhaseTimeout)
+	if err != nil && pctx.Err() != nil && ctx.Err() == nil && p != CatchUp {
+		err = fmt.Errorf("%w (phase timeout %s)", err, timeout)
 	}
 	pr := PhaseReport{Name: p, Start: start.Sub(m.rep.Started), Duration: time.Since(start)}
 	if err != nil {
@@ -327,7 +365,13 @@ func (m *run) preflight(ctx context.Context) error {
 	if err := m.findHook(); err != nil {
 		return err
 	}
-	m.warnSessionTimeout(task.ResidentBytes)
+	if m.o.Mode == ModeReplay {
+		if err := m.checkReplay(ctx); err != nil {
+			return err
+		}
+	} else {
+		m.warnSessionTimeout(task.ResidentBytes)
+	}
 	m.ckptRef = fmt.Sprintf("%s%s:%d", checkpointPrefix, m.o.Container, time.Now().UnixNano())
 	req := agent.SessionRequest{
 		Namespace: m.o.Namespace, Container: m.o.Container, BaseImage: task.Image,
@@ -402,7 +446,8 @@ func (m *run) checkCommitted(ctx context.Context) error {
 	return nil
 }
 
-func (m *run) checkpoint(ctx context.Context) error {
+// makeCheckpointDirs creates the dump's CRIU work and image directories.
+func (m *run) makeCheckpointDirs() error {
 	var err error
 	m.ckpt = &checkpointDirs{}
 	if m.o.WorkDir != "" {
@@ -416,6 +461,13 @@ func (m *run) checkpoint(ctx context.Context) error {
 	m.ckpt.image = filepath.Join(m.ckpt.work, "image")
 	if err := os.Mkdir(m.ckpt.image, 0o700); err != nil {
 		return fmt.Errorf("CRIU image directory: %w", err)
+	}
+	return nil
+}
+
+func (m *run) checkpoint(ctx context.Context) error {
+	if err := m.makeCheckpointDirs(); err != nil {
+		return err
 	}
 	// Record where the container is going, and what this migration leaves on this host, before
 	// it freezes: should this process die, Recover finds the frozen source, settles it with the

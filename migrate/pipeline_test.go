@@ -45,6 +45,9 @@ type world struct {
 	copyDiesAfterVerify bool
 	// probe is what the target says of the probe ("ok", or "" for none).
 	probe string
+	// dieAfter: the source's task is gone after this many Running calls (0: never).
+	dieAfter, runningCalls int
+	sourceDead             bool
 
 	mu         sync.Mutex // heartbeats come from a goroutine of their own
 	heartbeats int
@@ -73,6 +76,12 @@ func (w *world) copies() (source, target bool) {
 type fakeSource struct{ *world }
 
 func (s fakeSource) Running(ctx context.Context) (TaskInfo, error) {
+	s.runningCalls++
+	if s.dieAfter > 0 && s.runningCalls > s.dieAfter {
+		s.sourceDead = true
+		s.log = append(s.log, "source.Running")
+		return TaskInfo{}, errors.New("task gone")
+	}
 	return TaskInfo{Pid: 4242, ResidentBytes: 64 << 20}, s.call(ctx, "source.Running")
 }
 func (s fakeSource) CPUInfo(ctx context.Context) ([]byte, error) {

@@ -17,12 +17,14 @@ import (
 
 // Report is what a migration did and where its time went.
 type Report struct {
-	Container string    `json:"container"`
-	From      string    `json:"from"`
-	To        string    `json:"to"`
-	Result    string    `json:"result"` // Committed, RolledBack or RollbackFailed
-	Error     string    `json:"error,omitempty"`
-	Started   time.Time `json:"started"`
+	Container string `json:"container"`
+	From      string `json:"from"`
+	To        string `json:"to"`
+	Result    string `json:"result"` // Committed, RolledBack or RollbackFailed
+	// Mode is "stop-and-copy" or "replay".
+	Mode    string    `json:"mode"`
+	Error   string    `json:"error,omitempty"`
+	Started time.Time `json:"started"`
 	// Session is the target agent's session id.
 	Session string `json:"session,omitempty"`
 	// Phases in the order they ran; Start is relative to Started.
@@ -31,9 +33,13 @@ type Report struct {
 	Undo []UndoReport `json:"undo,omitempty"`
 	// Downtime runs from the source's freeze to the end of the resume phase (the restored
 	// application told to continue, or, without a hook, its task running) — or, after a
-	// rollback, to the source's thaw (0 if it was never frozen or never thawed).
+	// rollback, to the source's thaw (0 if it was never frozen or never thawed). In a replay
+	// migration it is the longer of the source's two pauses (Replay.SnapshotPause and
+	// Replay.CutoverPause): the stream's longest gap.
 	Downtime time.Duration `json:"downtime_ns"`
-	Total    time.Duration `json:"total_ns"`
+	// Replay is what a replay migration measured (nil in stop-and-copy).
+	Replay *ReplayReport `json:"replay,omitempty"`
+	Total  time.Duration `json:"total_ns"`
 	// CRIU holds CRIU's dump statistics under its own (and Podman's --print-stats) names:
 	// freezing_time, frozen_time, memdump_time, memwrite_time (µs), pages_scanned, pages_written.
 	CRIU *stats.DumpStatsEntry `json:"criu_dump_statistics,omitempty"`
@@ -112,6 +118,14 @@ func (r *Report) WriteSummary(w io.Writer) error {
 		}
 	}
 	switch {
+	case r.Replay != nil:
+		rp := r.Replay
+		fmt.Fprintf(w, "  replay: snapshot pause %v; catch-up %v (%d records replayed, lag %d at the cutover); cutover pause %v; total %v\n",
+			rp.SnapshotPause.Round(time.Millisecond), rp.CatchUp.Round(time.Millisecond), rp.Replayed, rp.LagAtCutover,
+			rp.CutoverPause.Round(time.Millisecond), r.Total.Round(time.Millisecond))
+		if rp.SourceDigest != "" || rp.CopyDigest != "" {
+			fmt.Fprintf(w, "  digests at the cutover boundary %s: source %s, copy %s (equal: %s)\n", rp.CutoverBoundary, short(rp.SourceDigest), short(rp.CopyDigest), yesNo(rp.SourceDigest == rp.CopyDigest))
+		}
 	case r.Result == Committed:
 		fmt.Fprintf(w, "  downtime %v (frozen → resumed on %s); total %v\n", r.Downtime.Round(time.Millisecond), r.To, r.Total.Round(time.Millisecond))
 	case r.Downtime > 0:
@@ -163,11 +177,18 @@ func (r *Report) addEvidence(e string) {
 // application that resumed at its boundary.
 func (r *Report) verified() bool {
 	for _, e := range r.Evidence {
-		if strings.HasPrefix(e, "the probe ") || e == "the application resumed at the boundary" {
+		if strings.HasPrefix(e, "the probe ") || e == "the application resumed at the boundary" || e == "the copy took over at the boundary" {
 			return true
 		}
 	}
 	return false
+}
+
+func short(digest string) string {
+	if len(digest) > 12 {
+		return digest[:12]
+	}
+	return digest
 }
 
 func mib(n int64) float64 { return float64(n) / (1 << 20) }

@@ -24,6 +24,10 @@ const (
 	// MethodFtwin is ftwin-migrate: quiesce through the hook, freeze, CRIU, mTLS transfer,
 	// restore, verify, resume, commit.
 	MethodFtwin = "ftwin-migrate"
+	// MethodReplay is ftwin-migrate --mode replay: a snapshot dumped while the twin runs, a
+	// shadow restored on the target catching up from the Kafka log, a cutover at a boundary
+	// with the state digests compared.
+	MethodReplay = "ftwin-migrate-replay"
 	// MethodContainerd is the containerd path done carefully: checkpoint (the task exits),
 	// export, one tar stream through zstd over the link without the blobs the target holds (the
 	// base image's layers), import, restore; no Kafka hooks.
@@ -371,4 +375,9 @@ func cpuTime() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// KillTwin kills the twin where it runs now with SIGKILL (a crash: no commit, no cleanup).
+func (s *Scenario) KillTwin(ctx context.Context) error {
+	return s.signal(ctx, s.host(s.at), s.runningID, syscall.SIGKILL)
 }

@@ -114,6 +114,9 @@ type Migration struct {
 	SourceDigest, TargetDigest string
 	// CPU is the CPU time this process spent on the move (migrator and agents run in it).
 	CPU time.Duration
+	// SnapshotPause and CutoverPause are, for MethodReplay, the source's two pauses as the
+	// migrator measured them (Report.Replay).
+	SnapshotPause, CutoverPause time.Duration
 }
 
 // Start brings everything up and returns once the twin has produced output.
@@ -285,6 +288,16 @@ func (s *Scenario) WaitProcessing(ctx context.Context, timeout time.Duration) er
 
 // Migrate moves the twin to host to, with its Kafka hook and the broker check.
 func (s *Scenario) Migrate(ctx context.Context, to string) Migration {
+	return s.MigrateWith(ctx, to)
+}
+
+// MigrateReplay moves the twin to host to by replay (see MethodReplay).
+func (s *Scenario) MigrateReplay(ctx context.Context, to string, edits ...func(*migrate.Options)) Migration {
+	return s.MigrateWith(ctx, to, append([]func(*migrate.Options){func(o *migrate.Options) { o.Mode = migrate.ModeReplay }}, edits...)...)
+}
+
+// MigrateWith moves the twin to host to as Migrate does, with the options edited.
+func (s *Scenario) MigrateWith(ctx context.Context, to string, edits ...func(*migrate.Options)) Migration {
 	from := s.host(s.at)
 	m := Migration{Method: MethodFtwin, From: s.at, To: to, Start: time.Now()}
 	cpu := cpuTime()
@@ -301,14 +314,25 @@ func (s *Scenario) Migrate(ctx context.Context, to string) Migration {
 			return err
 		}
 		defer client.Close()
-		m.Report, err = migrate.Migrate(ctx, client, migrate.Options{
+		o := migrate.Options{
 			Namespace: lab.Namespace, Container: ContainerID, Target: s.agents[to].Addr, TLS: tlsCfg,
 			SourceHost: from.Name, Brokers: s.Brokers, PhaseTimeout: 2 * time.Minute,
-		})
+		}
+		for _, e := range edits {
+			e(&o)
+		}
+		if o.Mode == migrate.ModeReplay {
+			m.Method = MethodReplay
+		}
+		m.Report, err = migrate.Migrate(ctx, client, o)
 		return err
 	}()
 	if r := m.Report; r != nil {
 		m.Downtime, m.Bytes, m.WireBytes = r.Downtime, r.Transfer.BytesSent, r.Transfer.WireBytes
+		if r.Replay != nil {
+			m.SnapshotPause, m.CutoverPause = r.Replay.SnapshotPause, r.Replay.CutoverPause
+			m.SourceDigest, m.TargetDigest = r.Replay.SourceDigest, r.Replay.CopyDigest
+		}
 		if r.CRIU != nil {
 			m.Frozen = time.Duration(r.CRIU.GetFrozenTime()) * time.Microsecond
 		}

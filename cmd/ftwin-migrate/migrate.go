@@ -22,6 +22,7 @@ import (
 	"github.com/ftwin-migrate/ftwin-migrate/agent"
 	"github.com/ftwin-migrate/ftwin-migrate/hooksock"
 	"github.com/ftwin-migrate/ftwin-migrate/internal/agentserver"
+	"github.com/ftwin-migrate/ftwin-migrate/kafkahooks"
 	"github.com/ftwin-migrate/ftwin-migrate/migrate"
 	"github.com/ftwin-migrate/ftwin-migrate/pki"
 	"github.com/ftwin-migrate/ftwin-migrate/restore"
@@ -137,10 +138,20 @@ func migrateCommand() *cli.Command {
 			&cli.StringFlag{Name: "hook-socket", Value: migrate.DefaultHookSocket, Usage: "the application's hook socket inside the container (an absolute path)"},
 			&cli.StringSliceFlag{Name: "brokers", Usage: "Kafka bootstrap servers: check the application's boundary against the group's committed offsets"},
 			&cli.DurationFlag{Name: "session-timeout", Value: 45 * time.Second, Usage: "the consumer group's session timeout, for the warning when the expected downtime approaches it"},
+			&cli.StringFlag{Name: "mode", Value: "stop-and-copy", Usage: "stop-and-copy (freeze, copy, restore: any application) or replay (snapshot while it runs, catch up from the Kafka log, cut over: a hook of protocol 2 with capability replay)"},
+			&cli.Int64Flag{Name: "max-lag", Value: 500, Usage: "replay: cut over once the shadow is this many records behind the source"},
+			&cli.DurationFlag{Name: "catch-up-timeout", Value: 2 * time.Minute, Usage: "replay: drop the shadow (the source carries on) if it has not caught up by then"},
 		}, pkiFlags...),
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
 				return fmt.Errorf("migrate takes one argument, the container id (got %d)", c.NArg())
+			}
+			mode, err := migrate.ParseMode(c.String("mode"))
+			if err != nil {
+				return fmt.Errorf("--mode: %w", err)
+			}
+			if c.Int64("max-lag") < 0 || c.Duration("catch-up-timeout") <= 0 {
+				return fmt.Errorf("--max-lag %d, --catch-up-timeout %v: want a lag of 0 or more records and a positive timeout", c.Int64("max-lag"), c.Duration("catch-up-timeout"))
 			}
 			tcp, err := restore.ParseTCPMode(c.String("tcp"))
 			if err != nil {
@@ -164,6 +175,10 @@ func migrateCommand() *cli.Command {
 				Namespace: c.String("namespace"), Container: c.Args().First(), Target: c.String("to"), TLS: tlsCfg,
 				SourceHost: host, TCP: tcp, Probe: c.String("probe"), PhaseTimeout: c.Duration("phase-timeout"), Settle: settle(c.Duration("settle")),
 				HookMode: hookMode, HookSocket: c.String("hook-socket"), Brokers: c.StringSlice("brokers"), SessionTimeout: c.Duration("session-timeout"),
+				Mode: mode, MaxLag: c.Int64("max-lag"), CatchUpTimeout: c.Duration("catch-up-timeout"),
+			}
+			if o.MaxLag == 0 {
+				o.MaxLag = -1 // the library's default is 500; the flag's 0 means caught up exactly
 			}
 			if !c.Bool("json") && term.IsTerminal(int(os.Stderr.Fd())) {
 				var bar *progressbar.ProgressBar
@@ -172,6 +187,18 @@ func migrateCommand() *cli.Command {
 						bar = progressbar.DefaultBytes(total, "transfer")
 					}
 					_ = bar.Set64(done)
+				}
+				var lagBar *progressbar.ProgressBar
+				o.CatchUpProgress = func(s kafkahooks.Status) {
+					if lagBar == nil {
+						lagBar = progressbar.NewOptions64(max(s.Lag, 1), progressbar.OptionSetDescription("catch-up (records behind the source)"),
+							progressbar.OptionSetWriter(os.Stderr), progressbar.OptionShowCount(), progressbar.OptionClearOnFinish())
+					}
+					if s.Lag > lagBar.GetMax64() {
+						lagBar.ChangeMax64(s.Lag)
+					}
+					_ = lagBar.Set64(lagBar.GetMax64() - s.Lag)
+					lagBar.Describe(fmt.Sprintf("catch-up: %d records (%v) behind the source, %d replayed", s.Lag, s.LagTime.Round(time.Millisecond), s.Replayed))
 				}
 			}
 			rep, err := migrate.Migrate(c.Context, client, o)

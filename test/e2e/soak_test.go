@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/ftwin-migrate/ftwin-migrate/broker"
+	"github.com/ftwin-migrate/ftwin-migrate/internal/testutil"
 	"github.com/ftwin-migrate/ftwin-migrate/scenario"
 )
 
@@ -49,6 +50,7 @@ func sampleSoak(t *testing.T, s *scenario.Scenario) soakSample {
 // every event exactly once, and nothing the migrator or the agents hold grows from the first
 // moves to the last.
 func TestSoak(t *testing.T) {
+	testutil.RequireRoot(t, "containerd", "runc", "criu", "ip")
 	n := 6
 	if v := os.Getenv("FTWIN_SOAK"); v != "" {
 		var err error

@@ -192,7 +192,10 @@ func New(cfg Config) (*Twin, error) {
 		Handle:             t.handle,
 		BeforeConsume:      t.beforeConsume,
 		OnAborted:          st.Aborted,
-		Logf:               cfg.Logf,
+		// The state is a function of the input records applied in order per device, and a
+		// device's readings are in one partition (keyed by device): replayable.
+		Digest: st.Digest,
+		Logf:   cfg.Logf,
 	}
 	if cfg.Transactional {
 		lc.TransactionalID = TransactionalID(cfg.InstanceID)

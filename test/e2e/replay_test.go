@@ -1,0 +1,141 @@
+package e2e
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/ftwin-migrate/ftwin-migrate/kafkahooks"
+	"github.com/ftwin-migrate/ftwin-migrate/migrate"
+	"github.com/ftwin-migrate/ftwin-migrate/scenario"
+)
+
+// groupMembers returns the member ids of the twin's group as the broker has them.
+func groupMembers(ctx context.Context, t *testing.T, brokers []string) string {
+	t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	gs, err := kadm.NewClient(cl).DescribeGroups(ctx, scenario.Group)
+	if err != nil {
+		return "error: " + err.Error()
+	}
+	var ids []string
+	for _, m := range gs[scenario.Group].Members {
+		ids = append(ids, m.MemberID)
+	}
+	return strings.Join(ids, ",")
+}
+
+// TestReplayMigration moves the twin cloud → fog → cloud by replay under continuous load, on
+// Apache Kafka and kfake: exactly once, no rebalance, equal digests at each cutover, and,
+// watched on the broker through the catch-up, the source's group member never changes before
+// the cutover (the shadow's old client says nothing to the broker, its replay is outside the
+// group).
+func TestReplayMigration(t *testing.T) {
+	for i, kind := range brokerKinds(t) {
+		t.Run(string(kind), func(t *testing.T) {
+			subnet := []string{"10.231.70.0/24", "10.231.71.0/24"}[i]
+			s := startTwin(t, kind, subnet, []string{"cloud", "fog"}, nil)
+			ctx := context.Background()
+			for _, to := range []string{"fog", "cloud"} {
+				before := groupMembers(ctx, t, s.Brokers)
+				var mu sync.Mutex
+				var changed []string
+				polls := 0
+				m := s.MigrateReplay(ctx, to, func(o *migrate.Options) {
+					o.CatchUpProgress = func(kafkahooks.Status) {
+						mu.Lock()
+						defer mu.Unlock()
+						polls++
+						if got := groupMembers(ctx, t, s.Brokers); got != before {
+							changed = append(changed, got)
+						}
+					}
+				})
+				if m.Err != nil {
+					t.Fatalf("replay migration to %s: %v", to, m.Err)
+				}
+				r := m.Report
+				t.Logf("to %s: snapshot pause %v, catch-up %v (%d replayed), cutover pause %v, digests %s / %s",
+					to, r.Replay.SnapshotPause, r.Replay.CatchUp, r.Replay.Replayed, r.Replay.CutoverPause, r.Replay.SourceDigest, r.Replay.CopyDigest)
+				if r.Result != migrate.Committed || r.Mode != "replay" || !r.Replay.TookOver || r.Replay.SourceDigest == "" || r.Replay.SourceDigest != r.Replay.CopyDigest {
+					t.Errorf("report: result %q, mode %q, replay %+v", r.Result, r.Mode, r.Replay)
+				}
+				if polls == 0 || len(changed) > 0 {
+					t.Errorf("during the catch-up (%d polls) the group's members changed from %s to %v", polls, before, changed)
+				}
+				if err := s.WaitProcessing(ctx, time.Minute); err != nil {
+					t.Fatal(err)
+				}
+			}
+			res := finish(t, s)
+			assertExactlyOnce(t, res)
+			if res.Rebalances != 0 {
+				t.Errorf("%d rebalances", res.Rebalances)
+			}
+		})
+	}
+}
+
+// TestReplayRollbacks fails replay migrations where the lab can make them fail, on Apache
+// Kafka (kfake if it is not assembled): the shadow does not catch up in time; the states'
+// digests differ (a non-deterministic twin); the source dies during the catch-up (the shadow
+// takes over from the log). Each ends with exactly one working twin, and nothing lost or
+// duplicated over all of them.
+func TestReplayRollbacks(t *testing.T) {
+	kind := brokerKinds(t)[0]
+	s := startTwin(t, kind, "10.231.72.0/24", []string{"cloud", "fog"}, func(c *scenario.Config) {
+		c.TwinArgs = append(c.TwinArgs, "-nondeterministic")
+	})
+	ctx := context.Background()
+
+	// The catch-up cannot finish: a lag of 0 within a few milliseconds.
+	m := s.MigrateReplay(ctx, "fog", func(o *migrate.Options) { o.MaxLag, o.CatchUpTimeout = -1, 5*time.Millisecond })
+	if m.Err == nil || m.Report.Result != migrate.RolledBack || !strings.Contains(m.Err.Error(), "did not catch up") || s.At() != "cloud" {
+		t.Fatalf("catch-up timeout: %v (result %q), twin at %s", m.Err, m.Report.Result, s.At())
+	}
+	if err := s.WaitProcessing(ctx, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+
+	// The twin puts its processing time into its state: the shadow's replay cannot match.
+	m = s.MigrateReplay(ctx, "fog")
+	if m.Err == nil || m.Report.Result != migrate.RolledBack || !strings.Contains(m.Err.Error(), "not deterministic") || s.At() != "cloud" {
+		t.Fatalf("digest mismatch: %v (result %q), twin at %s", m.Err, m.Report.Result, s.At())
+	}
+	if r := m.Report.Replay; r.SourceDigest == "" || r.SourceDigest == r.CopyDigest || r.TookOver {
+		t.Errorf("digest mismatch: replay %+v", r)
+	}
+	if err := s.WaitProcessing(ctx, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+
+	// The source dies while the shadow catches up: the shadow takes over from the log.
+	var once sync.Once
+	m = s.MigrateReplay(ctx, "fog", func(o *migrate.Options) {
+		o.MaxLag = -1
+		o.CatchUpProgress = func(kafkahooks.Status) {
+			once.Do(func() {
+				if err := s.KillTwin(ctx); err != nil {
+					t.Errorf("kill the source: %v", err)
+				}
+			})
+		}
+	})
+	if m.Err != nil || !m.Report.Replay.SourceDied || s.At() != "fog" {
+		t.Fatalf("source killed during the catch-up: %v, replay %+v, twin at %s", m.Err, m.Report.Replay, s.At())
+	}
+	if err := s.WaitProcessing(ctx, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	res := finish(t, s)
+	assertExactlyOnce(t, res)
+}

@@ -250,7 +250,7 @@ func checkBoundary(ctx context.Context, t *testing.T, adm *kadm.Client, r *runni
 	if got := committed(ctx, t, adm, group); !reflect.DeepEqual(got, b.Offsets) || len(b.Offsets) == 0 {
 		t.Fatalf("committed offsets %v, boundary %v", got, b.Offsets)
 	}
-	if b.Group != group || b.InstanceID == "" || b.MemberID == "" || !b.Transactional || b.Protocol != 1 {
+	if b.Group != group || b.InstanceID == "" || b.MemberID == "" || !b.Transactional || b.Protocol != kafkahooks.Version || b.Digest == "" {
 		t.Errorf("boundary %+v", b)
 	}
 	txns, err := adm.DescribeTransactions(ctx, txnID)

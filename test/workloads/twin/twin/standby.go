@@ -96,7 +96,7 @@ func (t *Twin) replicate(ctx context.Context) error {
 		if t.lag.Load() == 0 && t.replicated.Load() > 0 {
 			// Caught up: hash what changed (the first time, everything), so that the digest
 			// at the takeover costs only the tail.
-			t.warmDigest()
+			t.state.WarmDigest()
 		}
 	}
 	cancel()

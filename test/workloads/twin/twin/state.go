@@ -55,7 +55,7 @@ type State struct {
 	sumList    []int32 // their indices
 	groupDirty []bool  // groups with a chunk re-hashed, during an update
 	groupList  []int32
-	sumsStale  bool // every chunk is to be hashed (the first time, or after Prefill)
+	hashed     int // chunks [0, hashed) have been hashed; the others are yet to be (after Prefill)
 }
 
 // digestGroup is how many chunk hashes the digest hashes into one group hash (2 KiB of
@@ -128,7 +128,11 @@ func (s *State) Prefill(seed uint64, period time.Duration, now time.Time) {
 		d.n, d.lastSeq = int64(s.ringLen), 0
 		d.recompute()
 	}
-	s.sumsStale = true
+	if s.sums != nil { // every chunk is to be hashed again
+		s.hashed = 0
+		clear(s.sumDirty)
+		s.sumList = s.sumList[:0]
+	}
 }
 
 func hundredths(x float64) int64 { return int64(math.Round(x * 100)) }
@@ -316,7 +320,7 @@ func (s *State) Finish() {
 
 // markSum marks chunk g of the arena (a write to it) to be hashed again by the digest.
 func (s *State) markSum(g int32) {
-	if s.sums == nil || s.sumsStale || s.sumDirty[g] {
+	if int(g) >= s.hashed || s.sumDirty[g] { // not hashed yet, or marked already
 		return
 	}
 	s.sumDirty[g] = true
@@ -329,57 +333,68 @@ func (s *State) markSum(g int32) {
 //
 // It is a hash tree, kept up to date incrementally: a SHA-256 per chunk of ChunkSamples
 // slots (4 KiB), one per group of digestGroup chunk hashes, and the digest over a header, the
-// devices' counters and the group hashes. A call re-hashes only the chunks written since the
-// last one (by Apply, ApplyChange or Prefill) and their groups: about 50 µs at 512 MiB with
-// nothing changed, plus about 3.5 µs per changed chunk (BenchmarkDigest, with SHA-NI). The
-// first call hashes everything (WarmDigest does it ahead).
-// Apply, ApplyChange or Prefill must not run during a call (the loop owns the state).
+// devices' counters and the group hashes. A call hashes only what WarmDigest or
+// WarmDigestSome have not: the chunks never hashed (all of them the first time, and after a
+// Prefill), those written since they were hashed (by Apply or ApplyChange), and their groups:
+// about 50 µs at 512 MiB with nothing changed, plus about 3.5 µs per changed chunk
+// (BenchmarkDigest, with SHA-NI).
+// The state must not change during a call (the loop owns it).
 func (s *State) Digest() string {
-	s.updateSums()
+	s.WarmDigest()
 	return s.digestOf(s.groupSums)
 }
 
-// WarmDigest hashes what Digest would hash again (on the first call, the whole state: about
-// 0.3 s per 512 MiB), so that the next Digest costs only what changes after it. A twin calls it
-// after its prefill, rebuild or takeover and while standing by, not at a cutover.
-func (s *State) WarmDigest() { s.updateSums() }
+// WarmDigest hashes everything Digest would (the first time, the whole state: about 0.3 s
+// per 512 MiB), so that the next Digest costs only what changes after it.
+func (s *State) WarmDigest() { s.warm(len(s.arena)/ChunkSamples, 0) }
 
-func (s *State) updateSums() {
+// WarmDigestSome does a bounded share of the digest's work, for the loop to call between
+// batches: it hashes up to n chunks not hashed yet (after a prefill or a rebuild) and, once
+// more than n chunks were written since they were hashed, those (each once, however often it
+// was written). Once every chunk has been hashed, a Digest after it hashes at most n chunks
+// plus those written since (n = 256: about 1 ms).
+func (s *State) WarmDigestSome(n int) { s.warm(n, n) }
+
+// warm hashes up to cold chunks not hashed yet, and the chunks written since hashed if more
+// than pending are.
+func (s *State) warm(cold, pending int) {
+	chunks := len(s.arena) / ChunkSamples
 	if s.sums == nil {
-		chunks := len(s.arena) / ChunkSamples
 		groups := (chunks + digestGroup - 1) / digestGroup
 		s.sums = make([][sha256.Size]byte, chunks)
 		s.groupSums = make([][sha256.Size]byte, groups)
 		s.sumDirty = make([]bool, chunks)
 		s.groupDirty = make([]bool, groups)
-		s.sumsStale = true
 	}
-	if s.sumsStale {
-		for g := range s.sums {
+	if len(s.sumList) > pending {
+		for _, g := range s.sumList {
+			s.sumDirty[g] = false
+			s.sums[g] = s.chunkSum(int(g))
+			s.markGroup(g / digestGroup)
+		}
+		s.sumList = s.sumList[:0]
+	}
+	if end := min(chunks, s.hashed+cold); end > s.hashed {
+		for g := s.hashed; g < end; g++ {
 			s.sums[g] = s.chunkSum(g)
 		}
-		for k := range s.groupSums {
-			s.groupSums[k] = groupSum(s.sums, k)
+		for k := s.hashed / digestGroup; k <= (end-1)/digestGroup; k++ {
+			s.markGroup(int32(k))
 		}
-		clear(s.sumDirty)
-		s.sumList = s.sumList[:0]
-		s.sumsStale = false
-		return
+		s.hashed = end
 	}
-	for _, g := range s.sumList {
-		s.sumDirty[g] = false
-		s.sums[g] = s.chunkSum(int(g))
-		if k := g / digestGroup; !s.groupDirty[k] {
-			s.groupDirty[k] = true
-			s.groupList = append(s.groupList, k)
-		}
-	}
-	s.sumList = s.sumList[:0]
 	for _, k := range s.groupList {
 		s.groupDirty[k] = false
 		s.groupSums[k] = groupSum(s.sums, int(k))
 	}
 	s.groupList = s.groupList[:0]
+}
+
+func (s *State) markGroup(k int32) {
+	if !s.groupDirty[k] {
+		s.groupDirty[k] = true
+		s.groupList = append(s.groupList, k)
+	}
 }
 
 // chunkSum hashes chunk g of the arena: its samples' bytes in this machine's byte order, as the

@@ -154,7 +154,8 @@ func (s *State) digestScratch() string {
 
 // The incremental digest equals the digest from scratch after any mix of readings (new and
 // replayed), changelog records (chunks and meta), rebuild finishes, changelog writes and
-// aborts, and prefills; and it changes whenever the state does.
+// aborts, prefills and partial warming (WarmDigestSome, with the state partly hashed); and it
+// changes whenever the state does.
 func TestDigestIncremental(t *testing.T) {
 	const devices = 3
 	s, _ := NewState(1, devices, 20) // 85 chunks a ring: 255 in all, the last group short
@@ -170,7 +171,7 @@ func TestDigestIncremental(t *testing.T) {
 	last := s.Digest()
 	changed, unknown := false, false // since the last digest: the state changed; may have
 	checks := 0
-	for step := range 6000 {
+	for step := range 20000 {
 		dev := rng.IntN(devices)
 		id := sensors.DeviceID(dev)
 		switch r := rng.IntN(100); {
@@ -190,7 +191,7 @@ func TestDigestIncremental(t *testing.T) {
 				seq[dev] = sq
 				changed = true
 			}
-		case r < 88: // a changelog chunk record (a replica's update)
+		case r < 86: // a changelog chunk record (a replica's update)
 			v := make([]byte, ChunkSamples*sampleSize)
 			for i := range v {
 				v[i] = byte(rng.Uint32())
@@ -199,7 +200,7 @@ func TestDigestIncremental(t *testing.T) {
 				t.Fatal(err)
 			}
 			changed = true
-		case r < 92: // a changelog meta record
+		case r < 89: // a changelog meta record
 			n, ls := rng.Int64N(int64(10*s.ringLen)), rng.Int64N(1000)
 			v := binary.LittleEndian.AppendUint64(binary.LittleEndian.AppendUint64(nil, uint64(n)), uint64(ls))
 			if err := s.ApplyChange(metaKey(id), v); err != nil {
@@ -207,20 +208,26 @@ func TestDigestIncremental(t *testing.T) {
 			}
 			seq[dev] = ls
 			changed = true
-		case r < 95: // the end of a rebuild: the sums again
+		case r < 91: // the end of a rebuild: the sums again
 			s.Finish()
 			unknown = true
-		case r < 99: // a batch's changelog records, written or aborted: the state stays
+		case r < 94: // a batch's changelog records, written or aborted: the state stays
 			s.Changes(func(_, _ []byte) {})
 			if rng.IntN(2) == 0 {
 				s.Aborted()
+			}
+		case r < 99: // the loop's share of the digest's work, between batches
+			n, hashed := rng.IntN(40), s.hashed
+			s.WarmDigestSome(n)
+			if want := min(len(s.arena)/ChunkSamples, hashed+n); s.hashed != want || len(s.sumList) > n {
+				t.Fatalf("step %d: WarmDigestSome(%d): hashed %d chunks (want %d), %d written since", step, n, s.hashed, want, len(s.sumList))
 			}
 		default:
 			s.Prefill(rng.Uint64(), time.Second, time.Unix(1e9+rng.Int64N(1e6), 0))
 			clear(seq)
 			changed = true
 		}
-		if rng.IntN(8) != 0 {
+		if rng.IntN(25) != 0 {
 			continue
 		}
 		checks++
@@ -353,8 +360,9 @@ func TestNondeterministic(t *testing.T) {
 
 // BenchmarkDigest: the digest at a cutover, with no chunk or some changed since the last one
 // (changed=N: N chunks spread over the arena written, then Digest); warm: the whole state
-// hashed (the first digest, or WarmDigest after a prefill); whole-sha256: a SHA-256 over the
-// arena, what the digest used to cost.
+// hashed (the first digest, or WarmDigest after a prefill); warm-step: the twin's share per
+// batch after a rebuild (WarmDigestSome); whole-sha256: a SHA-256 over the arena, what the
+// digest used to cost.
 func BenchmarkDigest(b *testing.B) {
 	for _, mib := range []int{256, 512} {
 		s, err := NewState(mib, 256, 60)
@@ -382,11 +390,20 @@ func BenchmarkDigest(b *testing.B) {
 		}
 		b.Run(fmt.Sprintf("%dMiB/warm", mib), func(b *testing.B) {
 			for b.Loop() {
-				s.sumsStale = true
+				s.hashed = 0
 				s.WarmDigest()
 			}
 			b.SetBytes(int64(s.Bytes()))
 		})
+		b.Run(fmt.Sprintf("%dMiB/warm-step=%d", mib, digestStep), func(b *testing.B) {
+			for b.Loop() {
+				if s.hashed == chunks {
+					s.hashed = 0
+				}
+				s.WarmDigestSome(digestStep)
+			}
+		})
+		s.WarmDigest()
 		b.Run(fmt.Sprintf("%dMiB/whole-sha256", mib), func(b *testing.B) {
 			for b.Loop() {
 				sha256.Sum256(unsafe.Slice((*byte)(unsafe.Pointer(&s.arena[0])), s.Bytes()))

@@ -63,9 +63,11 @@ type Config struct {
 	Standby  bool
 	Takeover <-chan struct{}
 	// Digest computes the state's digest (State.Digest) after a rebuild or takeover and when
-	// Run returns (Stats.Digest). The digest is incremental: the twin hashes the whole state
-	// once, after its prefill or rebuild or while standing by (about 0.3 s per 512 MiB), and a
-	// digest then costs re-hashing the chunks changed since the last one.
+	// Run returns (Stats.Digest). (The loop computes it at every prepare and advance anyway,
+	// for replay migrations.) The digest is incremental: the twin hashes the whole state once,
+	// after its prefill (about 0.3 s per 512 MiB), while standing by, or after a rebuild a
+	// share with every batch (or at once, with Digest); a digest then costs re-hashing the
+	// chunks changed since, about a millisecond at most.
 	Digest bool
 	// Nondeterministic is a test knob: the twin processes non-deterministically (the processing
 	// time goes into the state: a reading's slot holds the wall clock when it was applied, not
@@ -279,8 +281,15 @@ func (t *Twin) handle(_ context.Context, b *kafkahooks.Batch) error {
 			b.Produce(&kgo.Record{Topic: t.cfg.Changelog, Key: k, Value: v})
 		})
 	}
+	// Keep the digest warm, so that the one at a prepare or advance (in the pause) costs
+	// little: after a rebuild, hash a share of the state; and the chunks changed since hashed,
+	// once there are many.
+	t.state.WarmDigestSome(digestStep)
 	return nil
 }
+
+// digestStep is how many chunks a batch hashes at most for the digest (1 MiB, about 0.5 ms).
+const digestStep = 256
 
 // apply applies a reading to the state. The slot's timestamp is the sensor's, or with
 // Config.Nondeterministic the wall clock now.
@@ -358,15 +367,6 @@ func (t *Twin) beforeConsume(ctx context.Context, cl *kgo.Client) error {
 // some time later anyway.
 func releaseGarbage() { debug.FreeOSMemory() }
 
-// warmDigest hashes the state ahead of the digests (with Config.Digest), after the prefill and
-// while standing by, so that a digest at a cutover costs only the chunks changed since. (After
-// a rebuild or takeover, storeDigest does it.)
-func (t *Twin) warmDigest() {
-	if t.cfg.Digest {
-		t.state.WarmDigest()
-	}
-}
-
 func (t *Twin) storeDigest() {
 	if t.cfg.Digest {
 		t.digest.Store(t.state.Digest())
@@ -378,7 +378,10 @@ func (t *Twin) prefill() {
 	t.state.Prefill(t.cfg.PrefillSeed, time.Second, start)
 	t.ready = true
 	t.cfg.Logf("twin: prefilled %d MiB of history (%d devices, %d readings each) in %s", t.state.Bytes()>>20, t.state.Devices(), t.state.RingLen(), time.Since(start).Round(time.Millisecond))
-	t.warmDigest()
+	// Hash it for the digest now, at the start, rather than at the first prepare.
+	start = time.Now()
+	t.state.WarmDigest()
+	t.cfg.Logf("twin: hashed the state for its digest in %s", time.Since(start).Round(time.Millisecond))
 }
 
 // bootstrap prefills the state and writes all of it to the (empty) changelog, with a plain

@@ -77,8 +77,8 @@ func TestReplayMigration(t *testing.T) {
 				var w window
 				for _, p := range r.Phases {
 					switch p.Name {
-					case migrate.CatchUp:
-						w.start = r.Started.Add(p.Start)
+					case migrate.Snapshot:
+						w.start = r.Started.Add(p.Start + p.Duration)
 					case migrate.Cutover:
 						w.end = r.Started.Add(p.Start)
 					}
@@ -97,7 +97,8 @@ func TestReplayMigration(t *testing.T) {
 			if res.Rebalances != 0 {
 				t.Errorf("%d rebalances", res.Rebalances)
 			}
-			// Through each catch-up the source kept committing outputs (read_committed sees
+			// From each snapshot to its cutover (transfer, shadow restore, catch-up) the source kept
+			// committing outputs (read_committed sees
 			// them: nothing fenced it or aborted its transactions); the shadow produces none by
 			// construction (its batches drop what they produce).
 			for _, w := range catchUps {
@@ -107,9 +108,9 @@ func TestReplayMigration(t *testing.T) {
 						n++
 					}
 				}
-				t.Logf("catch-up from %s %s..%s: %d outputs committed by the source", w.from, w.start.Format("15:04:05.000"), w.end.Format("15:04:05.000"), n)
+				t.Logf("snapshot to cutover from %s %s..%s: %d outputs committed by the source", w.from, w.start.Format("15:04:05.000"), w.end.Format("15:04:05.000"), n)
 				if n == 0 {
-					t.Errorf("no output committed during the catch-up from %s: the source did not work on", w.from)
+					t.Errorf("no output committed between the snapshot and the cutover from %s: the source did not work on", w.from)
 				}
 			}
 		})

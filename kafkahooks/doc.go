@@ -1,5 +1,5 @@
 // Package kafkahooks lets a Kafka consumer running in a container take part in its own live
-// migration. The application serves a small HTTP/1.1 + JSON protocol (version 1, specified in
+// migration. The application serves a small HTTP/1.1 + JSON protocol (version 2, specified in
 // PROTOCOL.md next to this file) on a Unix socket inside its container, by default
 // /run/ftwin-migrate/hook.sock (environment FTWIN_HOOK_SOCKET overrides it). The migrator reaches
 // that socket from the host through /proc/<container init pid>/root/run/ftwin-migrate/hook.sock;
@@ -15,9 +15,16 @@
 //	                  static member id fences its consumer), continue from the boundary, and answer
 //	                  the offsets fetching resumed from once it has.
 //	POST /v1/abort    on the source after a rolled-back migration: carry on from the boundary.
-//	GET  /v1/status   "running" or "prepared", with the committed offsets.
+//	GET  /v1/status   "running" or "prepared" (or "shadow"), with the committed offsets, the
+//	                  application's capabilities and a shadow's replay progress.
 //
-// Every request carries the header Ftwin-Hook-Protocol: 1. One request per connection: the server
+// Version 2 adds migration by replay, for applications whose state is a deterministic function of
+// their input (capability "replay", LoopConfig.Digest): POST /v2/release lets the source carry on
+// after its snapshot; POST /v2/shadow turns the restored copy into a shadow that replays the log
+// outside the group and emits nothing; POST /v2/advance brings it to the cutover boundary and
+// answers its state digest; resume then makes it take over. See shadow.go and PROTOCOL.md.
+//
+// Every request carries the header Ftwin-Hook-Protocol with the version it speaks (1 or 2). One request per connection: the server
 // closes the connection after each response and the Client reads to end of file, so that no
 // socket connected to the outside of the container is left for CRIU to dump.
 //

@@ -145,6 +145,9 @@ type Options struct {
 	CatchUpTimeout  time.Duration
 	CatchUpPoll     time.Duration
 	CatchUpProgress func(kafkahooks.Status)
+
+	// committed reads a group's committed offsets (tests fake the broker); default: Brokers.
+	committed func(ctx context.Context, group string) (kafkahooks.Offsets, error)
 }
 
 func (o *Options) setDefaults() {
@@ -186,6 +189,11 @@ func (o *Options) setDefaults() {
 	}
 	if o.CatchUpPoll == 0 {
 		o.CatchUpPoll = 100 * time.Millisecond
+	}
+	if o.committed == nil && len(o.Brokers) > 0 {
+		o.committed = func(ctx context.Context, group string) (kafkahooks.Offsets, error) {
+			return committedOffsets(ctx, o.Brokers, o.KafkaOpts, group)
+		}
 	}
 }
 
@@ -250,6 +258,7 @@ type run struct {
 	// there although the rollback asked for it to go (the source must then stay frozen).
 	lastContact    atomic.Int64
 	copyMayRun     bool
+	copyOwnsWork   bool // the group's committed offsets moved past the boundary
 	stopHeartbeats func()
 }
 
@@ -427,11 +436,11 @@ func (m *run) quiesce(ctx context.Context) error {
 // checkCommitted compares the group's committed offsets on the broker with the boundary.
 func (m *run) checkCommitted(ctx context.Context) error {
 	m.rep.BoundaryCheck = &BoundaryCheck{}
-	if len(m.o.Brokers) == 0 {
+	if m.o.committed == nil {
 		m.rep.Warnings = append(m.rep.Warnings, "no --brokers: the boundary was not checked against the broker")
 		return nil
 	}
-	committed, err := committedOffsets(ctx, m.o.Brokers, m.o.KafkaOpts, m.boundary.Group)
+	committed, err := m.o.committed(ctx, m.boundary.Group)
 	if err != nil {
 		return err
 	}
@@ -538,6 +547,9 @@ func (m *run) startHeartbeats(ctx context.Context) {
 // (after which it kills the copy itself, and an agent that restarts removes it) and asked
 // again; if it still cannot say the copy is gone, the source stays frozen for Recover.
 func (m *run) abortCopy(ctx context.Context) error {
+	if err := m.checkCopyDidNotCommit(ctx); err != nil {
+		return err
+	}
 	if m.stopHeartbeats != nil {
 		m.stopHeartbeats()
 		m.stopHeartbeats = nil
@@ -562,9 +574,40 @@ func (m *run) abortCopy(ctx context.Context) error {
 	return fmt.Errorf("the target did not confirm that its copy is gone (abort: %v; asked again past its heartbeat deadline: %v)", err, serr)
 }
 
+// checkCopyDidNotCommit reads, when the migrator knows the broker, the group's committed
+// offsets before the copy is removed: if they moved past the boundary, the restored copy has
+// committed work of its own, and the frozen source's state no longer matches the log — the copy
+// owns the work. It is then left running and the source frozen (the rollback fails and says
+// so) rather than rolled back into a state the log has left behind. A broker that cannot be
+// asked is a warning: the rollback goes on.
+func (m *run) checkCopyDidNotCommit(ctx context.Context) error {
+	if m.o.committed == nil || m.boundary == nil || m.o.Mode == ModeReplay {
+		return nil // in a replay the shadow commits nothing before its takeover
+	}
+	committed, err := m.o.committed(ctx, m.boundary.Group)
+	if err != nil {
+		m.rep.Warnings = append(m.rep.Warnings, fmt.Sprintf("before removing the copy: could not read the committed offsets of group %s: %v", m.boundary.Group, err))
+		return nil
+	}
+	if now := committed.Only(m.boundary.Offsets); !now.Equal(m.boundary.Offsets) {
+		m.copyOwnsWork = true
+		// The copy works (it committed): keep it, as a commit would. The agent commits only a
+		// copy whose verify it saw pass; one it refuses goes when the heartbeats stop.
+		kept := "the target committed it"
+		if err := m.tgt.Commit(ctx); err != nil {
+			kept = fmt.Sprintf("the target did not commit it (%v) and removes it when the heartbeats stop", err)
+		}
+		return fmt.Errorf("the restored copy committed past the boundary (group %s: %v, boundary %v): it owns the work, so it was not removed (%s) and the source stays frozen; run `ftwin-migrate recover %s`", m.boundary.Group, now, m.boundary.Offsets, kept, m.o.Container)
+	}
+	return nil
+}
+
 // sourceMayRun guards the source's undos: while a copy may run on the target, the source
 // stays frozen (and labelled, for Recover).
 func (m *run) sourceMayRun() error {
+	if m.copyOwnsWork {
+		return errors.New("the source stays frozen: the restored copy committed past the boundary and owns the work")
+	}
 	if m.copyMayRun {
 		return errors.New("the source stays frozen: a copy may still run on the target (when it is reachable again run `ftwin-migrate recover " + m.o.Container + "`; --force-thaw if it is gone for good)")
 	}

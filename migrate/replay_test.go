@@ -263,3 +263,35 @@ func TestReplayRefusesVersion1(t *testing.T) {
 		})
 	}
 }
+
+// TestRollbackWhenCopyCommitted: stop-and-copy's rollback reads the group's committed offsets
+// before it removes the copy; offsets past the boundary mean the copy owns the work: it stays,
+// the source stays frozen, and the rollback fails naming recover.
+func TestRollbackWhenCopyCommitted(t *testing.T) {
+	for name, moved := range map[string]bool{"offsets at the boundary": false, "offsets moved on": true} {
+		t.Run(name, func(t *testing.T) {
+			w := newWorld(t)
+			w.fail["target.Verify"] = errInjected
+			o := Options{committed: func(context.Context, string) (kafkahooks.Offsets, error) {
+				if moved && slices.Contains(w.log, "hook.Resume") {
+					return kafkahooks.Offsets{"sensors": {0: 130, 1: 98}}, nil
+				}
+				return boundary, nil
+			}}
+			rep, err := w.run(t, o)
+			if err == nil {
+				t.Fatal("migration succeeded")
+			}
+			src, tgt := w.copies()
+			if !moved {
+				if rep.Result != RolledBack || !src || tgt {
+					t.Fatalf("result %q, source runs %v, copy runs %v: want a rollback to the source", rep.Result, src, tgt)
+				}
+				return
+			}
+			if rep.Result != RollbackFailed || src || !tgt || !strings.Contains(err.Error(), "owns the work") || !strings.Contains(err.Error(), "recover twin") {
+				t.Fatalf("result %q (%v), source runs %v, copy runs %v: want the copy kept, the source frozen, recover named", rep.Result, err, src, tgt)
+			}
+		})
+	}
+}

@@ -45,6 +45,11 @@ func TestReplayMigration(t *testing.T) {
 			subnet := []string{"10.231.70.0/24", "10.231.71.0/24"}[i]
 			s := startTwin(t, kind, subnet, []string{"cloud", "fog"}, nil)
 			ctx := context.Background()
+			type window struct {
+				from       string
+				start, end time.Time
+			}
+			var catchUps []window
 			for _, to := range []string{"fog", "cloud"} {
 				before := groupMembers(ctx, t, s.Brokers)
 				var mu sync.Mutex
@@ -69,6 +74,17 @@ func TestReplayMigration(t *testing.T) {
 				if r.Result != migrate.Committed || r.Mode != "replay" || !r.Replay.TookOver || r.Replay.SourceDigest == "" || r.Replay.SourceDigest != r.Replay.CopyDigest {
 					t.Errorf("report: result %q, mode %q, replay %+v", r.Result, r.Mode, r.Replay)
 				}
+				var w window
+				for _, p := range r.Phases {
+					switch p.Name {
+					case migrate.Snapshot:
+						w.start = r.Started.Add(p.Start + p.Duration)
+					case migrate.Cutover:
+						w.end = r.Started.Add(p.Start)
+					}
+				}
+				w.from = m.From
+				catchUps = append(catchUps, w)
 				if polls == 0 || len(changed) > 0 {
 					t.Errorf("during the catch-up (%d polls) the group's members changed from %s to %v", polls, before, changed)
 				}
@@ -80,6 +96,22 @@ func TestReplayMigration(t *testing.T) {
 			assertExactlyOnce(t, res)
 			if res.Rebalances != 0 {
 				t.Errorf("%d rebalances", res.Rebalances)
+			}
+			// From each snapshot to its cutover (transfer, shadow restore, catch-up) the source kept
+			// committing outputs (read_committed sees
+			// them: nothing fenced it or aborted its transactions); the shadow produces none by
+			// construction (its batches drop what they produce).
+			for _, w := range catchUps {
+				n := 0
+				for _, ev := range res.Events {
+					if at := time.Unix(0, ev.ProcessedNS); !at.Before(w.start) && at.Before(w.end) {
+						n++
+					}
+				}
+				t.Logf("snapshot to cutover from %s %s..%s: %d outputs committed by the source", w.from, w.start.Format("15:04:05.000"), w.end.Format("15:04:05.000"), n)
+				if n == 0 {
+					t.Errorf("no output committed between the snapshot and the cutover from %s: the source did not work on", w.from)
+				}
 			}
 		})
 	}

@@ -10,6 +10,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/ftwin-migrate/ftwin-migrate/broker"
 	"github.com/ftwin-migrate/ftwin-migrate/kafkahooks"
 	"github.com/ftwin-migrate/ftwin-migrate/migrate"
 	"github.com/ftwin-migrate/ftwin-migrate/scenario"
@@ -170,4 +171,28 @@ func TestReplayRollbacks(t *testing.T) {
 	}
 	res := finish(t, s)
 	assertExactlyOnce(t, res)
+}
+
+// TestReplayRefusedWithoutCapability: a twin whose hook does not offer replay is refused
+// --mode replay in the preflight, with the reason and the way out, untouched; it then moves by
+// stop-and-copy, exactly once.
+func TestReplayRefusedWithoutCapability(t *testing.T) {
+	s := startTwin(t, broker.Embedded, "10.231.73.0/24", []string{"cloud", "fog"}, func(c *scenario.Config) {
+		c.TwinArgs = append(c.TwinArgs, "-no-replay")
+	})
+	ctx := context.Background()
+	m := s.MigrateReplay(ctx, "fog")
+	if m.Err == nil || !strings.Contains(m.Err.Error(), "cannot be migrated by replay") || !strings.Contains(m.Err.Error(), "--mode stop-and-copy") {
+		t.Fatalf("replay of a twin without the capability: %v, want a refusal naming stop-and-copy", m.Err)
+	}
+	if p := m.Report.Phases; len(p) != 2 || p[0].Name != migrate.Preflight || p[0].Error == "" {
+		t.Errorf("phases %+v: want only the preflight, failed, and the rollback", p)
+	}
+	if m := s.Migrate(ctx, "fog"); m.Err != nil {
+		t.Fatalf("stop-and-copy: %v", m.Err)
+	}
+	if err := s.WaitProcessing(ctx, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	assertExactlyOnce(t, finish(t, s))
 }

@@ -245,15 +245,13 @@ func (m *run) catchUp(ctx context.Context) error {
 			if m.o.CatchUpProgress != nil {
 				m.o.CatchUpProgress(st)
 			}
-			if st.Limit.Len() > 0 && st.Lag <= m.o.MaxLag {
-				m.rep.Replay.LagAtCutover, m.rep.Replay.Replayed = st.Lag, st.Replayed
-				m.rep.addEvidence(fmt.Sprintf("the shadow caught up from the log (%d records replayed, lag %d)", st.Replayed, st.Lag))
-				return nil
-			}
 		}
-		if _, err := m.src.Running(ctx); err != nil && ctx.Err() == nil {
-			m.rep.Replay.SourceDied = true
-			m.rep.Warnings = append(m.rep.Warnings, fmt.Sprintf("the source died during the catch-up (%v): the shadow takes over from the log", err))
+		if m.sourceGone(ctx) {
+			return nil
+		}
+		if lastErr == nil && last.Limit.Len() > 0 && last.Lag <= m.o.MaxLag {
+			m.rep.Replay.LagAtCutover, m.rep.Replay.Replayed = last.Lag, last.Replayed
+			m.rep.addEvidence(fmt.Sprintf("the shadow caught up from the log (%d records replayed, lag %d)", last.Replayed, last.Lag))
 			return nil
 		}
 		select {
@@ -267,6 +265,20 @@ func (m *run) catchUp(ctx context.Context) error {
 	}
 }
 
+// sourceGone reports whether the source's task is gone (and records it): the shadow then
+// takes over from the log.
+func (m *run) sourceGone(ctx context.Context) bool {
+	if m.rep.Replay.SourceDied {
+		return true
+	}
+	if _, err := m.src.Running(ctx); err != nil && ctx.Err() == nil {
+		m.rep.Replay.SourceDied = true
+		m.rep.Warnings = append(m.rep.Warnings, fmt.Sprintf("the source died during the migration (%v): the shadow takes over from the log", err))
+		return true
+	}
+	return false
+}
+
 // cutover stops the source at B, brings the shadow to B, compares the digests and hands over.
 func (m *run) cutover(ctx context.Context) error {
 	r := m.rep.Replay
@@ -275,20 +287,22 @@ func (m *run) cutover(ctx context.Context) error {
 	if !r.SourceDied {
 		m.undo.pushUndo(undo{name: "tell the source application to carry on", phase: Cutover, where: local, need: required, fn: m.releaseSource})
 		b, err := m.hook.Prepare(ctx)
-		if err != nil {
+		switch {
+		case err != nil && !m.sourceGone(ctx):
 			return err
+		case err == nil:
+			r.CutoverBoundary, r.SourceDigest = b.Offsets, b.Digest
+			a, err := m.replay.Advance(ctx, rt, b.Offsets)
+			if err != nil {
+				return fmt.Errorf("bring the shadow to the boundary %v: %w", b.Offsets, err)
+			}
+			r.CopyDigest = a.Digest
+			if a.Digest == "" || a.Digest != b.Digest {
+				return fmt.Errorf("the states differ at the boundary %v: source digest %q, copy digest %q: the application's processing is not deterministic (or its digest is not of its state); the source carries on", b.Offsets, b.Digest, a.Digest)
+			}
+			m.rep.addEvidence("the digests of both states are equal at the boundary")
+			m.boundary = b
 		}
-		r.CutoverBoundary, r.SourceDigest = b.Offsets, b.Digest
-		a, err := m.replay.Advance(ctx, rt, b.Offsets)
-		if err != nil {
-			return fmt.Errorf("bring the shadow to the boundary %v: %w", b.Offsets, err)
-		}
-		r.CopyDigest = a.Digest
-		if a.Digest == "" || a.Digest != b.Digest {
-			return fmt.Errorf("the states differ at the boundary %v: source digest %q, copy digest %q: the application's processing is not deterministic (or its digest is not of its state); the source carries on", b.Offsets, b.Digest, a.Digest)
-		}
-		m.rep.addEvidence("the digests of both states are equal at the boundary")
-		m.boundary = b
 	}
 	res, err := m.tgt.Verify(ctx)
 	if err != nil {

@@ -24,9 +24,11 @@ type replayHook struct {
 	copyDigest   string
 	// tookOverAnyway: the takeover fails to answer, but the copy did take over.
 	tookOverAnyway bool
-	shadow         bool
-	tookOver       bool
-	statusCalls    int
+	// dieAtCutover: the source's task dies as the cutover's prepare reaches it.
+	dieAtCutover bool
+	shadow       bool
+	tookOver     bool
+	statusCalls  int
 }
 
 func newReplayHook(w *world) *replayHook {
@@ -36,6 +38,11 @@ func newReplayHook(w *world) *replayHook {
 var cutoverBoundary = kafkahooks.Offsets{"sensors": {0: 180, 1: 150}}
 
 func (h *replayHook) Prepare(ctx context.Context) (*kafkahooks.Boundary, error) {
+	if h.shadow && h.dieAtCutover {
+		h.dieAfter, h.runningCalls = 1, 1
+		h.log = append(h.log, "hook.Prepare")
+		return nil, errors.New("hook socket gone")
+	}
 	if err := h.call(ctx, "hook.Prepare"); err != nil {
 		return nil, err
 	}
@@ -117,7 +124,7 @@ var replaySuccessCalls = []string{
 	"source.SetMigrating", "hook.Prepare", "source.Checkpoint", "hook.Release", // snapshot
 	"target.Missing", "target.PutDir", // transfer
 	"target.Restore", "hook.Shadow", // restore, as a shadow
-	"hook.ShadowStatus", "source.Running", "hook.ShadowStatus", "source.Running", "hook.ShadowStatus", // catch-up: lag 800, 120, 0
+	"hook.ShadowStatus", "source.Running", "hook.ShadowStatus", "source.Running", "hook.ShadowStatus", "source.Running", // catch-up: lag 800, 120, 0
 	"hook.Prepare", "hook.Advance", "target.Verify", "hook.Resume", // cutover
 	"target.Commit", "source.Remove", // commit
 	"source.DeleteCheckpoint",
@@ -239,6 +246,20 @@ func TestReplaySourceDies(t *testing.T) {
 	}
 	if _, tgt := h.working(); !tgt || !h.committed {
 		t.Errorf("copy works %v, committed %v", tgt, h.committed)
+	}
+}
+
+// TestReplaySourceDiesAtCutover: the source dies as the cutover reaches it: the shadow takes
+// over from the log instead of a rollback to a source that is gone.
+func TestReplaySourceDiesAtCutover(t *testing.T) {
+	h := newReplayHook(newWorld(t))
+	h.dieAtCutover = true
+	rep, err := h.run(t, Options{})
+	if err != nil {
+		t.Fatalf("migration failed: %v", err)
+	}
+	if !rep.Replay.SourceDied || !rep.Replay.TookOver || slices.Contains(h.log, "hook.Advance") || !h.committed {
+		t.Errorf("replay %+v, committed %v, calls %v", rep.Replay, h.committed, h.log)
 	}
 }
 

@@ -123,6 +123,18 @@ func (r *Report) WriteSummary(w io.Writer) error {
 		fmt.Fprintf(w, "  replay: snapshot pause %v; catch-up %v (%d records replayed, lag %d at the cutover); cutover pause %v; total %v\n",
 			rp.SnapshotPause.Round(time.Millisecond), rp.CatchUp.Round(time.Millisecond), rp.Replayed, rp.LagAtCutover,
 			rp.CutoverPause.Round(time.Millisecond), r.Total.Round(time.Millisecond))
+		for _, st := range []struct {
+			name  string
+			steps []Step
+		}{{"snapshot", rp.SnapshotSteps}, {"cutover", rp.CutoverSteps}} {
+			if len(st.steps) > 0 {
+				var parts []string
+				for _, s := range st.steps {
+					parts = append(parts, fmt.Sprintf("%s %v", s.Name, s.Duration.Round(time.Millisecond)))
+				}
+				fmt.Fprintf(w, "  %s pause: %s\n", st.name, strings.Join(parts, ", "))
+			}
+		}
 		if rp.SourceDigest != "" || rp.CopyDigest != "" {
 			fmt.Fprintf(w, "  digests at the cutover boundary %s: source %s, copy %s (equal: %s)\n", rp.CutoverBoundary, short(rp.SourceDigest), short(rp.CopyDigest), yesNo(rp.SourceDigest == rp.CopyDigest))
 		}

@@ -61,7 +61,8 @@ type faultCell struct {
 	// migrate runs the migration with the fault; it returns the report and error (the
 	// migrator-killed cell runs the CLI and returns a nil report).
 	migrate func(t *testing.T, fm *faultMatrix) (*migrate.Report, error)
-	// after, if set, brings the lab back (agent restarted, link up) once the migration ended.
+	// after, if set, brings the lab back (agent restarted, link up) once the migration ended:
+	// before Recover, or, with forceThaw, after it (the target is declared dead meanwhile).
 	after func(t *testing.T, fm *faultMatrix)
 	// recover: Recover must settle the container (forceThaw: with the target declared dead).
 	recover, forceThaw bool
@@ -177,6 +178,11 @@ func TestFaultMatrix(t *testing.T) {
 					_ = fm.fog.SetLinkUp(ctx, false)
 					return nil, errors.New("host lost")
 				}))
+			},
+			// The host comes back: its agent starts, finds the uncommitted copy and removes it.
+			after: func(t *testing.T, fm *faultMatrix) {
+				_ = fm.fog.SetLinkUp(ctx, true)
+				fm.restartAgent(t, fm.agentEdit)
 			}},
 		{fault: "migrator killed", phase: "transfer", recover: true,
 			migrate: func(t *testing.T, fm *faultMatrix) (*migrate.Report, error) {
@@ -281,6 +287,9 @@ func TestFaultMatrix(t *testing.T) {
 				t.Fatalf("the migration succeeded despite the fault")
 			}
 			t.Logf("%s: %v", r.result, err)
+			if c.after != nil && !c.forceThaw {
+				c.after(t, fm)
+			}
 			if c.recover {
 				client, cerr := fm.cloud.Client()
 				if cerr != nil {
@@ -302,12 +311,7 @@ func TestFaultMatrix(t *testing.T) {
 			}
 			r.settleTime = time.Since(start)
 			assertSourceIntact(t, fm.migrationLab, fm.cloud, id, before)
-			if c.fault == "target host lost (agent killed, link cut), declared dead, back later" {
-				// The host comes back: its agent starts, finds the uncommitted copy and removes it.
-				_ = fm.fog.SetLinkUp(ctx, true)
-				fm.restartAgent(t, fm.agentEdit)
-			}
-			if c.after != nil {
+			if c.after != nil && c.forceThaw {
 				c.after(t, fm)
 			}
 			// The agent drops what a lost session left once it idles past its timeout (5 s here);

@@ -310,10 +310,10 @@ func TestFaultMatrix(t *testing.T) {
 				r.settled = "rollback"
 			}
 			r.settleTime = time.Since(start)
-			assertSourceIntact(t, fm.migrationLab, fm.cloud, id, before)
 			if c.after != nil && c.forceThaw {
 				c.after(t, fm)
 			}
+			assertSourceIntact(t, fm.migrationLab, fm.cloud, id, before)
 			// The agent drops what a lost session left once it idles past its timeout (5 s here);
 			// an upload cut by the link ends at the agent's read stall (30 s) first.
 			deadline := time.Now().Add(45 * time.Second)

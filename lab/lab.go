@@ -390,3 +390,14 @@ func (l *Lab) AttachBroker(kind broker.Kind, addr string) error {
 	l.BrokerKind, l.BrokerAddr = kind, addr
 	return l.save()
 }
+
+// RestartBroker restarts the lab's Apache Kafka broker on its storage (clients see their
+// connections drop and the broker come back). The embedded broker keeps its log in memory and
+// cannot restart.
+func (l *Lab) RestartBroker(ctx context.Context) error {
+	b, ok := l.broker.(*broker.ApacheBroker)
+	if !ok {
+		return fmt.Errorf("lab: the %s broker cannot restart (its log would be lost): use broker.Apache", l.BrokerKind)
+	}
+	return b.Restart(ctx)
+}

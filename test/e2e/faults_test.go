@@ -193,9 +193,12 @@ func TestFaultMatrix(t *testing.T) {
 				cli := testbin.Build(t, "github.com/ftwin-migrate/ftwin-migrate/cmd/ftwin-migrate")
 				cmd := exec.Command(cli, "--address", fm.cloud.Address(), "--namespace", lab.Namespace, "migrate", "--pki", fm.pki,
 					"--host", fm.cloud.Name, "--to", fm.agents["fog"].Addr, "--hook", "off", id)
+				var out strings.Builder
+				cmd.Stdout, cmd.Stderr = &out, &out
 				if err := cmd.Start(); err != nil {
 					t.Fatal(err)
 				}
+				t.Cleanup(func() { t.Logf("the killed migrator said: %s", out.String()) })
 				waitTask(t, fm.cloud, id, containerd.Paused)
 				time.Sleep(1500 * time.Millisecond) // the checkpoint is on its way
 				_ = cmd.Process.Signal(syscall.SIGKILL)

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"net/http"
 	"strings"
 	"sync"
 	"testing"
@@ -192,6 +193,45 @@ func TestReplayRefusedWithoutCapability(t *testing.T) {
 		t.Fatalf("stop-and-copy: %v", m.Err)
 	}
 	if err := s.WaitProcessing(ctx, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	assertExactlyOnce(t, finish(t, s))
+}
+
+// TestBrokerRestartDuringMigration restarts the Apache Kafka broker in the middle of a
+// migration, once by stop-and-copy (while the frozen source's image crosses the link) and once
+// by replay (while the shadow catches up): both commit, and the twin stays exactly once.
+func TestBrokerRestartDuringMigration(t *testing.T) {
+	if brokerKinds(t)[0] != broker.Apache {
+		t.Fatal("a broker restart needs Apache Kafka: run `make install`")
+	}
+	s := startTwin(t, broker.Apache, "10.231.74.0/24", []string{"cloud", "fog"}, nil)
+	ctx := context.Background()
+	restart := func() {
+		start := time.Now()
+		if err := s.Lab.RestartBroker(ctx); err != nil {
+			t.Errorf("restart the broker: %v", err)
+		}
+		t.Logf("broker restarted in %v", time.Since(start).Round(time.Millisecond))
+	}
+	m := s.MigrateWith(ctx, "fog", onRequest("/criu-image", func(next http.RoundTripper, r *http.Request) (*http.Response, error) {
+		return next.RoundTrip(midBody(r, restart))
+	}))
+	if m.Err != nil {
+		t.Fatalf("stop-and-copy with a broker restart during the transfer: %v", m.Err)
+	}
+	if err := s.WaitProcessing(ctx, 2*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	m = s.MigrateReplay(ctx, "cloud", func(o *migrate.Options) {
+		o.MaxLag = -1
+		o.CatchUpProgress = func(kafkahooks.Status) { once.Do(restart) }
+	})
+	if m.Err != nil {
+		t.Fatalf("replay with a broker restart during the catch-up: %v", m.Err)
+	}
+	if err := s.WaitProcessing(ctx, 2*time.Minute); err != nil {
 		t.Fatal(err)
 	}
 	assertExactlyOnce(t, finish(t, s))

@@ -316,3 +316,53 @@ func TestRollbackWhenCopyCommitted(t *testing.T) {
 		})
 	}
 }
+
+// progressHook is the stop-and-copy hook whose restored copy reports its committed offsets.
+type progressHook struct {
+	fakeHook
+	copyAt kafkahooks.Offsets
+}
+
+func (h progressHook) ShadowStatus(ctx context.Context, _ http.RoundTripper) (kafkahooks.Status, error) {
+	return kafkahooks.Status{Protocol: 2, State: kafkahooks.StateRunning, Offsets: h.copyAt}, h.call(ctx, "hook.CopyStatus")
+}
+
+// TestCommitOnlyWhatWorks: after the settle window the resumed copy must have committed past
+// the boundary, or the broker must show nothing waiting; a copy that sits at the boundary
+// while records wait is stuck, and the migration rolls back (safe: it committed nothing).
+func TestCommitOnlyWhatWorks(t *testing.T) {
+	moved := kafkahooks.Offsets{"sensors": {0: 125, 1: 98}}
+	for _, tc := range []struct {
+		name     string
+		copyAt   kafkahooks.Offsets
+		ends     kafkahooks.Offsets
+		result   string
+		evidence string
+	}{
+		{"progress", moved, moved, Committed, "the copy committed past the boundary after its resume"},
+		{"idle input", boundary, boundary, Committed, "no records arrived past the boundary during the settle window (an idle input)"},
+		{"stuck", boundary, moved, RolledBack, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w := newWorld(t)
+			ends := tc.ends
+			rep, err := w.run(t, Options{Hook: progressHook{fakeHook{w}, tc.copyAt},
+				committed:  func(context.Context, string) (kafkahooks.Offsets, error) { return boundary, nil },
+				endOffsets: func(context.Context, kafkahooks.Offsets) (kafkahooks.Offsets, error) { return ends, nil }})
+			if rep.Result != tc.result {
+				t.Fatalf("result %q (%v), want %q", rep.Result, err, tc.result)
+			}
+			if tc.evidence != "" && !slices.Contains(rep.Evidence, tc.evidence) {
+				t.Errorf("evidence %v lacks %q", rep.Evidence, tc.evidence)
+			}
+			if tc.result == RolledBack {
+				if !strings.Contains(err.Error(), "looks stuck") {
+					t.Errorf("error %v does not say the copy looks stuck", err)
+				}
+				if src, tgt := w.copies(); !src || tgt {
+					t.Errorf("source runs %v, copy runs %v", src, tgt)
+				}
+			}
+		})
+	}
+}

@@ -171,6 +171,38 @@ func TestFaultMatrix(t *testing.T) {
 				}))
 			},
 			after: func(t *testing.T, fm *faultMatrix) { fm.restartAgent(t, fm.agentEdit) }},
+		{fault: "target agent killed, restarted", phase: "restore (answer lost)", recover: true,
+			migrate: func(t *testing.T, fm *faultMatrix) (*migrate.Report, error) {
+				return fm.migrate(t, fm.cloud, fm.fog, id, quick, onRequest("/restore", func(next http.RoundTripper, r *http.Request) (*http.Response, error) {
+					if resp, err := next.RoundTrip(r); err == nil {
+						resp.Body.Close()
+					}
+					_ = fm.agents["fog"].Kill() // the copy runs; the migrator never hears of it
+					return nil, errors.New("agent killed")
+				}))
+			},
+			after: func(t *testing.T, fm *faultMatrix) { fm.restartAgent(t, fm.agentEdit) }},
+		{fault: "link cut", phase: "verify", recover: true,
+			migrate: func(t *testing.T, fm *faultMatrix) (*migrate.Report, error) {
+				return fm.migrate(t, fm.cloud, fm.fog, id, quick, onRequest("/verify", func(http.RoundTripper, *http.Request) (*http.Response, error) {
+					_ = fm.fog.SetLinkUp(ctx, false)
+					return nil, errors.New("link cut")
+				}))
+			},
+			after: func(t *testing.T, fm *faultMatrix) { _ = fm.fog.SetLinkUp(ctx, true) }},
+		{fault: "migrator killed", phase: "verify (settle window)", recover: true,
+			migrate: func(t *testing.T, fm *faultMatrix) (*migrate.Report, error) {
+				cli := testbin.Build(t, "github.com/ftwin-migrate/ftwin-migrate/cmd/ftwin-migrate")
+				cmd := exec.Command(cli, "--address", fm.cloud.Address(), "--namespace", lab.Namespace, "migrate", "--pki", fm.pki,
+					"--host", fm.cloud.Name, "--to", fm.agents["fog"].Addr, "--hook", "off", "--settle", "30s", id)
+				if err := cmd.Start(); err != nil {
+					t.Fatal(err)
+				}
+				waitTask(t, fm.fog, id, containerd.Running) // restored: the migrator waits out its settle window
+				_ = cmd.Process.Signal(syscall.SIGKILL)
+				_ = cmd.Wait()
+				return nil, errors.New("migrator killed")
+			}},
 		{fault: "target host lost (agent killed, link cut), declared dead, back later", phase: "verify", recover: true, forceThaw: true,
 			migrate: func(t *testing.T, fm *faultMatrix) (*migrate.Report, error) {
 				return fm.migrate(t, fm.cloud, fm.fog, id, quick, onRequest("/verify", func(http.RoundTripper, *http.Request) (*http.Response, error) {

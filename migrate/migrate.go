@@ -663,7 +663,7 @@ func (m *run) restore(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	m.rep.RestoreTime, m.rep.CRIURestore = res.Duration, res.CRIU
+	m.rep.RestoreTime, m.rep.CRIURestore, m.rep.TargetLog = res.Duration, res.CRIU, res.Log
 	return nil
 }
 

@@ -48,6 +48,8 @@ type Report struct {
 	CRIURestore *stats.RestoreStatsEntry `json:"criu_restore_statistics,omitempty"`
 	// RestoreTime is the agent's wall time for the restore (container creation + CRIU restore).
 	RestoreTime time.Duration `json:"restore_time_ns"`
+	// TargetLog is the file on the target host where the restored container's output goes.
+	TargetLog string `json:"target_log,omitempty"`
 	// Transfer counts everything sent: the checkpoint's blobs and the CRIU image directory
 	// (also reported alone in Image).
 	Transfer         transfer.PushStats `json:"transfer"`
@@ -152,6 +154,9 @@ func (r *Report) WriteSummary(w io.Writer) error {
 		fmt.Fprintf(w, "  CRIU restore on %s: restore %v, forking %v, %d pages restored\n", r.To,
 			time.Duration(r.CRIURestore.GetRestoreTime())*time.Microsecond, time.Duration(r.CRIURestore.GetForkingTime())*time.Microsecond,
 			r.CRIURestore.GetPagesRestored())
+	}
+	if r.TargetLog != "" && r.Result != RolledBack {
+		fmt.Fprintf(w, "  the restored container's output on %s: %s\n", r.To, r.TargetLog)
 	}
 	if r.Transfer.BlobsSent+r.Transfer.BlobsSkipped > 0 {
 		fmt.Fprintf(w, "  transfer: %d blobs sent (%.1f MiB, %.1f MiB on the wire, ratio %.2f), %d already on the target (%.1f MiB)\n",

@@ -337,7 +337,11 @@ func TestFaultMatrix(t *testing.T) {
 				what, rerr := migrate.Recover(ctx, client, migrate.RecoverOptions{Namespace: lab.Namespace, Container: id, TLS: tlsCfg, HookMode: migrate.HookOff, ForceThaw: c.forceThaw,
 					AgentOpts: []agent.ClientOpt{agent.WithDialer(fm.cloud.DialContext)}})
 				client.Close()
-				r.settled = "recover: " + what
+				r.settled = "recover: " + strings.SplitN(what, ":", 2)[0]
+				if c.forceThaw {
+					r.settled = "recover --force-thaw: " + strings.SplitN(what, ":", 2)[0]
+				}
+				t.Logf("recover: %s", what)
 				if rerr != nil {
 					t.Fatalf("recover: %v", rerr)
 				}

@@ -199,15 +199,24 @@ func waitListening(ctx context.Context, addr string) error {
 	return err
 }
 
+// labHost loads the lab of --name/--base-dir and its host named by the first argument.
+func labHost(c *cli.Context) (*lab.Lab, *lab.Host, error) {
+	l, err := lab.Load(c.String("base-dir"), c.String("name"))
+	if err != nil {
+		return nil, nil, err
+	}
+	h, err := l.Host(c.Args().Get(0))
+	if err != nil {
+		return nil, nil, err
+	}
+	return l, h, nil
+}
+
 func labLogs(c *cli.Context) error {
 	if c.NArg() != 2 {
 		return fmt.Errorf("lab logs takes HOST and ID (got %d arguments)", c.NArg())
 	}
-	l, err := lab.Load(c.String("base-dir"), c.String("name"))
-	if err != nil {
-		return err
-	}
-	h, err := l.Host(c.Args().Get(0))
+	_, h, err := labHost(c)
 	if err != nil {
 		return err
 	}
@@ -231,11 +240,7 @@ func labRun(c *cli.Context) error {
 	if c.NArg() < 2 {
 		return fmt.Errorf("lab run takes HOST and ID, then the workload's arguments (got %d arguments)", c.NArg())
 	}
-	l, err := lab.Load(c.String("base-dir"), c.String("name"))
-	if err != nil {
-		return err
-	}
-	h, err := l.Host(c.Args().Get(0))
+	l, h, err := labHost(c)
 	if err != nil {
 		return err
 	}

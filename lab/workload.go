@@ -88,11 +88,16 @@ func (h *Host) Run(ctx context.Context, w Workload) error {
 		return fmt.Errorf("lab: host %s: image %s: %w", h.Name, ref, err)
 	}
 	args := append([]string{"/bin/" + filepath.Base(w.Binary)}, w.Args...)
+	criuConfig, err := h.criuTCPCloseConfig()
+	if err != nil {
+		return err
+	}
 	c, err := client.NewContainer(ctx, w.ID,
 		containerd.WithImage(img),
 		containerd.WithNewSnapshot(w.ID+"-rootfs", img),
 		containerd.WithNewSpec(append([]oci.SpecOpts{oci.WithImageConfig(img), oci.WithProcessArgs(args...), oci.WithEnv(w.Env),
-			oci.WithHostNamespace(specs.NetworkNamespace), oci.WithCgroup(h.CgroupsPath(Namespace, w.ID))}, w.SpecOpts...)...),
+			oci.WithHostNamespace(specs.NetworkNamespace), oci.WithCgroup(h.CgroupsPath(Namespace, w.ID)),
+			oci.WithAnnotations(map[string]string{"org.criu.config": criuConfig})}, w.SpecOpts...)...),
 	)
 	if err != nil {
 		return fmt.Errorf("lab: host %s: create container %s: %w", h.Name, w.ID, err)
@@ -112,6 +117,20 @@ func (h *Host) Run(ctx context.Context, w Workload) error {
 		return fmt.Errorf("lab: host %s: start %s: %w", h.Name, w.ID, err)
 	}
 	return nil
+}
+
+// criuTCPCloseConfig returns a CRIU configuration file on the host that says tcp-close, which
+// lab containers name in their org.criu.config annotation (runc reads it at every dump and
+// restore): their dumps then neither lock the network nor record TCP state — restores close
+// the connections anyway (restore.TCPClose) — as for the copies the agents restore, which carry
+// the same option. Without it CRIU's first dump of a container locks each connection with
+// iptables while the task is frozen (≈ 0.3 s of frozen time measured at 16 MiB).
+func (h *Host) criuTCPCloseConfig() (string, error) {
+	path := filepath.Join(h.Dir, "criu-tcp-close.conf")
+	if err := os.WriteFile(path, []byte("tcp-close\n"), 0o644); err != nil {
+		return "", fmt.Errorf("lab: host %s: write %s: %w", h.Name, path, err)
+	}
+	return path, nil
 }
 
 // Remove kills container id's task (if any) and deletes the container with its snapshot.

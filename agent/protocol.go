@@ -105,6 +105,8 @@ type ImageReceived struct {
 type RestoreResult struct {
 	Duration time.Duration `json:"duration_ns"`
 	Pid      uint32        `json:"pid"`
+	// Log is the file on the target host where the restored container's stdout and stderr go.
+	Log string `json:"log,omitempty"`
 	// CRIU is CRIU's restore statistics (restore_time, forking_time in µs, pages_restored, ...).
 	CRIU *stats.RestoreStatsEntry `json:"criu_restore_statistics,omitempty"`
 }

@@ -678,7 +678,7 @@ func (a *Agent) restore(ctx context.Context, s *session, w http.ResponseWriter, 
 	}
 	s.restored, s.verified = true, false
 	a.cfg.Log.Info("restored", "session", s.id, "container", s.Container, "in", res.Duration)
-	writeJSON(w, RestoreResult{Duration: res.Duration, Pid: res.Task.Pid(), CRIU: res.CRIU})
+	writeJSON(w, RestoreResult{Duration: res.Duration, Pid: res.Task.Pid(), CRIU: res.CRIU, Log: a.LogPath(s.Namespace, s.Container)})
 }
 
 // hookRelay relays a request to the restored container's application hook, through the

@@ -236,3 +236,17 @@ func tailOf(path string, n int) string {
 	}
 	return string(b)
 }
+
+// Restart stops the broker (SIGTERM, as a rolling restart does) and starts it again on the
+// same storage, returning once it answers.
+func (b *ApacheBroker) Restart(ctx context.Context) error {
+	if err := b.Close(); err != nil {
+		return err
+	}
+	nb, err := StartApache(ctx, b.cfg)
+	if err != nil {
+		return fmt.Errorf("broker: restart: %w", err)
+	}
+	*b = *nb
+	return nil
+}

@@ -279,6 +279,25 @@ func (h *Host) CgroupsPath(namespace, id string) string {
 
 // SetUplink throttles the host's link to mbit Mbit/s in both directions (0 removes the limit).
 func (h *Host) SetUplink(ctx context.Context, mbit int) error {
+	return h.SetUplinkKbit(ctx, mbit*1000)
+}
+
+// SetLinkUp takes the host's link down (false: every packet to and from the host is lost, as
+// a cut cable) or up again.
+func (h *Host) SetLinkUp(ctx context.Context, up bool) error {
+	state := "down"
+	if up {
+		state = "up"
+	}
+	if err := run(ctx, "ip", "link", "set", "dev", h.Veth, state); err != nil {
+		return fmt.Errorf("lab: set host %s's link %s: %w", h.Name, state, err)
+	}
+	return nil
+}
+
+// SetUplinkKbit throttles the host's link to kbit kbit/s in both directions (0 removes the
+// limit).
+func (h *Host) SetUplinkKbit(ctx context.Context, kbit int) error {
 	type dev struct{ ns, name string }
 	for _, d := range []dev{{"", h.Veth}, {h.NetNS, "eth0"}} {
 		pre := []string{"tc"}
@@ -286,13 +305,13 @@ func (h *Host) SetUplink(ctx context.Context, mbit int) error {
 			pre = []string{"ip", "netns", "exec", d.ns, "tc"}
 		}
 		_ = run(ctx, append(pre, "qdisc", "del", "dev", d.name, "root")...) // absent is fine
-		if mbit == 0 {
+		if kbit == 0 {
 			continue
 		}
 		// burst: at least rate/HZ; 64 KiB covers 100 Mbit/s at HZ=250 with room to spare.
 		if err := run(ctx, append(pre, "qdisc", "add", "dev", d.name, "root", "tbf",
-			"rate", fmt.Sprintf("%dmbit", mbit), "burst", "64kb", "latency", "100ms")...); err != nil {
-			return fmt.Errorf("lab: throttle host %s to %d Mbit/s: %w", h.Name, mbit, err)
+			"rate", fmt.Sprintf("%dkbit", kbit), "burst", "64kb", "latency", "100ms")...); err != nil {
+			return fmt.Errorf("lab: throttle host %s to %d kbit/s: %w", h.Name, kbit, err)
 		}
 	}
 	return nil
@@ -370,4 +389,15 @@ func run(ctx context.Context, args ...string) error {
 func (l *Lab) AttachBroker(kind broker.Kind, addr string) error {
 	l.BrokerKind, l.BrokerAddr = kind, addr
 	return l.save()
+}
+
+// RestartBroker restarts the lab's Apache Kafka broker on its storage (clients see their
+// connections drop and the broker come back). The embedded broker keeps its log in memory and
+// cannot restart.
+func (l *Lab) RestartBroker(ctx context.Context) error {
+	b, ok := l.broker.(*broker.ApacheBroker)
+	if !ok {
+		return fmt.Errorf("lab: the %s broker cannot restart (its log would be lost): use broker.Apache", l.BrokerKind)
+	}
+	return b.Restart(ctx)
 }

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -107,6 +108,20 @@ func Teardown(ctx context.Context, baseDir, name string) error {
 	// Brokers and anything else started with the lab's directory on its command line.
 	for _, pid := range ctrd.PidsMentioning(dir + "/") {
 		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
+	// Containers of a crashed run may be frozen (a migration's source, its migrator killed): a
+	// frozen process does not die of SIGKILL until it is thawed. Thaw the lab's cgroups and
+	// kill what is in them.
+	for _, d := range cgroupDirs(name) {
+		_ = os.WriteFile(filepath.Join(d, "freezer.state"), []byte("THAWED"), 0o644) // cgroup v1
+		_ = os.WriteFile(filepath.Join(d, "cgroup.freeze"), []byte("0"), 0o644)      // cgroup v2
+		if procs, err := os.ReadFile(filepath.Join(d, "cgroup.procs")); err == nil {
+			for _, f := range strings.Fields(string(procs)) {
+				if pid, err := strconv.Atoi(f); err == nil {
+					_ = syscall.Kill(pid, syscall.SIGKILL)
+				}
+			}
+		}
 	}
 	// Give them up to 10s to be gone, even when ctx is done: the rest of the teardown goes on
 	// in any case.

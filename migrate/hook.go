@@ -160,3 +160,26 @@ func committedOffsets(ctx context.Context, brokers []string, opts []kgo.Opt, gro
 	}
 	return kafkahooks.OffsetsFromKadm(resp), nil
 }
+
+// endOffsets reads the log end offsets of the partitions of of from the broker.
+func endOffsets(ctx context.Context, brokers []string, opts []kgo.Opt, of kafkahooks.Offsets) (kafkahooks.Offsets, error) {
+	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(brokers...)}, opts...)...)
+	if err != nil {
+		return nil, err
+	}
+	defer cl.Close()
+	topics := make([]string, 0, len(of))
+	for t := range of {
+		topics = append(topics, t)
+	}
+	listed, err := kadm.NewClient(cl).ListEndOffsets(ctx, topics...)
+	if err == nil {
+		err = listed.Error()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list the end offsets of %v: %w", topics, err)
+	}
+	out := kafkahooks.Offsets{}
+	listed.Each(func(o kadm.ListedOffset) { out.Set(o.Topic, o.Partition, o.Offset) })
+	return out, nil
+}

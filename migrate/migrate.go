@@ -29,6 +29,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sync/atomic"
@@ -146,8 +147,10 @@ type Options struct {
 	CatchUpPoll     time.Duration
 	CatchUpProgress func(kafkahooks.Status)
 
-	// committed reads a group's committed offsets (tests fake the broker); default: Brokers.
-	committed func(ctx context.Context, group string) (kafkahooks.Offsets, error)
+	// committed reads a group's committed offsets, endOffsets the log end offsets of the
+	// partitions named (tests fake the broker); default: from Brokers.
+	committed  func(ctx context.Context, group string) (kafkahooks.Offsets, error)
+	endOffsets func(ctx context.Context, of kafkahooks.Offsets) (kafkahooks.Offsets, error)
 }
 
 func (o *Options) setDefaults() {
@@ -193,6 +196,11 @@ func (o *Options) setDefaults() {
 	if o.committed == nil && len(o.Brokers) > 0 {
 		o.committed = func(ctx context.Context, group string) (kafkahooks.Offsets, error) {
 			return committedOffsets(ctx, o.Brokers, o.KafkaOpts, group)
+		}
+	}
+	if o.endOffsets == nil && len(o.Brokers) > 0 {
+		o.endOffsets = func(ctx context.Context, of kafkahooks.Offsets) (kafkahooks.Offsets, error) {
+			return endOffsets(ctx, o.Brokers, o.KafkaOpts, of)
 		}
 	}
 }
@@ -655,7 +663,7 @@ func (m *run) restore(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	m.rep.RestoreTime, m.rep.CRIURestore = res.Duration, res.CRIU
+	m.rep.RestoreTime, m.rep.CRIURestore, m.rep.TargetLog = res.Duration, res.CRIU, res.Log
 	return nil
 }
 
@@ -713,6 +721,50 @@ func (m *run) verify(ctx context.Context) error {
 		return fmt.Errorf("within the %v settle window after its restore: %w", m.o.Settle, err)
 	}
 	m.rep.addEvidence(fmt.Sprintf("alive through a %v settle window", m.o.Settle))
+	return m.checkProgress(ctx)
+}
+
+// copyStatus is what a hook that can read the restored copy's status offers (SocketHook).
+type copyStatus interface {
+	ShadowStatus(ctx context.Context, target http.RoundTripper) (kafkahooks.Status, error)
+}
+
+// checkProgress asks the resumed copy, after the settle window, whether it committed past the
+// boundary: progress. If it has not, and the broker shows records waiting past the boundary,
+// the copy is stuck (a client blocked for good after its restore, say): the migration rolls
+// back, which is safe since the copy committed nothing. Without a hook that reports its status,
+// or without --brokers, the report says what could not be told.
+func (m *run) checkProgress(ctx context.Context) error {
+	cs, ok := m.hook.(copyStatus)
+	if !ok || m.boundary == nil || !m.rep.BoundaryCheck.Resumed {
+		return nil
+	}
+	st, err := cs.ShadowStatus(ctx, m.tgt.HookTransport())
+	if err != nil {
+		m.rep.Warnings = append(m.rep.Warnings, fmt.Sprintf("the restored application's status after the settle window: %v", err))
+		return nil
+	}
+	if !st.Offsets.Only(m.boundary.Offsets).Equal(m.boundary.Offsets) {
+		m.rep.addEvidence("the copy committed past the boundary after its resume")
+		return nil
+	}
+	if m.o.endOffsets == nil {
+		m.rep.Warnings = append(m.rep.Warnings, "the copy committed nothing during the settle window; without --brokers the migrator cannot tell an idle input from a stuck copy")
+		return nil
+	}
+	ends, err := m.o.endOffsets(ctx, m.boundary.Offsets)
+	if err != nil {
+		m.rep.Warnings = append(m.rep.Warnings, fmt.Sprintf("the copy committed nothing during the settle window, and the log end offsets could not be read: %v", err))
+		return nil
+	}
+	for t, ps := range m.boundary.Offsets {
+		for p, at := range ps {
+			if end, ok := ends.Lookup(t, p); ok && end > at {
+				return fmt.Errorf("the restored application committed nothing in the %v settle window although records wait past the boundary (%s[%d]: boundary %d, log end %d): it looks stuck; the source carries on", m.o.Settle, t, p, at, end)
+			}
+		}
+	}
+	m.rep.addEvidence("no records arrived past the boundary during the settle window (an idle input)")
 	return nil
 }
 

@@ -110,6 +110,9 @@ func Recover(ctx context.Context, client *containerd.Client, o RecoverOptions) (
 	if _, err := c.SetLabels(ctx, map[string]string{MigratingLabel: "", WorkDirLabel: "", CheckpointLabel: ""}); err != nil {
 		return "", fmt.Errorf("clear the migration labels of %s: %w", o.Container, err)
 	}
+	if err != nil { // ForceThaw: the target could not be asked
+		return fmt.Sprintf("rolled back without the target: %s runs again here; the target at %s was not asked (declared gone: %v); an agent that starts there again removes the uncommitted copy it may hold", o.Container, target, err), nil
+	}
 	return fmt.Sprintf("rolled back: %s runs again here; the target at %s holds nothing of it", o.Container, target), nil
 }
 

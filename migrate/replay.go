@@ -34,6 +34,8 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/ftwin-migrate/ftwin-migrate/agent"
+	"github.com/ftwin-migrate/ftwin-migrate/checkpoint"
 	"github.com/ftwin-migrate/ftwin-migrate/kafkahooks"
 )
 
@@ -93,16 +95,22 @@ type ReplayReport struct {
 	// started (the same, or the shadow was not the snapshot's).
 	SnapshotBoundary kafkahooks.Offsets `json:"snapshot_boundary"`
 	ShadowFrom       kafkahooks.Offsets `json:"shadow_from,omitempty"`
-	// SnapshotPause is the source's pause for its snapshot: from the prepare to the release.
+	// SnapshotPause is the source's pause for its snapshot: from the prepare to the release;
+	// SnapshotSteps splits it: prepare, checkpoint (containerd's call: runc, CRIU's dump, the
+	// checkpoint's records; CRIU's own frozen time is in the report's CRIU statistics) and
+	// release.
 	SnapshotPause time.Duration `json:"snapshot_pause_ns"`
+	SnapshotSteps []Step        `json:"snapshot_steps,omitempty"`
 	// CatchUp is how long the shadow took to come within MaxLag; LagAtCutover its lag then.
 	CatchUp      time.Duration `json:"catch_up_ns,omitempty"`
 	LagAtCutover int64         `json:"lag_at_cutover_records,omitempty"`
 	// Replayed counts the records the shadow applied before it took over.
 	Replayed int64 `json:"replayed,omitempty"`
 	// CutoverPause is the source's second pause: from its prepare at the cutover boundary to
-	// the shadow's takeover answer.
+	// the shadow's takeover answer; CutoverSteps splits it: prepare, advance (the shadow's last
+	// records and its digest), verify (the agent sees the copy run), takeover.
 	CutoverPause time.Duration `json:"cutover_pause_ns,omitempty"`
+	CutoverSteps []Step        `json:"cutover_steps,omitempty"`
 	// CutoverBoundary is B; SourceDigest and CopyDigest the digests of the two states there.
 	CutoverBoundary kafkahooks.Offsets `json:"cutover_boundary,omitempty"`
 	SourceDigest    string             `json:"source_digest,omitempty"`
@@ -112,6 +120,20 @@ type ReplayReport struct {
 	SourceDied bool `json:"source_died,omitempty"`
 	// TookOver: the shadow was told to take over (from then on it owns the work).
 	TookOver bool `json:"took_over"`
+}
+
+// Step is one timed step of a pause.
+type Step struct {
+	Name     string        `json:"name"`
+	Duration time.Duration `json:"duration_ns"`
+}
+
+// timed runs fn and appends its duration to steps as name.
+func timed(steps *[]Step, name string, fn func() error) error {
+	start := time.Now()
+	err := fn()
+	*steps = append(*steps, Step{Name: name, Duration: time.Since(start)})
+	return err
 }
 
 // checkReplay refuses, in the preflight, an application that cannot be migrated by replay.
@@ -180,20 +202,29 @@ func (m *run) snapshot(ctx context.Context) error {
 	start := time.Now()
 	m.frozenAt = start
 	m.undo.pushUndo(undo{name: "tell the source application to carry on", phase: Snapshot, where: local, need: required, fn: m.releaseSource})
-	b, err := m.hook.Prepare(ctx)
-	if err != nil {
+	steps := &m.rep.Replay.SnapshotSteps
+	var b *kafkahooks.Boundary
+	if err := timed(steps, "prepare", func() (err error) { b, err = m.hook.Prepare(ctx); return err }); err != nil {
 		return err
 	}
 	m.boundary, m.rep.Boundary, m.rep.Replay.SnapshotBoundary = b, b, b.Offsets
-	if err := m.checkCommitted(ctx); err != nil {
-		return err
-	}
+	// The broker is asked about the boundary while CRIU dumps (the source holds at the
+	// boundary until its release, so the offsets cannot move meanwhile): not in the pause.
+	checked := make(chan error, 1)
+	go func() { checked <- m.checkCommitted(ctx) }()
 	// CRIU freezes the task for its dump and lets it go (leave-running): no freeze of ours.
-	res, err := m.src.Checkpoint(ctx, m.ckptRef, m.ckpt.work, m.ckpt.image)
+	var res *checkpoint.Result
+	err := timed(steps, "checkpoint", func() (err error) {
+		res, err = m.src.Checkpoint(ctx, m.ckptRef, m.ckpt.work, m.ckpt.image)
+		return err
+	})
+	if cerr := <-checked; cerr != nil {
+		return cerr
+	}
 	if err != nil {
 		return err
 	}
-	if err := m.replay.Release(ctx); err != nil {
+	if err := timed(steps, "release", func() error { return m.replay.Release(ctx) }); err != nil {
 		return fmt.Errorf("release the source after its snapshot: %w", err)
 	}
 	m.rep.Replay.SnapshotPause = time.Since(start)
@@ -245,15 +276,13 @@ func (m *run) catchUp(ctx context.Context) error {
 			if m.o.CatchUpProgress != nil {
 				m.o.CatchUpProgress(st)
 			}
-			if st.Limit.Len() > 0 && st.Lag <= m.o.MaxLag {
-				m.rep.Replay.LagAtCutover, m.rep.Replay.Replayed = st.Lag, st.Replayed
-				m.rep.addEvidence(fmt.Sprintf("the shadow caught up from the log (%d records replayed, lag %d)", st.Replayed, st.Lag))
-				return nil
-			}
 		}
-		if _, err := m.src.Running(ctx); err != nil && ctx.Err() == nil {
-			m.rep.Replay.SourceDied = true
-			m.rep.Warnings = append(m.rep.Warnings, fmt.Sprintf("the source died during the catch-up (%v): the shadow takes over from the log", err))
+		if m.sourceGone(ctx) {
+			return nil
+		}
+		if lastErr == nil && last.Limit.Len() > 0 && last.Lag <= m.o.MaxLag {
+			m.rep.Replay.LagAtCutover, m.rep.Replay.Replayed = last.Lag, last.Replayed
+			m.rep.addEvidence(fmt.Sprintf("the shadow caught up from the log (%d records replayed, lag %d)", last.Replayed, last.Lag))
 			return nil
 		}
 		select {
@@ -267,6 +296,20 @@ func (m *run) catchUp(ctx context.Context) error {
 	}
 }
 
+// sourceGone reports whether the source's task is gone (and records it): the shadow then
+// takes over from the log.
+func (m *run) sourceGone(ctx context.Context) bool {
+	if m.rep.Replay.SourceDied {
+		return true
+	}
+	if _, err := m.src.Running(ctx); err != nil && ctx.Err() == nil {
+		m.rep.Replay.SourceDied = true
+		m.rep.Warnings = append(m.rep.Warnings, fmt.Sprintf("the source died during the migration (%v): the shadow takes over from the log", err))
+		return true
+	}
+	return false
+}
+
 // cutover stops the source at B, brings the shadow to B, compares the digests and hands over.
 func (m *run) cutover(ctx context.Context) error {
 	r := m.rep.Replay
@@ -274,24 +317,28 @@ func (m *run) cutover(ctx context.Context) error {
 	rt := m.tgt.HookTransport()
 	if !r.SourceDied {
 		m.undo.pushUndo(undo{name: "tell the source application to carry on", phase: Cutover, where: local, need: required, fn: m.releaseSource})
-		b, err := m.hook.Prepare(ctx)
-		if err != nil {
+		var b *kafkahooks.Boundary
+		err := timed(&r.CutoverSteps, "prepare", func() (err error) { b, err = m.hook.Prepare(ctx); return err })
+		switch {
+		case err != nil && !m.sourceGone(ctx):
 			return err
+		case err == nil:
+			r.CutoverBoundary, r.SourceDigest = b.Offsets, b.Digest
+			var a kafkahooks.Advanced
+			err := timed(&r.CutoverSteps, "advance", func() (err error) { a, err = m.replay.Advance(ctx, rt, b.Offsets); return err })
+			if err != nil {
+				return fmt.Errorf("bring the shadow to the boundary %v: %w", b.Offsets, err)
+			}
+			r.CopyDigest = a.Digest
+			if a.Digest == "" || a.Digest != b.Digest {
+				return fmt.Errorf("the states differ at the boundary %v: source digest %q, copy digest %q: the application's processing is not deterministic (or its digest is not of its state); the source carries on", b.Offsets, b.Digest, a.Digest)
+			}
+			m.rep.addEvidence("the digests of both states are equal at the boundary")
+			m.boundary = b
 		}
-		r.CutoverBoundary, r.SourceDigest = b.Offsets, b.Digest
-		a, err := m.replay.Advance(ctx, rt, b.Offsets)
-		if err != nil {
-			return fmt.Errorf("bring the shadow to the boundary %v: %w", b.Offsets, err)
-		}
-		r.CopyDigest = a.Digest
-		if a.Digest == "" || a.Digest != b.Digest {
-			return fmt.Errorf("the states differ at the boundary %v: source digest %q, copy digest %q: the application's processing is not deterministic (or its digest is not of its state); the source carries on", b.Offsets, b.Digest, a.Digest)
-		}
-		m.rep.addEvidence("the digests of both states are equal at the boundary")
-		m.boundary = b
 	}
-	res, err := m.tgt.Verify(ctx)
-	if err != nil {
+	var res agent.VerifyResult
+	if err := timed(&r.CutoverSteps, "verify", func() (err error) { res, err = m.tgt.Verify(ctx); return err }); err != nil {
 		return err
 	}
 	if !res.Running {
@@ -301,7 +348,8 @@ func (m *run) cutover(ctx context.Context) error {
 		m.rep.BoundaryCheck = &BoundaryCheck{}
 	}
 	r.TookOver = true
-	at, err := m.hook.Resume(ctx, rt)
+	var at kafkahooks.Offsets
+	err := timed(&r.CutoverSteps, "takeover", func() (err error) { at, err = m.hook.Resume(ctx, rt); return err })
 	if err != nil {
 		// Did the takeover happen? A copy that still says it is a shadow did not take over.
 		if st, serr := m.replay.ShadowStatus(ctx, rt); serr == nil && st.State == kafkahooks.StateShadow {

@@ -24,9 +24,11 @@ type replayHook struct {
 	copyDigest   string
 	// tookOverAnyway: the takeover fails to answer, but the copy did take over.
 	tookOverAnyway bool
-	shadow         bool
-	tookOver       bool
-	statusCalls    int
+	// dieAtCutover: the source's task dies as the cutover's prepare reaches it.
+	dieAtCutover bool
+	shadow       bool
+	tookOver     bool
+	statusCalls  int
 }
 
 func newReplayHook(w *world) *replayHook {
@@ -36,6 +38,11 @@ func newReplayHook(w *world) *replayHook {
 var cutoverBoundary = kafkahooks.Offsets{"sensors": {0: 180, 1: 150}}
 
 func (h *replayHook) Prepare(ctx context.Context) (*kafkahooks.Boundary, error) {
+	if h.shadow && h.dieAtCutover {
+		h.dieAfter, h.runningCalls = 1, 1
+		h.log = append(h.log, "hook.Prepare")
+		return nil, errors.New("hook socket gone")
+	}
 	if err := h.call(ctx, "hook.Prepare"); err != nil {
 		return nil, err
 	}
@@ -117,7 +124,7 @@ var replaySuccessCalls = []string{
 	"source.SetMigrating", "hook.Prepare", "source.Checkpoint", "hook.Release", // snapshot
 	"target.Missing", "target.PutDir", // transfer
 	"target.Restore", "hook.Shadow", // restore, as a shadow
-	"hook.ShadowStatus", "source.Running", "hook.ShadowStatus", "source.Running", "hook.ShadowStatus", // catch-up: lag 800, 120, 0
+	"hook.ShadowStatus", "source.Running", "hook.ShadowStatus", "source.Running", "hook.ShadowStatus", "source.Running", // catch-up: lag 800, 120, 0
 	"hook.Prepare", "hook.Advance", "target.Verify", "hook.Resume", // cutover
 	"target.Commit", "source.Remove", // commit
 	"source.DeleteCheckpoint",
@@ -242,6 +249,20 @@ func TestReplaySourceDies(t *testing.T) {
 	}
 }
 
+// TestReplaySourceDiesAtCutover: the source dies as the cutover reaches it: the shadow takes
+// over from the log instead of a rollback to a source that is gone.
+func TestReplaySourceDiesAtCutover(t *testing.T) {
+	h := newReplayHook(newWorld(t))
+	h.dieAtCutover = true
+	rep, err := h.run(t, Options{})
+	if err != nil {
+		t.Fatalf("migration failed: %v", err)
+	}
+	if !rep.Replay.SourceDied || !rep.Replay.TookOver || slices.Contains(h.log, "hook.Advance") || !h.committed {
+		t.Errorf("replay %+v, committed %v, calls %v", rep.Replay, h.committed, h.log)
+	}
+}
+
 // TestReplayRefusesVersion1: an application whose hook cannot replay is refused in the
 // preflight, before anything is opened, with the way out named.
 func TestReplayRefusesVersion1(t *testing.T) {
@@ -291,6 +312,56 @@ func TestRollbackWhenCopyCommitted(t *testing.T) {
 			}
 			if rep.Result != RollbackFailed || src || !tgt || !strings.Contains(err.Error(), "owns the work") || !strings.Contains(err.Error(), "recover twin") {
 				t.Fatalf("result %q (%v), source runs %v, copy runs %v: want the copy kept, the source frozen, recover named", rep.Result, err, src, tgt)
+			}
+		})
+	}
+}
+
+// progressHook is the stop-and-copy hook whose restored copy reports its committed offsets.
+type progressHook struct {
+	fakeHook
+	copyAt kafkahooks.Offsets
+}
+
+func (h progressHook) ShadowStatus(ctx context.Context, _ http.RoundTripper) (kafkahooks.Status, error) {
+	return kafkahooks.Status{Protocol: 2, State: kafkahooks.StateRunning, Offsets: h.copyAt}, h.call(ctx, "hook.CopyStatus")
+}
+
+// TestCommitOnlyWhatWorks: after the settle window the resumed copy must have committed past
+// the boundary, or the broker must show nothing waiting; a copy that sits at the boundary
+// while records wait is stuck, and the migration rolls back (safe: it committed nothing).
+func TestCommitOnlyWhatWorks(t *testing.T) {
+	moved := kafkahooks.Offsets{"sensors": {0: 125, 1: 98}}
+	for _, tc := range []struct {
+		name     string
+		copyAt   kafkahooks.Offsets
+		ends     kafkahooks.Offsets
+		result   string
+		evidence string
+	}{
+		{"progress", moved, moved, Committed, "the copy committed past the boundary after its resume"},
+		{"idle input", boundary, boundary, Committed, "no records arrived past the boundary during the settle window (an idle input)"},
+		{"stuck", boundary, moved, RolledBack, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w := newWorld(t)
+			ends := tc.ends
+			rep, err := w.run(t, Options{Hook: progressHook{fakeHook{w}, tc.copyAt},
+				committed:  func(context.Context, string) (kafkahooks.Offsets, error) { return boundary, nil },
+				endOffsets: func(context.Context, kafkahooks.Offsets) (kafkahooks.Offsets, error) { return ends, nil }})
+			if rep.Result != tc.result {
+				t.Fatalf("result %q (%v), want %q", rep.Result, err, tc.result)
+			}
+			if tc.evidence != "" && !slices.Contains(rep.Evidence, tc.evidence) {
+				t.Errorf("evidence %v lacks %q", rep.Evidence, tc.evidence)
+			}
+			if tc.result == RolledBack {
+				if !strings.Contains(err.Error(), "looks stuck") {
+					t.Errorf("error %v does not say the copy looks stuck", err)
+				}
+				if src, tgt := w.copies(); !src || tgt {
+					t.Errorf("source runs %v, copy runs %v", src, tgt)
+				}
 			}
 		})
 	}

@@ -48,6 +48,8 @@ type Report struct {
 	CRIURestore *stats.RestoreStatsEntry `json:"criu_restore_statistics,omitempty"`
 	// RestoreTime is the agent's wall time for the restore (container creation + CRIU restore).
 	RestoreTime time.Duration `json:"restore_time_ns"`
+	// TargetLog is the file on the target host where the restored container's output goes.
+	TargetLog string `json:"target_log,omitempty"`
 	// Transfer counts everything sent: the checkpoint's blobs and the CRIU image directory
 	// (also reported alone in Image).
 	Transfer         transfer.PushStats `json:"transfer"`
@@ -123,6 +125,18 @@ func (r *Report) WriteSummary(w io.Writer) error {
 		fmt.Fprintf(w, "  replay: snapshot pause %v; catch-up %v (%d records replayed, lag %d at the cutover); cutover pause %v; total %v\n",
 			rp.SnapshotPause.Round(time.Millisecond), rp.CatchUp.Round(time.Millisecond), rp.Replayed, rp.LagAtCutover,
 			rp.CutoverPause.Round(time.Millisecond), r.Total.Round(time.Millisecond))
+		for _, st := range []struct {
+			name  string
+			steps []Step
+		}{{"snapshot", rp.SnapshotSteps}, {"cutover", rp.CutoverSteps}} {
+			if len(st.steps) > 0 {
+				var parts []string
+				for _, s := range st.steps {
+					parts = append(parts, fmt.Sprintf("%s %v", s.Name, s.Duration.Round(time.Millisecond)))
+				}
+				fmt.Fprintf(w, "  %s pause: %s\n", st.name, strings.Join(parts, ", "))
+			}
+		}
 		if rp.SourceDigest != "" || rp.CopyDigest != "" {
 			fmt.Fprintf(w, "  digests at the cutover boundary %s: source %s, copy %s (equal: %s)\n", rp.CutoverBoundary, short(rp.SourceDigest), short(rp.CopyDigest), yesNo(rp.SourceDigest == rp.CopyDigest))
 		}
@@ -140,6 +154,9 @@ func (r *Report) WriteSummary(w io.Writer) error {
 		fmt.Fprintf(w, "  CRIU restore on %s: restore %v, forking %v, %d pages restored\n", r.To,
 			time.Duration(r.CRIURestore.GetRestoreTime())*time.Microsecond, time.Duration(r.CRIURestore.GetForkingTime())*time.Microsecond,
 			r.CRIURestore.GetPagesRestored())
+	}
+	if r.TargetLog != "" && r.Result != RolledBack {
+		fmt.Fprintf(w, "  the restored container's output on %s: %s\n", r.To, r.TargetLog)
 	}
 	if r.Transfer.BlobsSent+r.Transfer.BlobsSkipped > 0 {
 		fmt.Fprintf(w, "  transfer: %d blobs sent (%.1f MiB, %.1f MiB on the wire, ratio %.2f), %d already on the target (%.1f MiB)\n",

@@ -54,6 +54,13 @@ func labCommand() *cli.Command {
 				Action: labRun,
 			},
 			{
+				Name:      "logs",
+				Usage:     "print the output of container ID on HOST (what it wrote since it started there, restored or not)",
+				ArgsUsage: "HOST ID",
+				Flags:     append([]cli.Flag{&cli.IntFlag{Name: "tail", Usage: "only the last N lines (0: all)"}}, labFlags...),
+				Action:    labLogs,
+			},
+			{
 				Name:   "down",
 				Usage:  "remove a lab, or the leftovers of a crashed one",
 				Flags:  labFlags,
@@ -192,15 +199,48 @@ func waitListening(ctx context.Context, addr string) error {
 	return err
 }
 
+// labHost loads the lab of --name/--base-dir and its host named by the first argument.
+func labHost(c *cli.Context) (*lab.Lab, *lab.Host, error) {
+	l, err := lab.Load(c.String("base-dir"), c.String("name"))
+	if err != nil {
+		return nil, nil, err
+	}
+	h, err := l.Host(c.Args().Get(0))
+	if err != nil {
+		return nil, nil, err
+	}
+	return l, h, nil
+}
+
+func labLogs(c *cli.Context) error {
+	if c.NArg() != 2 {
+		return fmt.Errorf("lab logs takes HOST and ID (got %d arguments)", c.NArg())
+	}
+	_, h, err := labHost(c)
+	if err != nil {
+		return err
+	}
+	path := h.LogPath(c.Args().Get(1))
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("no output of %s on %s (%w): is it running there? `ftwin-migrate lab status` lists the hosts", c.Args().Get(1), h.Name, err)
+	}
+	if n := c.Int("tail"); n > 0 {
+		lines := strings.SplitAfter(string(data), "\n")
+		if lines[len(lines)-1] == "" {
+			lines = lines[:len(lines)-1]
+		}
+		data = []byte(strings.Join(lines[max(0, len(lines)-n):], ""))
+	}
+	_, err = os.Stdout.Write(data)
+	return err
+}
+
 func labRun(c *cli.Context) error {
 	if c.NArg() < 2 {
 		return fmt.Errorf("lab run takes HOST and ID, then the workload's arguments (got %d arguments)", c.NArg())
 	}
-	l, err := lab.Load(c.String("base-dir"), c.String("name"))
-	if err != nil {
-		return err
-	}
-	h, err := l.Host(c.Args().Get(0))
+	l, h, err := labHost(c)
 	if err != nil {
 		return err
 	}

@@ -391,6 +391,8 @@ func TestLabBadInput(t *testing.T) {
 		{[]string{"lab", "up", "--name", "BAD_NAME", "--base-dir", l.base, "--subnet", "10.231.22.0/24"}, `"BAD_NAME"`},
 		{[]string{"lab", "up", "--name", l.name, "--base-dir", l.base, "--broker", "nope", "--subnet", "10.231.22.0/24"}, `"nope"`},
 		{[]string{"lab", "smoke", "--name", l.name, "--base-dir", l.base, "--workload", "/nonexistent"}, "/nonexistent"},
+		{[]string{"lab", "logs", "--name", l.name, "--base-dir", l.base, "cloud"}, "takes HOST and ID"},
+		{[]string{"lab", "logs", "--name", l.name, "--base-dir", l.base, "cloud", "twin"}, l.name},
 	}
 	for _, c := range cases {
 		r := l.run(c.args...)

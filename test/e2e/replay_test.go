@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"net/http"
 	"strings"
 	"sync"
 	"testing"
@@ -10,6 +11,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/ftwin-migrate/ftwin-migrate/broker"
 	"github.com/ftwin-migrate/ftwin-migrate/kafkahooks"
 	"github.com/ftwin-migrate/ftwin-migrate/migrate"
 	"github.com/ftwin-migrate/ftwin-migrate/scenario"
@@ -170,4 +172,67 @@ func TestReplayRollbacks(t *testing.T) {
 	}
 	res := finish(t, s)
 	assertExactlyOnce(t, res)
+}
+
+// TestReplayRefusedWithoutCapability: a twin whose hook does not offer replay is refused
+// --mode replay in the preflight, with the reason and the way out, untouched; it then moves by
+// stop-and-copy, exactly once.
+func TestReplayRefusedWithoutCapability(t *testing.T) {
+	s := startTwin(t, broker.Embedded, "10.231.73.0/24", []string{"cloud", "fog"}, func(c *scenario.Config) {
+		c.TwinArgs = append(c.TwinArgs, "-no-replay")
+	})
+	ctx := context.Background()
+	m := s.MigrateReplay(ctx, "fog")
+	if m.Err == nil || !strings.Contains(m.Err.Error(), "cannot be migrated by replay") || !strings.Contains(m.Err.Error(), "--mode stop-and-copy") {
+		t.Fatalf("replay of a twin without the capability: %v, want a refusal naming stop-and-copy", m.Err)
+	}
+	if p := m.Report.Phases; len(p) != 2 || p[0].Name != migrate.Preflight || p[0].Error == "" {
+		t.Errorf("phases %+v: want only the preflight, failed, and the rollback", p)
+	}
+	if m := s.Migrate(ctx, "fog"); m.Err != nil {
+		t.Fatalf("stop-and-copy: %v", m.Err)
+	}
+	if err := s.WaitProcessing(ctx, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	assertExactlyOnce(t, finish(t, s))
+}
+
+// TestBrokerRestartDuringMigration restarts the Apache Kafka broker in the middle of a
+// migration, once by stop-and-copy (while the frozen source's image crosses the link) and once
+// by replay (while the shadow catches up): both commit, and the twin stays exactly once.
+func TestBrokerRestartDuringMigration(t *testing.T) {
+	if brokerKinds(t)[0] != broker.Apache {
+		t.Fatal("a broker restart needs Apache Kafka: run `make install`")
+	}
+	s := startTwin(t, broker.Apache, "10.231.74.0/24", []string{"cloud", "fog"}, nil)
+	ctx := context.Background()
+	restart := func() {
+		start := time.Now()
+		if err := s.Lab.RestartBroker(ctx); err != nil {
+			t.Errorf("restart the broker: %v", err)
+		}
+		t.Logf("broker restarted in %v", time.Since(start).Round(time.Millisecond))
+	}
+	m := s.MigrateWith(ctx, "fog", onRequest("/criu-image", func(next http.RoundTripper, r *http.Request) (*http.Response, error) {
+		return next.RoundTrip(midBody(r, restart))
+	}))
+	if m.Err != nil {
+		t.Fatalf("stop-and-copy with a broker restart during the transfer: %v", m.Err)
+	}
+	if err := s.WaitProcessing(ctx, 2*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	m = s.MigrateReplay(ctx, "cloud", func(o *migrate.Options) {
+		o.MaxLag = -1
+		o.CatchUpProgress = func(kafkahooks.Status) { once.Do(restart) }
+	})
+	if m.Err != nil {
+		t.Fatalf("replay with a broker restart during the catch-up: %v", m.Err)
+	}
+	if err := s.WaitProcessing(ctx, 2*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	assertExactlyOnce(t, finish(t, s))
 }

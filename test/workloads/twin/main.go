@@ -39,6 +39,7 @@ func main() {
 	flag.BoolVar(&cfg.RebuildFromChangelog, "rebuild-from-changelog", false, "write every state change to the changelog topic and rebuild the state from there at start")
 	flag.BoolVar(&cfg.Standby, "standby", false, "keep a standby replica from the changelog; take over as -instance-id on SIGUSR1")
 	flag.BoolVar(&cfg.Digest, "digest", false, "compute the state digest after a rebuild or takeover and at exit (status line state_digest)")
+	flag.BoolVar(&cfg.NoReplay, "no-replay", false, "do not offer migration by replay (hook capability replay): stop-and-copy only")
 	flag.BoolVar(&cfg.Nondeterministic, "nondeterministic", false, "test knob: processes non-deterministically (the processing time goes into the state), so that a replayed copy's state differs: for testing replay migration's digest check")
 	flag.DurationVar(&cfg.SessionTimeout, "session-timeout", 45*time.Second, "group session timeout")
 	flag.DurationVar(&cfg.TransactionTimeout, "transaction-timeout", 40*time.Second, "producer transaction timeout (a move without hooks must finish within it)")

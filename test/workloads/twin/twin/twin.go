@@ -75,6 +75,9 @@ type Config struct {
 	// state: for testing replay migration's digest check. Without it the state is a pure
 	// function of the input records applied in order per device.
 	Nondeterministic bool
+	// NoReplay hides the twin's state digest from its hook (no capability replay): it then
+	// moves only by stop-and-copy, like an application of hook protocol 1.
+	NoReplay bool
 	// SessionTimeout is the group session timeout. Default 45s.
 	SessionTimeout time.Duration
 	// TransactionTimeout is the producer's transaction timeout. Default: kgo's (40s). A move
@@ -201,6 +204,9 @@ func New(cfg Config) (*Twin, error) {
 	}
 	if cfg.Transactional {
 		lc.TransactionalID = TransactionalID(cfg.InstanceID)
+	}
+	if cfg.NoReplay {
+		lc.Digest = nil
 	}
 	if t.loop, err = kafkahooks.NewLoop(lc); err != nil {
 		return nil, err

@@ -1,7 +1,9 @@
 // Package bench moves the digital twin with every method side by side, in one run, repeated:
-// ftwin-migrate, containerd's checkpoint/restore done carefully (and, if asked, plainly), a
-// Kafka-native restart that rebuilds the whole state from its changelog, a warm standby that
-// takes over, and the CRIU floor, over a grid of state sizes, links and event rates. Every
+// ftwin-migrate (stop-and-copy, and by replay: a snapshot of the running twin caught up from
+// the Kafka log, then a short cutover), containerd's checkpoint/restore done carefully (and,
+// if asked, plainly), a Kafka-native restart that rebuilds the whole state from its changelog,
+// a warm standby that takes over, and the CRIU floor, over a grid of state sizes, links and
+// event rates. Every
 // metric has one definition for every method (package verify's timeline, cgroup CPU
 // accounting, link counters); see README's Benchmark section. Machines are noisy: compare the
 // medians measured together, with their ranges, not numbers across runs.
@@ -26,7 +28,7 @@ import (
 )
 
 // Methods run by default, in the order each cell runs them.
-var Methods = []string{scenario.MethodFloor, scenario.MethodFtwin, scenario.MethodContainerd, scenario.MethodRestart, scenario.MethodStandby}
+var Methods = []string{scenario.MethodFloor, scenario.MethodFtwin, scenario.MethodReplay, scenario.MethodContainerd, scenario.MethodRestart, scenario.MethodStandby}
 
 // AllMethods adds the plain containerd path (uncompressed, everything resent).
 var AllMethods = append(slices.Clone(Methods), scenario.MethodNaive)
@@ -43,6 +45,17 @@ type Cell struct {
 	Repeats int `json:"repeats,omitempty"`
 }
 
+// Skip is a method left out at a state size.
+type Skip struct {
+	Method   string `json:"method"`
+	StateMiB int    `json:"state_mib"`
+}
+
+// skips reports whether cfg leaves method out in cell c.
+func (c *Config) skips(cell Cell, method string) bool {
+	return slices.Contains(c.Skip, Skip{Method: method, StateMiB: cell.StateMiB})
+}
+
 // CapacityShare is the high rate's share of the measured capacity.
 const CapacityShare = 0.8
 
@@ -54,6 +67,9 @@ type Config struct {
 	Methods []string
 	// Repeats is how many times each cell runs every method. Default 5.
 	Repeats int
+	// Skip leaves a method out at a state size (at every link and rate), to fit a run into a
+	// budget; the report says what was left out.
+	Skip []Skip
 	// DigestRepeats is how many of the first repeats run the twins with -digest, proving the
 	// rebuilt or taken-over state equal to the source's (it costs a pass over the state on
 	// both sides, in the measured time). Default 1.
@@ -101,6 +117,11 @@ type Run struct {
 	// Latency of the readings taken from the dwell before the move on: sensor timestamp to
 	// output.
 	Latency scenario.LatencyMs `json:"latency_ms"`
+	// SteadyP99Ms is the p99 latency of the readings taken in the dwell before the move (from
+	// t0 to the move's start), MoveP99Ms of those taken during the move (its start to its
+	// return).
+	SteadyP99Ms float64 `json:"latency_steady_p99_ms"`
+	MoveP99Ms   float64 `json:"latency_move_p99_ms"`
 	// CPUSeconds is the CPU time of every process involved from the move's start to output
 	// resuming, beyond what the same processes used at the baseline rate before the move.
 	CPUSeconds float64 `json:"cpu_seconds"`
@@ -117,6 +138,14 @@ type Run struct {
 	// The mover's own view and CRIU's.
 	MoverDowntimeMs float64 `json:"mover_downtime_ms"`
 	FrozenMs        float64 `json:"criu_frozen_ms"`
+	// The replay method's (ftwin-migrate-replay) view, from its report: the source's pause
+	// for its snapshot (prepare, CRIU's dump leaving it running, release; FrozenMs is CRIU's
+	// part of it), how long the shadow took to catch up and how many records it replayed, and
+	// the source's pause at the cutover (prepare at the boundary to the shadow's takeover).
+	SnapshotPauseMs float64 `json:"snapshot_pause_ms,omitempty"`
+	CatchUpMs       float64 `json:"catch_up_ms,omitempty"`
+	Replayed        int64   `json:"replayed,omitempty"`
+	CutoverPauseMs  float64 `json:"cutover_pause_ms,omitempty"`
 	TotalMs         float64 `json:"total_ms"`
 	EventsIn        int64   `json:"events_in"`
 	EventsOut       int64   `json:"events_out"`
@@ -124,9 +153,12 @@ type Run struct {
 	Duplicated      int64   `json:"duplicated"`
 	Rebalances      int     `json:"rebalances"`
 	// Digest: the run compared the target's state digest with the source's; DigestEqual is
-	// the outcome.
-	DigestChecked bool `json:"digest_checked,omitempty"`
-	DigestEqual   bool `json:"digest_equal,omitempty"`
+	// the outcome. SourceDigest and TargetDigest are the two (for a replay, the source's and
+	// the copy's at the cutover boundary: every replay run compares them).
+	DigestChecked bool   `json:"digest_checked,omitempty"`
+	DigestEqual   bool   `json:"digest_equal,omitempty"`
+	SourceDigest  string `json:"source_digest,omitempty"`
+	TargetDigest  string `json:"target_digest,omitempty"`
 	// Standby is the standby's cost while nothing moves (kafka-standby runs).
 	Standby *StandbyCost `json:"standby,omitempty"`
 	Error   string       `json:"error,omitempty"`
@@ -169,7 +201,9 @@ type Results struct {
 	// CPUAccounting says whether cgroup CPU accounting worked (else CPU columns are 0).
 	CPUAccounting bool   `json:"cpu_accounting"`
 	Cells         []Cell `json:"cells"`
-	Runs          []Run  `json:"runs"`
+	// Skipped are the methods left out at a state size (Config.Skip).
+	Skipped []Skip `json:"skipped,omitempty"`
+	Runs    []Run  `json:"runs"`
 	// Replaced are failed runs that Retry measured again (in Runs now), kept with their errors.
 	Replaced []Run `json:"replaced,omitempty"`
 }
@@ -229,7 +263,7 @@ func Measure(ctx context.Context, cfg Config) (*Results, error) {
 	cfg.defaults()
 	host, _ := os.Hostname()
 	res := &Results{Started: time.Now(), Host: host, CPUs: runtime.NumCPU(), Repeats: cfg.Repeats, Devices: cfg.Devices,
-		DwellS: cfg.Dwell.Seconds(), Broker: string(cfg.Broker), BandwidthMBps: map[int]float64{}}
+		DwellS: cfg.Dwell.Seconds(), Broker: string(cfg.Broker), BandwidthMBps: map[int]float64{}, Skipped: cfg.Skip}
 	defer func() { res.Finished = time.Now() }()
 	cg, err := joinCPUGroup(cfg.Name)
 	if err != nil {
@@ -264,7 +298,11 @@ func Measure(ctx context.Context, cfg Config) (*Results, error) {
 		if cells[i].Repeats == 0 {
 			cells[i].Repeats = cfg.Repeats
 		}
-		total += cells[i].Repeats * len(cfg.Methods)
+		for _, method := range cfg.Methods {
+			if !cfg.skips(cells[i], method) {
+				total += cells[i].Repeats
+			}
+		}
 		most = max(most, cells[i].Repeats)
 	}
 	n := 0
@@ -274,6 +312,9 @@ func Measure(ctx context.Context, cfg Config) (*Results, error) {
 				continue
 			}
 			for _, method := range cfg.Methods {
+				if cfg.skips(cell, method) {
+					continue
+				}
 				n++
 				fmt.Fprintf(cfg.Log, "bench: [%d/%d %s] %s, %d MiB, %s, %.0f events/s, repeat %d ...\n", n, total,
 					time.Since(res.Started).Round(time.Second), method, cell.StateMiB, linkName(cell.LinkMbit), cell.Rate, rep+1)
@@ -432,6 +473,8 @@ func measureOne(ctx context.Context, cfg Config, res *Results, cg *cpuGroup, cel
 	switch method {
 	case scenario.MethodFtwin:
 		m = s.Migrate(ctx, dst.Name)
+	case scenario.MethodReplay:
+		m = s.MigrateReplay(ctx, dst.Name)
 	case scenario.MethodContainerd:
 		m = s.MoveContainerd(ctx, dst.Name)
 	case scenario.MethodNaive:
@@ -461,12 +504,15 @@ func measureOne(ctx context.Context, cfg Config, res *Results, cg *cpuGroup, cel
 	run.EventsIn, run.EventsOut, run.Lost, run.Duplicated, run.Rebalances = out.EventsIn, out.EventsOut, out.Lost, out.Duplicated, out.Rebalances
 	run.RunGapMs, run.IntervalMs = out.StreamGapMs, out.IntervalMs
 	run.Latency = latencySince(out.Events, t0)
+	run.SteadyP99Ms = latencyBetween(out.Events, t0, m.Start).P99
+	run.MoveP99Ms = latencyBetween(out.Events, m.Start, m.End).P99
 	if len(out.Migrations) != 1 {
 		return fail(fmt.Errorf("bench: %d migrations recorded, want 1", len(out.Migrations)))
 	}
 	mr := out.Migrations[0]
 	run.StreamGapMs, run.DowntimeMs, run.Pauses, run.ResumedMs, run.ThroughputEPS = mr.StreamGapMs, mr.DowntimeMs, mr.Pauses, mr.ResumedMs, mr.ThroughputEPS
 	run.MoverDowntimeMs, run.FrozenMs, run.TotalMs = mr.MoverDowntimeMs, mr.FrozenMs, mr.TotalMs
+	run.SnapshotPauseMs, run.CatchUpMs, run.Replayed, run.CutoverPauseMs = mr.SnapshotPauseMs, mr.CatchUpMs, mr.Replayed, mr.CutoverPauseMs
 	run.MovedBytes, run.SkippedBytes = mr.BytesSent, mr.SkippedBytes
 
 	// Counters over the move's window [start, resumed]; CPU beyond the baseline: the lower of
@@ -497,8 +543,9 @@ func measureOne(ctx context.Context, cfg Config, res *Results, cg *cpuGroup, cel
 	if run.WireBytes > 0 {
 		run.Compression = float64(run.MovedBytes) / float64(run.WireBytes)
 	}
-	if digest {
+	if digest || method == scenario.MethodReplay {
 		run.DigestChecked = true
+		run.SourceDigest, run.TargetDigest = mr.SourceDigest, mr.TargetDigest
 		run.DigestEqual = mr.SourceDigest != "" && mr.SourceDigest == mr.TargetDigest
 		if !run.DigestEqual && run.Error == "" {
 			run.Error = fmt.Sprintf("state digest: source %q, target %q", mr.SourceDigest, mr.TargetDigest)
@@ -522,9 +569,15 @@ const settle = time.Second
 // latencySince is the latency of the readings the sensors took from t0 on (the measured part
 // of the run: the dwell before the move, the move, the dwell after it).
 func latencySince(events []verify.Event, t0 time.Time) scenario.LatencyMs {
+	return latencyBetween(events, t0, time.Time{})
+}
+
+// latencyBetween is the latency of the readings the sensors took in [from, to] (to zero: no
+// end).
+func latencyBetween(events []verify.Event, from, to time.Time) scenario.LatencyMs {
 	var in []verify.Event
 	for _, e := range events {
-		if e.SensorNS >= t0.UnixNano() {
+		if e.SensorNS >= from.UnixNano() && (to.IsZero() || e.SensorNS <= to.UnixNano()) {
 			in = append(in, e)
 		}
 	}

@@ -142,6 +142,13 @@ func (r *Results) WriteMarkdown(w io.Writer) error {
 	if len(r.Replaced) > 0 {
 		fmt.Fprintf(w, " %d runs failed for a reason outside the benchmark and were measured again (`--retry-failed`; the failures are in bench.json under \"replaced\").", len(r.Replaced))
 	}
+	if len(r.Skipped) > 0 {
+		var sk []string
+		for _, x := range r.Skipped {
+			sk = append(sk, fmt.Sprintf("%s at %d MiB", x.Method, x.StateMiB))
+		}
+		fmt.Fprintf(w, " Not run, to fit the run's time budget (`--skip`): %s.", strings.Join(sk, ", "))
+	}
 	if !r.CPUAccounting {
 		fmt.Fprint(w, " CPU: cgroup accounting was unavailable (CPU columns are 0).")
 	}
@@ -202,6 +209,7 @@ func (r *Results) WriteMarkdown(w io.Writer) error {
 			compression(g),
 			okCol, digests)
 	}
+	r.writeReplay(w, gs)
 	// The standby's cost while nothing moves.
 	var rows []string
 	for _, g := range gs {
@@ -328,7 +336,7 @@ func (r *Results) WriteSVG(w io.Writer) error {
 		fmt.Fprintf(w, `<line x1="%.1f" x2="%.1f" y1="%d" y2="%d" stroke="#ddd"/><text x="%.1f" y="%d" text-anchor="middle">%g MiB</text>`+"\n", x, x, top, H-bottom, x, H-bottom+16, s)
 	}
 	fmt.Fprintf(w, `<text x="%d" y="%d" text-anchor="middle">twin state size</text>`+"\n", (left+W-right)/2, H-10)
-	colors := map[string]string{scenario.MethodFtwin: "#1f77b4", scenario.MethodContainerd: "#ff7f0e", scenario.MethodNaive: "#d62728",
+	colors := map[string]string{scenario.MethodFtwin: "#1f77b4", scenario.MethodReplay: "#17becf", scenario.MethodContainerd: "#ff7f0e", scenario.MethodNaive: "#d62728",
 		scenario.MethodRestart: "#2ca02c", scenario.MethodStandby: "#9467bd", scenario.MethodFloor: "#7f7f7f"}
 	dashes := map[int]string{0: "", 100: ` stroke-dasharray="6,4"`, 20: ` stroke-dasharray="2,3"`}
 	var keys []key
@@ -371,4 +379,189 @@ func (r *Results) WriteSVG(w io.Writer) error {
 	}
 	_, err := fmt.Fprintln(w, "</svg>")
 	return err
+}
+
+// Issue 10's goals for the replay method, checked per cell in the report (never asserted).
+const (
+	// replayGapOverFrozenMs and replayGapFloorMs: the replay's stream gap is at most
+	// max(the source's CRIU frozen time + replayGapOverFrozenMs, replayGapFloorMs).
+	replayGapOverFrozenMs = 100
+	replayGapFloorMs      = 250
+	// replayCutoverP99Ms bounds the cutover pause's p99 (on Apache Kafka).
+	replayCutoverP99Ms = 150
+	// replayRatioGoal is how many times shorter than stop-and-copy's the replay's stream gap
+	// is at replayRatioState MiB over replayRatioLink Mbit/s, in the same run.
+	replayRatioGoal  = 20
+	replayRatioState = 512
+	replayRatioLink  = 100
+)
+
+// replayGapBound is the replay goal's bound on a run's stream gap, in ms.
+func replayGapBound(x Run) float64 {
+	return math.Max(x.FrozenMs+replayGapOverFrozenMs, replayGapFloorMs)
+}
+
+// replayLatencyOK: the p99 latency of the readings taken during the move is at most twice the
+// steady p99 plus the cutover pause.
+func replayLatencyOK(x Run) bool { return x.MoveP99Ms <= 2*x.SteadyP99Ms+x.CutoverPauseMs }
+
+// pairedRatios is, for every OK replay run of g's cell, the stop-and-copy (ftwin-migrate)
+// stream gap of the same repeat over the replay's: the two ran one after the other.
+func (r *Results) pairedRatios(g group) []float64 {
+	var out []float64
+	for _, x := range g.runs {
+		for _, y := range r.Runs {
+			if y.Cell == x.Cell && y.Method == scenario.MethodFtwin && y.Repeat == x.Repeat && y.OK() && x.StreamGapMs > 0 {
+				out = append(out, y.StreamGapMs/x.StreamGapMs)
+			}
+		}
+	}
+	return out
+}
+
+// writeReplay writes the replay method's pauses and the goal checks, per cell; nothing when no
+// replay ran.
+func (r *Results) writeReplay(w io.Writer, gs []group) {
+	var rg []group
+	for _, g := range gs {
+		if g.method == scenario.MethodReplay {
+			rg = append(rg, g)
+		}
+	}
+	if len(rg) == 0 {
+		return
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "Replay (ftwin-migrate-replay), the migrator's view: the source's snapshot pause (its prepare at a boundary, containerd's checkpoint call with CRIU's dump leaving it running, its release: the twin holds at the boundary throughout; CRIU frozen is CRIU's part of it, snapshot − frozen the rest), the shadow's catch-up from the Kafka log and the records it replayed, and the source's cutover pause (its prepare at the cutover boundary to the shadow's takeover). Latency p99 steady: readings taken in the dwell before the move; during: readings taken during the move. Digests: the source's and the copy's at the cutover boundary, compared in every run. Medians (min–max).")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "| state | link | events/s | stream gap ms | snapshot pause ms | CRIU frozen ms | snapshot − frozen ms | cutover pause ms | catch-up ms | replayed | latency p99 steady / during ms | stop-and-copy gap / replay gap | digests equal | rebalances | ok |")
+	fmt.Fprintln(w, "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+	var checks []string
+	var cutovers []float64
+	for _, g := range rg {
+		all := r.cellRuns(g.cell, g.method)
+		var equal, checked, rebalances int
+		var lost, dup int64
+		for _, x := range all {
+			if x.DigestChecked {
+				checked++
+				if x.DigestEqual {
+					equal++
+				}
+			}
+			rebalances += x.Rebalances
+			lost += x.Lost
+			dup += x.Duplicated
+		}
+		okCol := fmt.Sprintf("%d/%d", len(g.runs), len(all))
+		if g.failed > 0 {
+			okCol += " " + firstError(r, g)
+		}
+		ratio := statOf(r.pairedRatios(g))
+		if len(g.runs) == 0 {
+			fmt.Fprintf(w, "| %d MiB | %s | %s | – | – | – | – | – | – | – | – | – | %d/%d | %d | %s |\n", g.cell.StateMiB, linkName(g.cell.LinkMbit), rateName(g.cell),
+				equal, checked, rebalances, okCol)
+		} else {
+			fmt.Fprintf(w, "| %d MiB | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s / %s | %s | %d/%d | %d | %s |\n",
+				g.cell.StateMiB, linkName(g.cell.LinkMbit), rateName(g.cell),
+				g.stat(func(x Run) float64 { return x.StreamGapMs }).fmtRange("%.0f"),
+				g.stat(func(x Run) float64 { return x.SnapshotPauseMs }).fmtRange("%.0f"),
+				g.stat(func(x Run) float64 { return x.FrozenMs }).fmtRange("%.0f"),
+				g.stat(func(x Run) float64 { return x.SnapshotPauseMs - x.FrozenMs }).fmtRange("%.0f"),
+				g.stat(func(x Run) float64 { return x.CutoverPauseMs }).fmtRange("%.0f"),
+				g.stat(func(x Run) float64 { return x.CatchUpMs }).fmtRange("%.0f"),
+				g.stat(func(x Run) float64 { return float64(x.Replayed) }).fmt("%.0f"),
+				g.stat(func(x Run) float64 { return x.SteadyP99Ms }).fmt("%.0f"),
+				g.stat(func(x Run) float64 { return x.MoveP99Ms }).fmtRange("%.0f"),
+				ratio.fmtRange("%.1f×"),
+				equal, checked, rebalances, okCol)
+		}
+		for _, x := range g.runs {
+			cutovers = append(cutovers, x.CutoverPauseMs)
+		}
+		checks = append(checks, r.replayCheck(g, ratio, lost, dup, rebalances, equal, checked, len(all)))
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintf(w, "Goal checks (issue 10; measured, not asserted): stream gap ≤ max(CRIU frozen + %d ms, %d ms) in every run; at %d MiB over %d Mbit/s at least %d× shorter than stop-and-copy's (ftwin-migrate, the same repeat); cutover pause ≤ %d ms p99 on Apache Kafka; latency p99 during the move ≤ 2× steady + the cutover pause; nothing lost or duplicated, no rebalance, digests equal in every run.\n\n",
+		replayGapOverFrozenMs, replayGapFloorMs, replayRatioState, replayRatioLink, replayRatioGoal, replayCutoverP99Ms)
+	for _, c := range checks {
+		fmt.Fprintln(w, c)
+	}
+	if len(cutovers) > 0 {
+		p99 := nearestRank(cutovers, 0.99)
+		fmt.Fprintf(w, "- All cells: cutover pause p99 %.0f ms over %d runs (nearest rank; the longest), %s broker: %s.\n", p99, len(cutovers), r.Broker,
+			goalWord(p99 <= replayCutoverP99Ms, fmt.Sprintf("%.0f ms over %d ms", p99-replayCutoverP99Ms, replayCutoverP99Ms)))
+	}
+}
+
+// cellRuns is every run of the cell and method, failed ones too.
+func (r *Results) cellRuns(c Cell, method string) []Run {
+	var out []Run
+	for _, x := range r.Runs {
+		if x.Cell == c && x.Method == method {
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+// replayCheck is the goal check line of one replay cell.
+func (r *Results) replayCheck(g group, ratio stat, lost, dup int64, rebalances, equal, checked, n int) string {
+	var parts []string
+	if len(g.runs) > 0 {
+		met, worst, worstRun := 0, math.Inf(-1), Run{}
+		latMet := 0
+		for _, x := range g.runs {
+			over := x.StreamGapMs - replayGapBound(x)
+			if over <= 0 {
+				met++
+			}
+			if over > worst {
+				worst, worstRun = over, x
+			}
+			if replayLatencyOK(x) {
+				latMet++
+			}
+		}
+		gap := fmt.Sprintf("gap ≤ max(frozen + %d, %d) ms: %s (%d/%d runs within; worst: %.0f ms against its bound %.0f ms, %+.0f ms)",
+			replayGapOverFrozenMs, replayGapFloorMs, metWord(met == len(g.runs)), met, len(g.runs), worstRun.StreamGapMs, replayGapBound(worstRun), worst)
+		parts = append(parts, gap)
+		if !math.IsNaN(ratio.med) {
+			rs := "stop-and-copy / replay gap " + ratio.fmtRange("%.1f×")
+			if g.cell.StateMiB == replayRatioState && g.cell.LinkMbit == replayRatioLink && !g.cell.HighRate {
+				rs += fmt.Sprintf(" (goal ≥ %d×: %s)", replayRatioGoal, goalWord(ratio.lo >= replayRatioGoal,
+					fmt.Sprintf("lowest %.1f×", ratio.lo)))
+			}
+			parts = append(parts, rs)
+		}
+		cut := g.stat(func(x Run) float64 { return x.CutoverPauseMs })
+		parts = append(parts, fmt.Sprintf("cutover pause longest %.0f ms (≤ %d ms: %s)", cut.hi, replayCutoverP99Ms, metWord(cut.hi <= replayCutoverP99Ms)))
+		parts = append(parts, fmt.Sprintf("latency p99 during ≤ 2× steady + cutover: %s (%d/%d runs within)", metWord(latMet == len(g.runs)), latMet, len(g.runs)))
+	}
+	clean := lost == 0 && dup == 0 && rebalances == 0 && checked == n && equal == checked && len(g.runs) == n
+	parts = append(parts, fmt.Sprintf("%d lost, %d duplicated, %d rebalances, digests equal %d/%d, %d/%d runs ok (%s)", lost, dup, rebalances, equal, n, len(g.runs), n, metWord(clean)))
+	return fmt.Sprintf("- %d MiB, %s, %s/s: %s.", g.cell.StateMiB, linkName(g.cell.LinkMbit), rateName(g.cell), strings.Join(parts, "; "))
+}
+
+func metWord(ok bool) string {
+	if ok {
+		return "met"
+	}
+	return "missed"
+}
+
+// goalWord is "met", or "missed (why)".
+func goalWord(ok bool, why string) string {
+	if ok {
+		return "met"
+	}
+	return "missed (" + why + ")"
+}
+
+// nearestRank is the nearest-rank q-quantile of xs (q in (0, 1]).
+func nearestRank(xs []float64, q float64) float64 {
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	i := int(math.Ceil(q*float64(len(s)))) - 1
+	return s[max(0, min(i, len(s)-1))]
 }

@@ -399,6 +399,14 @@ type MigrationResult struct {
 	SourceDigest string  `json:"source_digest,omitempty"`
 	TargetDigest string  `json:"target_digest,omitempty"`
 	Boundary     string  `json:"boundary,omitempty"`
+	// SnapshotPauseMs and CutoverPauseMs are, for MethodReplay, the source's two pauses as
+	// the migrator measured them (Migration.SnapshotPause, CutoverPause); CatchUpMs is how
+	// long the shadow took to come within MaxLag and Replayed the records it applied
+	// (Report.Replay).
+	SnapshotPauseMs float64 `json:"snapshot_pause_ms,omitempty"`
+	CutoverPauseMs  float64 `json:"cutover_pause_ms,omitempty"`
+	CatchUpMs       float64 `json:"catch_up_ms,omitempty"`
+	Replayed        int64   `json:"replayed,omitempty"`
 	// BoundaryChecked: the broker's committed offsets and the restored copy's resume position
 	// both equal the boundary.
 	BoundaryChecked bool `json:"boundary_checked"`
@@ -441,7 +449,8 @@ func (s *Scenario) Finish(ctx context.Context) (Result, error) {
 			ResumedMs: ms(mv.Resumed.Sub(m.Start)), ThroughputEPS: mv.Throughput,
 			MoverDowntimeMs: ms(m.Downtime), TotalMs: ms(m.End.Sub(m.Start)), FrozenMs: ms(m.Frozen),
 			BytesSent: m.Bytes, WireBytes: m.WireBytes, SkippedBytes: m.Skipped, CompressedBytes: m.Compressed,
-			CPUSeconds: m.CPU.Seconds(), SourceDigest: m.SourceDigest, TargetDigest: m.TargetDigest}
+			CPUSeconds: m.CPU.Seconds(), SourceDigest: m.SourceDigest, TargetDigest: m.TargetDigest,
+			SnapshotPauseMs: ms(m.SnapshotPause), CutoverPauseMs: ms(m.CutoverPause)}
 		if m.Err != nil {
 			mr.Result, mr.Error = "rolled back", m.Err.Error()
 		}
@@ -451,6 +460,9 @@ func (s *Scenario) Finish(ctx context.Context) (Result, error) {
 			}
 			if b := r.Boundary; b != nil {
 				mr.Boundary = b.Offsets.String()
+			}
+			if rp := r.Replay; rp != nil {
+				mr.CatchUpMs, mr.Replayed = ms(rp.CatchUp), rp.Replayed
 			}
 		}
 		res.Migrations = append(res.Migrations, mr)

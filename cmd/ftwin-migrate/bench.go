@@ -5,6 +5,8 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
 
 	"github.com/urfave/cli/v2"
 
@@ -15,7 +17,7 @@ import (
 func benchCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "bench",
-		Usage: "move the twin with every method side by side (ftwin-migrate, containerd, Kafka restart, warm standby, CRIU floor), repeated, and write the table and plot",
+		Usage: "move the twin with every method side by side (ftwin-migrate stop-and-copy and replay, containerd, Kafka restart, warm standby, CRIU floor), repeated, and write the table and plot",
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "short", Usage: "the CI version: 16 MiB, unthrottled and 100 Mbit/s, every method once"},
 			&cli.IntSliceFlag{Name: "state-mib", Value: cli.NewIntSlice(16, 128, 512), Usage: "twin state sizes"},
@@ -25,6 +27,7 @@ func benchCommand() *cli.Command {
 			&cli.BoolFlag{Name: "high-rate", Value: true, Usage: "add a cell at 80% of the twin's measured capacity, unthrottled, at --extra-state-mib"},
 			&cli.IntFlag{Name: "extra-state-mib", Value: 128, Usage: "state size of the thin-link and high-rate cells"},
 			&cli.StringSliceFlag{Name: "method", Usage: "methods to run (default: " + fmt.Sprint(bench.Methods) + "; also " + bench.AllMethods[len(bench.AllMethods)-1] + ")"},
+			&cli.StringSliceFlag{Name: "skip", Usage: "leave a method out at a state size, as METHOD:STATE_MIB (e.g. kafka-restart:16), to fit a budget; the report says so"},
 			&cli.Float64Flag{Name: "rate", Value: 200, Usage: "sensor events per second (the base rate)"},
 			&cli.IntFlag{Name: "repeats", Value: 5, Usage: "runs of every method per cell"},
 			&cli.IntFlag{Name: "repeats-heavy", Value: 3, Usage: "runs per cell for the long cells: states above --extra-state-mib, the thin link, the high rate"},
@@ -95,6 +98,13 @@ func benchCommand() *cli.Command {
 					return fmt.Errorf("--method %q: want one of %v", m, bench.AllMethods)
 				}
 			}
+			for _, x := range c.StringSlice("skip") {
+				sk, err := parseSkip(x)
+				if err != nil {
+					return err
+				}
+				cfg.Skip = append(cfg.Skip, sk)
+			}
 			var res *bench.Results
 			if p := c.String("retry-failed"); p != "" {
 				if res, err = bench.Load(p); err == nil {
@@ -119,4 +129,17 @@ func benchCommand() *cli.Command {
 			return nil
 		},
 	}
+}
+
+// parseSkip reads --skip METHOD:STATE_MIB.
+func parseSkip(s string) (bench.Skip, error) {
+	method, state, ok := strings.Cut(s, ":")
+	n, err := strconv.Atoi(state)
+	if !ok || err != nil || n <= 0 {
+		return bench.Skip{}, fmt.Errorf("--skip %q: want METHOD:STATE_MIB, e.g. kafka-restart:16", s)
+	}
+	if !slices.Contains(bench.AllMethods, method) {
+		return bench.Skip{}, fmt.Errorf("--skip %q: method %q: want one of %v", s, method, bench.AllMethods)
+	}
+	return bench.Skip{Method: method, StateMiB: n}, nil
 }

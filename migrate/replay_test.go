@@ -121,7 +121,7 @@ func (h *replayHook) run(t *testing.T, o Options) (*Report, error) {
 
 var replaySuccessCalls = []string{
 	"source.Running", "target.Hello", "source.CPUInfo", "target.CheckCPU", "hook.Status", "target.Open", // preflight
-	"source.SetMigrating", "hook.Prepare", "source.Checkpoint", "hook.Release", // snapshot
+	"source.SetMigrating", "hook.Prepare", "source.Freeze", "source.Checkpoint", "source.Thaw", "hook.Release", // snapshot
 	"target.Missing", "target.PutDir", // transfer
 	"target.Restore", "hook.Shadow", // restore, as a shadow
 	"hook.ShadowStatus", "source.Running", "hook.ShadowStatus", "source.Running", "hook.ShadowStatus", "source.Running", // catch-up: lag 800, 120, 0
@@ -151,7 +151,7 @@ func TestReplayCommits(t *testing.T) {
 		t.Errorf("after commit: source works %v, removed %v; copy works %v, committed %v", src, h.srcRemoved, tgt, h.committed)
 	}
 	if h.srcFrozen {
-		t.Error("a replay migration froze the source")
+		t.Error("a replay migration left the source frozen")
 	}
 	r := rep.Replay
 	if rep.Result != Committed || rep.Mode != "replay" || r == nil || !r.TookOver || r.SourceDigest != "d" || r.CopyDigest != "d" ||
@@ -176,7 +176,8 @@ func TestReplayRollsBack(t *testing.T) {
 		msg   string
 	}{
 		{"prepare fails", func(h *replayHook) { h.fail["hook.Prepare"] = errInjected }, Snapshot, []string{undoRelease, undoLabel, undoAbort}, ""},
-		{"checkpoint fails", func(h *replayHook) { h.fail["source.Checkpoint"] = errInjected }, Snapshot, []string{undoRelease, undoLabel, undoAbort}, ""},
+		{"checkpoint fails", func(h *replayHook) { h.fail["source.Checkpoint"] = errInjected }, Snapshot, []string{undoThaw, undoRelease, undoLabel, undoAbort}, ""},
+		{"freeze fails", func(h *replayHook) { h.fail["source.Freeze"] = errInjected }, Snapshot, []string{undoRelease, undoLabel, undoAbort}, ""},
 		{"transfer cut", func(h *replayHook) { h.fail["target.PutDir"] = errInjected }, Transfer, []string{undoRelease, undoLabel, undoAbort}, ""},
 		{"shadow restore fails", func(h *replayHook) { h.fail["target.Restore"] = errInjected }, Restore, []string{undoAbort, undoRelease, undoLabel}, ""},
 		{"shadow refused", func(h *replayHook) { h.fail["hook.Shadow"] = errInjected }, Restore, []string{undoAbort, undoRelease, undoLabel}, ""},

@@ -58,6 +58,11 @@ func (s *undoStack) pushUndo(u undo) {
 	*s = append(*s, u)
 }
 
+// drop removes the undo called name: the phase undid it itself (a thaw after its dump).
+func (s *undoStack) drop(name string) {
+	*s = slices.DeleteFunc(*s, func(o undo) bool { return o.name == name })
+}
+
 // unwind runs the undos from the top down, each under a context of its own (localTimeout or
 // remoteTimeout), and reports every one: a failed undo does not stop the ones below it.
 func (s undoStack) unwind(ctx context.Context, localTimeout, remoteTimeout time.Duration) []UndoReport {

@@ -45,7 +45,19 @@ func NewClient(rt http.RoundTripper, where string) *Client {
 func (c *Client) Prepare(ctx context.Context) (Boundary, error) {
 	var b Boundary
 	_, err := c.call(ctx, "prepare", http.MethodPost, "/v1/prepare", 2, nil, &b)
+	if err == nil {
+		err = spokenIn("prepare", b.Protocol)
+	}
 	return b, err
+}
+
+// spokenIn refuses an answer whose "protocol" field names a version this client does not
+// speak (a server's answer says the version of the request it answers).
+func spokenIn(op string, v int) error {
+	if v < MinVersion || v > Version {
+		return fmt.Errorf("kafkahooks: %s: the answer speaks protocol %d, this client %d to %d", op, v, MinVersion, Version)
+	}
+	return nil
 }
 
 // Resume tells the restored application (or a shadow: it takes over) to continue from its
@@ -53,6 +65,9 @@ func (c *Client) Prepare(ctx context.Context) (Boundary, error) {
 func (c *Client) Resume(ctx context.Context) (Offsets, error) {
 	var r resumeResponse
 	_, err := c.call(ctx, "resume", http.MethodPost, "/v1/resume", 1, nil, &r)
+	if err == nil {
+		err = spokenIn("resume", r.Protocol)
+	}
 	return r.Offsets, err
 }
 
@@ -67,6 +82,9 @@ func (c *Client) Abort(ctx context.Context) error {
 func (c *Client) Status(ctx context.Context) (Status, error) {
 	var s Status
 	server, err := c.call(ctx, "status", http.MethodGet, "/v1/status", 2, nil, &s)
+	if err == nil {
+		err = spokenIn("status", s.Protocol)
+	}
 	if err == nil && server > 0 {
 		s.Protocol = server
 	}
@@ -77,6 +95,9 @@ func (c *Client) Status(ctx context.Context) (Status, error) {
 func (c *Client) Release(ctx context.Context) (Offsets, error) {
 	var r resumeResponse
 	_, err := c.call(ctx, "release", http.MethodPost, "/v2/release", 2, nil, &r)
+	if err == nil && r.Protocol != 2 {
+		err = fmt.Errorf("kafkahooks: release: the answer speaks protocol %d, want 2", r.Protocol)
+	}
 	return r.Offsets, err
 }
 
@@ -84,6 +105,9 @@ func (c *Client) Release(ctx context.Context) (Offsets, error) {
 func (c *Client) Shadow(ctx context.Context) (Offsets, error) {
 	var r resumeResponse
 	_, err := c.call(ctx, "shadow", http.MethodPost, "/v2/shadow", 2, nil, &r)
+	if err == nil && r.Protocol != 2 {
+		err = fmt.Errorf("kafkahooks: shadow: the answer speaks protocol %d, want 2", r.Protocol)
+	}
 	return r.Offsets, err
 }
 
@@ -96,6 +120,9 @@ func (c *Client) Advance(ctx context.Context, to Offsets) (Advanced, error) {
 		return a, fmt.Errorf("kafkahooks: advance: encode the offsets: %w", err)
 	}
 	_, err = c.call(ctx, "advance", http.MethodPost, "/v2/advance", 2, body, &a)
+	if err == nil && a.Protocol != 2 {
+		err = fmt.Errorf("kafkahooks: advance: the answer speaks protocol %d, want 2", a.Protocol)
+	}
 	return a, err
 }
 

@@ -61,11 +61,18 @@ func FuzzClient(f *testing.F) {
 	f.Add([]byte("garbage"))
 	f.Fuzz(func(t *testing.T, resp []byte) {
 		c := NewClient(rawTransport{resp}, "fuzz")
-		if b, err := c.Prepare(context.Background()); err == nil && b.Protocol != Version {
+		if b, err := c.Prepare(context.Background()); err == nil && (b.Protocol < MinVersion || b.Protocol > Version) {
 			t.Fatalf("prepare accepted protocol %d", b.Protocol)
 		}
 		_, _ = c.Resume(context.Background())
-		_, _ = c.Status(context.Background())
+		if s, err := c.Status(context.Background()); err == nil && (s.Protocol < MinVersion || s.Protocol > Version) {
+			t.Fatalf("status accepted protocol %d", s.Protocol)
+		}
 		_ = c.Abort(context.Background())
+		_, _ = c.Release(context.Background())
+		_, _ = c.Shadow(context.Background())
+		if a, err := c.Advance(context.Background(), Offsets{"sensors": {0: 1}}); err == nil && a.Protocol != 2 {
+			t.Fatalf("advance accepted protocol %d", a.Protocol)
+		}
 	})
 }

@@ -18,38 +18,13 @@ import (
 // the lab network: a tar stream over a plain TCP connection from host from to host to (like scp,
 // without encryption or compression), so link throttling applies. It returns the bytes sent.
 func CopyDir(ctx context.Context, from, to *Host, src, dst string) (int64, error) {
-	ln, err := to.Listen("tcp", net.JoinHostPort(to.IP, "0"))
+	wire, err := stream(ctx, from, to,
+		func(w io.Writer) error { return tarDir(w, src) },
+		func(r io.Reader) error { return untar(r, dst) })
 	if err != nil {
-		return 0, err
+		return wire, fmt.Errorf("lab: copy %s from %s to %s: %w", src, from.Name, to.Name, err)
 	}
-	defer ln.Close()
-	recv := make(chan error, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			recv <- err
-			return
-		}
-		defer c.Close()
-		recv <- untar(c, dst)
-	}()
-	conn, err := from.DialContext(ctx, "tcp", ln.Addr().String())
-	if err != nil {
-		return 0, err
-	}
-	cw := &countWriter{w: conn}
-	err = tarDir(cw, src)
-	if cerr := conn.(*net.TCPConn).CloseWrite(); err == nil {
-		err = cerr
-	}
-	if rerr := <-recv; err == nil {
-		err = rerr
-	}
-	conn.Close()
-	if err != nil {
-		return cw.n, fmt.Errorf("lab: copy %s from %s to %s: %w", src, from.Name, to.Name, err)
-	}
-	return cw.n, nil
+	return wire, nil
 }
 
 // CopyDirZstd copies directory src to dst from host from to host to as a careful admin would
@@ -57,9 +32,40 @@ func CopyDir(ctx context.Context, from, to *Host, src, dst string) (int64, error
 // connection, leaving out the files skip names (paths relative to src, slash-separated).
 // It returns the tar bytes before compression and the bytes that crossed the link.
 func CopyDirZstd(ctx context.Context, from, to *Host, src, dst string, skip func(rel string) bool) (raw, wire int64, err error) {
+	wire, err = stream(ctx, from, to,
+		func(w io.Writer) error {
+			enc, err := zstd.NewWriter(w, zstd.WithEncoderLevel(zstd.SpeedFastest))
+			if err != nil {
+				return err
+			}
+			tw := &countWriter{w: enc}
+			err = tarDirSkip(tw, src, skip)
+			raw = tw.n
+			if cerr := enc.Close(); err == nil {
+				err = cerr
+			}
+			return err
+		},
+		func(r io.Reader) error {
+			dec, err := zstd.NewReader(r)
+			if err != nil {
+				return err
+			}
+			defer dec.Close()
+			return untar(dec, dst)
+		})
+	if err != nil {
+		return raw, wire, fmt.Errorf("lab: copy %s from %s to %s through zstd: %w", src, from.Name, to.Name, err)
+	}
+	return raw, wire, nil
+}
+
+// stream runs send on host from and receive on host to, over one plain TCP connection between
+// them, and returns the bytes that crossed it.
+func stream(ctx context.Context, from, to *Host, send func(io.Writer) error, receive func(io.Reader) error) (int64, error) {
 	ln, err := to.Listen("tcp", net.JoinHostPort(to.IP, "0"))
 	if err != nil {
-		return 0, 0, err
+		return 0, err
 	}
 	defer ln.Close()
 	recv := make(chan error, 1)
@@ -70,40 +76,22 @@ func CopyDirZstd(ctx context.Context, from, to *Host, src, dst string, skip func
 			return
 		}
 		defer c.Close()
-		dec, err := zstd.NewReader(c)
-		if err != nil {
-			recv <- err
-			return
-		}
-		defer dec.Close()
-		recv <- untar(dec, dst)
+		recv <- receive(c)
 	}()
 	conn, err := from.DialContext(ctx, "tcp", ln.Addr().String())
 	if err != nil {
-		return 0, 0, err
+		return 0, err
 	}
+	defer conn.Close()
 	cw := &countWriter{w: conn}
-	enc, err := zstd.NewWriter(cw, zstd.WithEncoderLevel(zstd.SpeedFastest))
-	if err != nil {
-		conn.Close()
-		return 0, 0, err
-	}
-	tw := &countWriter{w: enc}
-	err = tarDirSkip(tw, src, skip)
-	if cerr := enc.Close(); err == nil {
-		err = cerr
-	}
+	err = send(cw)
 	if cerr := conn.(*net.TCPConn).CloseWrite(); err == nil {
 		err = cerr
 	}
 	if rerr := <-recv; err == nil {
 		err = rerr
 	}
-	conn.Close()
-	if err != nil {
-		return tw.n, cw.n, fmt.Errorf("lab: copy %s from %s to %s through zstd: %w", src, from.Name, to.Name, err)
-	}
-	return tw.n, cw.n, nil
+	return cw.n, err
 }
 
 type countWriter struct {

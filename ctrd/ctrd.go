@@ -42,6 +42,12 @@ type Config struct {
 	Env []string
 	// StartTimeout bounds the wait for the socket to answer. Default 20s.
 	StartTimeout time.Duration
+	// Binary is the daemon to run: a name looked up on PATH or a path. Default "containerd";
+	// containerd-ftwin is containerd with the ftwin-migrate plugin (cmd/containerd-ftwin).
+	Binary string
+	// ExtraConfig is TOML appended to the daemon's config.toml, e.g. a plugin's section
+	// ([plugins."io.containerd.grpc.v1.ftwin-migrate"]).
+	ExtraConfig string
 }
 
 // Daemon is a running containerd started by Start.
@@ -68,9 +74,12 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 	if cfg.StartTimeout == 0 {
 		cfg.StartTimeout = 20 * time.Second
 	}
-	for _, tool := range []string{"containerd", "unshare", "nsenter"} {
+	if cfg.Binary == "" {
+		cfg.Binary = "containerd"
+	}
+	for _, tool := range []string{cfg.Binary, "unshare", "nsenter"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			return nil, fmt.Errorf("ctrd: %s not found on PATH (run `make install`): %w", tool, err)
+			return nil, fmt.Errorf("ctrd: %s not found (run `make install`): %w", tool, err)
 		}
 	}
 	for _, d := range []string{"root", "run", "tmp"} {
@@ -82,7 +91,7 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 		return nil, fmt.Errorf("ctrd: create mount point /run/containerd: %w", err)
 	}
 	confPath := filepath.Join(cfg.Dir, "config.toml")
-	if err := os.WriteFile(confPath, []byte(configTOML(cfg.Dir)), 0o644); err != nil {
+	if err := os.WriteFile(confPath, []byte(configTOML(cfg.Dir)+cfg.ExtraConfig), 0o644); err != nil {
 		return nil, fmt.Errorf("ctrd: write %s: %w", confPath, err)
 	}
 	logf, err := os.OpenFile(filepath.Join(cfg.Dir, "containerd.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
@@ -91,8 +100,9 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 	}
 	defer logf.Close()
 
-	script := fmt.Sprintf("mount --bind %s /run/containerd && exec containerd --config %s",
-		shellQuote(filepath.Join(cfg.Dir, "run")), shellQuote(confPath))
+	bin, _ := exec.LookPath(cfg.Binary)
+	script := fmt.Sprintf("mount --bind %s /run/containerd && exec %s --config %s",
+		shellQuote(filepath.Join(cfg.Dir, "run")), shellQuote(bin), shellQuote(confPath))
 	args := []string{"unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script}
 	if cfg.NetNS != "" {
 		args = append([]string{"nsenter", "--net=" + cfg.NetNS, "--"}, args...)

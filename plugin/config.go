@@ -12,8 +12,8 @@ import (
 	"time"
 
 	"github.com/containerd/containerd/v2/pkg/identifiers"
-	"github.com/pelletier/go-toml/v2"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"github.com/pelletier/go-toml/v2"
 
 	"github.com/ftwin-migrate/ftwin-migrate/agent"
 	"github.com/ftwin-migrate/ftwin-migrate/pki"

@@ -14,8 +14,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/durationpb"
 
-	api "github.com/ftwin-migrate/ftwin-migrate/api/services/migrate/v1"
 	"github.com/ftwin-migrate/ftwin-migrate/agent"
+	api "github.com/ftwin-migrate/ftwin-migrate/api/services/migrate/v1"
 	"github.com/ftwin-migrate/ftwin-migrate/checkpoint"
 	"github.com/ftwin-migrate/ftwin-migrate/hooksock"
 	"github.com/ftwin-migrate/ftwin-migrate/internal/agentserver"

@@ -6,8 +6,10 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
+	"os/exec"
 	"slices"
 	"strings"
 	"testing"
@@ -116,6 +118,8 @@ func TestPluginTwin(t *testing.T) {
 	daemon := testbin.Build(t, pluginDaemonPkg)
 	kind := brokerKinds(t)[0]
 	var runs []grpcMigration
+	var cli string // set: the next migration goes through `ftwin-migrate migrate --via-containerd`
+	grpcMigrator := plainGRPCMigrator(t, &runs)
 	s := startTwin(t, kind, "10.240.1.0/24", []string{"cloud", "fog", "edge"}, func(c *scenario.Config) {
 		c.Lab.Name = pluginLabName()
 		c.Lab.Plugin, c.Lab.Daemon = true, daemon
@@ -126,7 +130,18 @@ func TestPluginTwin(t *testing.T) {
 				pc.Receive.AllowHostNamespaces = nil
 			}
 		}
-		c.Migrator = plainGRPCMigrator(t, &runs)
+		c.Migrator = func(ctx context.Context, from *lab.Host, o migrate.Options) (*migrate.Report, error) {
+			if cli == "" {
+				return grpcMigrator(ctx, from, o)
+			}
+			out, err := exec.CommandContext(ctx, cli, "--address", from.Address(), "--namespace", o.Namespace, "migrate", "--via-containerd",
+				"--to", o.Target, "--brokers", strings.Join(o.Brokers, ","), "--json", o.Container).Output()
+			var rep migrate.Report
+			if jerr := json.Unmarshal(out, &rep); jerr != nil {
+				return nil, fmt.Errorf("the CLI's report: %v (%v)\n%s", jerr, err, out)
+			}
+			return &rep, err
+		}
 	})
 	if len(s.Agents()) != 0 {
 		t.Fatalf("in-process agents run on a plugin lab: %v", s.Agents())
@@ -207,6 +222,16 @@ func TestPluginTwin(t *testing.T) {
 			t.Error(err)
 		}
 	})
+
+	// The CLI drives the same service: `ftwin-migrate migrate --via-containerd` on the
+	// source's socket prints the report it streamed.
+	cli = testbin.Build(t, "github.com/ftwin-migrate/ftwin-migrate/cmd/ftwin-migrate")
+	time.Sleep(time.Second)
+	m := s.Migrate(ctx, "fog")
+	if m.Err != nil || m.Report == nil || m.Report.Result != migrate.Committed || m.Report.Target == nil || m.Report.Target.Host != "fog" {
+		t.Fatalf("ftwin-migrate migrate --via-containerd cloud→fog: %v, report %+v", m.Err, m.Report)
+	}
+	t.Logf("cloud→fog through the CLI and the plugin: downtime %v", m.Report.Downtime)
 
 	time.Sleep(2 * time.Second)
 	res := finish(t, s)

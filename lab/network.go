@@ -112,7 +112,9 @@ func releaseAddress(labDir string, n ContainerNet) {
 // ContainerNetNS is the name of container id's network namespace on the host. Lab and host
 // names have no '.', so no host's own namespace (ftl-LAB-HOST) is ever taken for it, and
 // teardown finds it with the host's.
-func (h *Host) ContainerNetNS(id string) string { return fmt.Sprintf("ftl-%s-%s.%s", h.lab, h.Name, id) }
+func (h *Host) ContainerNetNS(id string) string {
+	return fmt.Sprintf("ftl-%s-%s.%s", h.lab, h.Name, id)
+}
 
 // hostVeth is the host-side end of container id's link: interface names hold 15 bytes, so a
 // hash of the namespace's name.

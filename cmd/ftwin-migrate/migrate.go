@@ -205,9 +205,9 @@ func migrateCommand() *cli.Command {
 				if o.TLS, err = pki.ClientConfig(c.String("pki"), host, peerName(c)); err != nil {
 					return err
 				}
-				client, _, err := connect(c)
-				if err != nil {
-					return err
+				client, _, cerr := connect(c)
+				if cerr != nil {
+					return cerr
 				}
 				defer client.Close()
 				rep, err = migrate.Migrate(c.Context, client, o)

@@ -40,6 +40,9 @@ func Migrate(ctx context.Context, conn grpc.ClientConnInterface, req *api.Migrat
 			return rep, nil
 		}
 		if err != nil {
+			if rep == nil {
+				return nil, fmt.Errorf("migrate %s through containerd's plugin %s: %w", req.GetContainerId(), URI, errgrpc.ToNative(err))
+			}
 			return rep, errgrpc.ToNative(err)
 		}
 		if onEvent != nil {

@@ -182,7 +182,11 @@ func TestPluginTwin(t *testing.T) {
 		if g.rep.BoundaryCheck == nil || !g.rep.BoundaryCheck.CommittedBefore {
 			t.Errorf("migration %d: the boundary was not checked against the broker: %+v", i, g.rep.BoundaryCheck)
 		}
-		t.Logf("%s→%s through the plugin: downtime %v, total %v, %d bytes", m.From, m.To, g.rep.Downtime, g.rep.Total, g.rep.Transfer.BytesSent)
+		var took []string
+		for _, p := range g.rep.Phases {
+			took = append(took, fmt.Sprintf("%s %v", p.Name, p.Duration.Round(time.Millisecond)))
+		}
+		t.Logf("%s→%s through the plugin: downtime %v, total %v, %d bytes; %s", m.From, m.To, g.rep.Downtime, g.rep.Total, g.rep.Transfer.BytesSent, strings.Join(took, ", "))
 	}
 
 	t.Run("rollback", func(t *testing.T) {

@@ -19,7 +19,6 @@ build:
 	$(GO) build -o $(BIN)/ftwin-migrate ./cmd/ftwin-migrate
 	CGO_ENABLED=0 $(GO) build -o $(BIN)/counter ./test/workloads/counter
 	CGO_ENABLED=0 $(GO) build -o $(BIN)/twin ./test/workloads/twin
-	CGO_ENABLED=0 $(GO) build -tags no_btrfs -o $(BIN)/containerd-ftwin ./cmd/containerd-ftwin
 
 demo: install build
 	$(BIN)/ftwin-migrate demo

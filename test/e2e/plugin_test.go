@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	containerd "github.com/containerd/containerd/v2/client"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -221,6 +222,68 @@ func TestPluginTwin(t *testing.T) {
 		edge, _ := s.Lab.Host("edge")
 		if ids := containers(t, edge); len(ids) != 0 {
 			t.Errorf("edge holds %v after the rollback", ids)
+		}
+		if err := s.WaitProcessing(ctx, 30*time.Second); err != nil {
+			t.Error(err)
+		}
+	})
+
+	t.Run("client gone", func(t *testing.T) {
+		// A client that goes away mid-migration cancels it: the daemon rolls back on its own,
+		// as the CLI does when interrupted.
+		cloud, _ := s.Lab.Host("cloud")
+		fog, _ := s.Lab.Host("fog")
+		time.Sleep(time.Second)
+		conn, err := plugin.Dial(cloud.Address())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		cctx, cancel := context.WithCancel(metadata.AppendToOutgoingContext(ctx, "containerd-namespace", lab.Namespace))
+		defer cancel()
+		stream, err := api.NewMigrateClient(conn).Migrate(cctx, &api.MigrateRequest{ContainerId: scenario.ContainerID, Target: fog.AgentAddr(), Brokers: s.Brokers})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for {
+			ev, err := stream.Recv()
+			if err != nil {
+				if status.Code(err) != codes.Canceled {
+					t.Errorf("the cancelled call ended with %v, want CANCELED", err)
+				}
+				break
+			}
+			if p := ev.GetPhase(); p != nil && p.Name == string(migrate.Transfer) && !p.Done {
+				cancel() // the source is frozen and its checkpoint on its way
+			}
+			if ev.GetReport() != nil {
+				t.Fatalf("the migration ended (%s) before the client went away", ev.GetReport().Result)
+			}
+		}
+		client, err := cloud.Client()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer client.Close()
+		lctx := lab.Context(ctx)
+		deadline := time.Now().Add(time.Minute)
+		for {
+			c, err := client.LoadContainer(lctx, scenario.ContainerID)
+			var st containerd.Status
+			var labels map[string]string
+			if err == nil {
+				labels, _ = c.Labels(lctx)
+				if task, terr := c.Task(lctx, nil); terr == nil {
+					st, _ = task.Status(lctx)
+				}
+			}
+			if st.Status == containerd.Running && labels[migrate.MigratingLabel] == "" && len(containers(t, fog)) == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("a minute after the client went away: source %v (labels %v, %v), fog holds %v", st.Status, labels, err, containers(t, fog))
+			}
+			time.Sleep(200 * time.Millisecond)
 		}
 		if err := s.WaitProcessing(ctx, 30*time.Second); err != nil {
 			t.Error(err)

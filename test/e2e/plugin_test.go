@@ -383,6 +383,12 @@ func TestPluginConfigRefused(t *testing.T) {
 		if status.Code(err) != codes.NotFound {
 			t.Errorf("Recover of a container that does not exist: %v, want NOT_FOUND", err)
 		}
+		// The CLI's recover asks the same service.
+		cli := testbin.Build(t, "github.com/ftwin-migrate/ftwin-migrate/cmd/ftwin-migrate")
+		out, err := exec.Command(cli, "--address", d.Address(), "recover", "--via-containerd", "nothere").CombinedOutput()
+		if err == nil || !strings.Contains(string(out), "not found") || !strings.Contains(string(out), plugin.URI) {
+			t.Errorf("recover --via-containerd of a container that does not exist: %v\n%s", err, out)
+		}
 		// A malformed request is INVALID_ARGUMENT, before anything happens.
 		_, err = migrateStreamErr(nctx, conn, &api.MigrateRequest{ContainerId: "nothere", Target: "no-port"})
 		if status.Code(err) != codes.InvalidArgument {

@@ -28,6 +28,7 @@ import (
 
 	containerd "github.com/containerd/containerd/v2/client"
 	srvconfig "github.com/containerd/containerd/v2/cmd/containerd/server/config"
+	"github.com/containerd/containerd/v2/defaults"
 	"github.com/containerd/containerd/v2/plugins"
 	"github.com/containerd/log"
 	ctrdplugin "github.com/containerd/plugin"
@@ -120,9 +121,10 @@ func startReceive(cfg Config, client *containerd.Client) (*agentserver.Server, e
 }
 
 // CheckServerConfig checks the plugin's section of a containerd configuration (loaded with
-// srvconfig.LoadConfig) strictly — unknown keys are refused, where containerd only warns —
-// and validates it. A configuration that disables the plugin passes. root is containerd's
-// root directory (for the default work_dir).
+// srvconfig.LoadConfig; the zero Config is containerd's defaults) strictly — unknown keys are
+// refused, where containerd only warns — and validates it with its defaults filled in (the
+// default work_dir is under c.Root, or containerd's default root). A configuration that
+// disables the plugin passes.
 func CheckServerConfig(c *srvconfig.Config) error {
 	for _, d := range c.DisabledPlugins {
 		if d == URI {
@@ -133,5 +135,9 @@ func CheckServerConfig(c *srvconfig.Config) error {
 	if err != nil {
 		return err
 	}
-	return cfg.withDefaults(filepath.Join(c.Root, URI)).Validate()
+	root := c.Root
+	if root == "" {
+		root = defaults.DefaultRootDir
+	}
+	return cfg.withDefaults(filepath.Join(root, URI)).Validate()
 }

@@ -242,3 +242,27 @@ func TestOptions(t *testing.T) {
 func agentRequest(ns, id string) agent.SessionRequest {
 	return agent.SessionRequest{Namespace: ns, Container: id}
 }
+
+// TestCheckServerConfigDefaultRoot: a config.toml without root (containerd's default) gets the
+// default work_dir under /var/lib/containerd; containerd's defaults alone (no file) are
+// checked too, and fail only for what is missing (the default PKI), naming it.
+func TestCheckServerConfigDefaultRoot(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "config.toml")
+	if err := os.WriteFile(p, []byte(fmt.Sprintf("version = 3\n[plugins.%q]\n  host = \"node1\"\n  pki = %q\n", URI, testPKI(t))), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var c srvconfig.Config
+	if err := srvconfig.LoadConfig(context.Background(), p, &c); err != nil {
+		t.Fatal(err)
+	}
+	if err := CheckServerConfig(&c); err != nil {
+		t.Errorf("no root: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(DefaultPKI, "ca.crt")); err == nil {
+		t.Skip("this machine has a PKI in " + DefaultPKI)
+	}
+	err := CheckServerConfig(&srvconfig.Config{})
+	if err == nil || !strings.Contains(err.Error(), "pki: "+DefaultPKI) || strings.Contains(err.Error(), "work_dir") {
+		t.Errorf("containerd's defaults: %v", err)
+	}
+}

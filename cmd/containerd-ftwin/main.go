@@ -49,20 +49,25 @@ func main() {
 }
 
 // checkConfig loads the configuration as containerd's command does (the file at --config if
-// it exists or was given, with the plugins' migrations) and checks the plugin's section.
+// it exists or was given, with the plugins' migrations; else containerd's defaults, and so the
+// plugin's), applies --root, and checks the plugin's section.
 func checkConfig(ctx context.Context, cmd *cli.Command) error {
 	path := cmd.String("config")
-	if _, err := os.Stat(path); os.IsNotExist(err) && !cmd.IsSet("config") {
-		return nil // no file: the plugin's defaults, which it checks itself as it loads
-	}
 	var cfg srvconfig.Config
-	g := registry.Graph(func(*ctrdplugin.Registration) bool { return false })
-	regs := func() iter.Seq[ctrdplugin.Registration] { return slices.Values(g) }
-	if err := srvconfig.LoadConfigWithPlugins(ctx, path, regs, &cfg); err != nil {
-		return err
+	if _, err := os.Stat(path); !os.IsNotExist(err) || cmd.IsSet("config") {
+		g := registry.Graph(func(*ctrdplugin.Registration) bool { return false })
+		regs := func() iter.Seq[ctrdplugin.Registration] { return slices.Values(g) }
+		if err := srvconfig.LoadConfigWithPlugins(ctx, path, regs, &cfg); err != nil {
+			return err
+		}
+	} else {
+		path = "the default configuration (no " + path + ")"
+	}
+	if cmd.IsSet("root") {
+		cfg.Root = cmd.String("root")
 	}
 	if err := plugin.CheckServerConfig(&cfg); err != nil {
-		return fmt.Errorf("%s: %w", path, err)
+		return fmt.Errorf("%s: %w (or disable the plugin: disabled_plugins = [%q])", path, err, plugin.URI)
 	}
 	return nil
 }

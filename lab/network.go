@@ -16,6 +16,7 @@ import (
 
 	"github.com/opencontainers/runtime-spec/specs-go"
 
+	"github.com/ftwin-migrate/ftwin-migrate/agent"
 	"github.com/ftwin-migrate/ftwin-migrate/ctrd"
 )
 
@@ -254,4 +255,57 @@ func withNetNS(path string) func(*specs.Spec) error {
 		s.Linux.Namespaces = append(s.Linux.Namespaces, specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: path})
 		return nil
 	}
+}
+
+// HostNetwork is a lab host's side of container addresses that move (see network.go): the
+// source's for package migrate (migrate.SourceNetwork) and the target's for its agent
+// (agent.Network). Containers are found by id; the containerd namespace is the lab's.
+type HostNetwork struct{ h *Host }
+
+// Network returns the host's HostNetwork.
+func (h *Host) Network() HostNetwork { return HostNetwork{h} }
+
+// Address returns container id's own address, or nil when it is on the host's network.
+func (n HostNetwork) Address(_ context.Context, _, id string) (*agent.ContainerAddress, error) {
+	if _, err := os.Stat(filepath.Join("/run/netns", n.h.ContainerNetNS(id))); errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	cn, err := n.h.readContainerNet(id)
+	if err != nil {
+		return nil, err
+	}
+	return &agent.ContainerAddress{IP: cn.Addr.String(), MAC: cn.MAC.String()}, nil
+}
+
+// Disconnect takes container id's address off the network from this host.
+func (n HostNetwork) Disconnect(ctx context.Context, _, id string) error {
+	return n.h.SetContainerLinkUp(ctx, id, false)
+}
+
+// Reconnect puts it back and announces it.
+func (n HostNetwork) Reconnect(ctx context.Context, _, id string) error {
+	return n.h.SetContainerLinkUp(ctx, id, true)
+}
+
+// Connect is Reconnect, for the target's side.
+func (n HostNetwork) Connect(ctx context.Context, _, id string) error {
+	return n.h.SetContainerLinkUp(ctx, id, true)
+}
+
+// Prepare makes container id's network namespace on this host with address a, its link down.
+func (n HostNetwork) Prepare(ctx context.Context, _, id string, a agent.ContainerAddress) (string, error) {
+	var cn ContainerNet
+	var err error
+	if cn.Addr, err = netip.ParsePrefix(a.IP); err != nil {
+		return "", fmt.Errorf("lab: container address %q: %w", a.IP, err)
+	}
+	if cn.MAC, err = net.ParseMAC(a.MAC); err != nil {
+		return "", fmt.Errorf("lab: container MAC %q: %w", a.MAC, err)
+	}
+	return n.h.plumbContainer(ctx, id, cn, false)
+}
+
+// Remove removes container id's network namespace from this host.
+func (n HostNetwork) Remove(ctx context.Context, _, id string) error {
+	return n.h.unplumbContainer(ctx, id)
 }

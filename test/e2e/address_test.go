@@ -2,12 +2,15 @@ package e2e
 
 import (
 	"context"
+	"os"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/ftwin-migrate/ftwin-migrate/agent"
 	"github.com/ftwin-migrate/ftwin-migrate/internal/counter/state"
 	"github.com/ftwin-migrate/ftwin-migrate/lab"
+	"github.com/ftwin-migrate/ftwin-migrate/migrate"
 )
 
 // TestOwnAddressKeepsTCP: a container with an address of its own on the lab network (its own
@@ -82,5 +85,87 @@ func TestOwnAddressKeepsTCP(t *testing.T) {
 	downed = true
 	if left := lab.Find(base, name); !left.Empty() {
 		t.Fatalf("lab down left %s", left)
+	}
+}
+
+// TestMigrateKeepsTCP: the same through the migration pipeline and the agents: the migrator
+// finds the container's own address (lab.Host.Network), takes it off the source's network
+// before the dump, the target's agent recreates and announces it after the restore, and the
+// connection carries on (--tcp established by default for such a container), cloud→fog→cloud;
+// the probe reaches the container at its own address from the target host.
+func TestMigrateKeepsTCP(t *testing.T) {
+	ml := newMigrationLab(t, nil)
+	cloud, fog := ml.Hosts[0], ml.Hosts[1]
+	srv := newLineServer(t, ml.BridgeIP+":0")
+	const id = "talker"
+	if err := cloud.Run(context.Background(), lab.Workload{ID: id, Binary: ml.bin, OwnAddress: true,
+		Args: []string{"-mem-mib", "8", "-interval", "50ms", "-listen", ":8080", "-connect", srv.ln.Addr().String()}}); err != nil {
+		t.Fatal(err)
+	}
+	const addr = "10.231.30.100"
+	first := srv.waitFrom(t, addr, func(s state.State) bool { return s.Tick >= 5 })
+	for _, hop := range []struct{ from, to *lab.Host }{{cloud, fog}, {fog, cloud}} {
+		before := lastState(t, hop.from, id)
+		rep, err := ml.migrate(t, hop.from, hop.to, id, func(o *migrate.Options) {
+			o.Network = hop.from.Network()
+			o.Probe = "http://" + addr + ":8080/healthz"
+		})
+		if err != nil {
+			t.Fatalf("migrate %s→%s: %v", hop.from.Name, hop.to.Name, err)
+		}
+		after := srv.waitFrom(t, addr, func(s state.State) bool { return s.Tick >= before.Tick+20 })
+		t.Logf("migrate %s→%s: downtime %v, phases %v; connection %s carries on", hop.from.Name, hop.to.Name, rep.Downtime, rep.Phases, after.PeerLocal)
+		if after.StartNS != first.StartNS || after.Reconnects != 0 || after.PeerLocal != first.PeerLocal || !after.MemOK {
+			t.Errorf("after the migration to %s the workload sends %+v; want the same process on the same connection (%s), no reconnect", hop.to.Name, after, first.PeerLocal)
+		}
+		if _, err := os.Stat("/run/netns/" + hop.from.ContainerNetNS(id)); !os.IsNotExist(err) {
+			t.Errorf("the source's network namespace of %s is still there after the commit (%v)", id, err)
+		}
+	}
+	srv.mu.Lock()
+	accepts, lines := srv.accepts, append([]sentLine(nil), srv.lines...)
+	srv.mu.Unlock()
+	if accepts != 1 {
+		t.Errorf("the peer accepted %d connections, want 1", accepts)
+	}
+	for i := 1; i < len(lines); i++ {
+		if lines[i].s.Tick != lines[i-1].s.Tick+1 {
+			t.Errorf("the peer received tick %d after tick %d", lines[i].s.Tick, lines[i-1].s.Tick)
+		}
+	}
+}
+
+// TestMigrateKeepsTCPOnRollback: a restore that fails on the target rolls back: the source's
+// address comes back on its network (announced again), the source thaws, and its connection
+// carries on as if nothing happened; the target keeps no network namespace of the container.
+func TestMigrateKeepsTCPOnRollback(t *testing.T) {
+	ml := newMigrationLab(t, map[string]func(*agent.Config){"fog": failRestore})
+	cloud, fog := ml.Hosts[0], ml.Hosts[1]
+	srv := newLineServer(t, ml.BridgeIP+":0")
+	const id = "talker"
+	if err := cloud.Run(context.Background(), lab.Workload{ID: id, Binary: ml.bin, OwnAddress: true,
+		Args: []string{"-mem-mib", "8", "-interval", "50ms", "-connect", srv.ln.Addr().String()}}); err != nil {
+		t.Fatal(err)
+	}
+	const addr = "10.231.30.100"
+	first := srv.waitFrom(t, addr, func(s state.State) bool { return s.Tick >= 5 })
+	rep, err := ml.migrate(t, cloud, fog, id, func(o *migrate.Options) { o.Network = cloud.Network() })
+	if err == nil {
+		t.Fatal("the migration succeeded; want the injected restore failure")
+	}
+	t.Logf("failed as injected: %v; undo %v", err, rep.Undo)
+	before := lastState(t, cloud, id)
+	after := srv.waitFrom(t, addr, func(s state.State) bool { return s.Tick >= before.Tick+20 })
+	if after.StartNS != first.StartNS || after.Reconnects != 0 || after.PeerLocal != first.PeerLocal {
+		t.Errorf("after the rollback the workload sends %+v; want the source on the same connection (%s), no reconnect", after, first.PeerLocal)
+	}
+	if _, err := os.Stat("/run/netns/" + fog.ContainerNetNS(id)); !os.IsNotExist(err) {
+		t.Errorf("the target kept a network namespace of %s after the rollback (%v)", id, err)
+	}
+	srv.mu.Lock()
+	accepts := srv.accepts
+	srv.mu.Unlock()
+	if accepts != 1 {
+		t.Errorf("the peer accepted %d connections, want 1", accepts)
 	}
 }

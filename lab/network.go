@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 
 	"github.com/opencontainers/runtime-spec/specs-go"
 
@@ -308,4 +309,22 @@ func (n HostNetwork) Prepare(ctx context.Context, _, id string, a agent.Containe
 // Remove removes container id's network namespace from this host.
 func (n HostNetwork) Remove(ctx context.Context, _, id string) error {
 	return n.h.unplumbContainer(ctx, id)
+}
+
+// ContainerConnections lists the established TCP connections of container id, which has an
+// address of its own, as "LOCAL PEER" pairs (ss(8) in its network namespace): how a test
+// tells a connection carried across a move from a new one.
+func (h *Host) ContainerConnections(ctx context.Context, id string) ([]string, error) {
+	out, err := exec.CommandContext(ctx, "ip", "netns", "exec", h.ContainerNetNS(id), "ss", "-Htn", "state", "established").Output()
+	if err != nil {
+		return nil, fmt.Errorf("lab: host %s: connections of container %s: %w", h.Name, id, err)
+	}
+	var conns []string
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		// Recv-Q Send-Q Local Peer (the state column is left out with a state filter).
+		if f := strings.Fields(line); len(f) >= 4 {
+			conns = append(conns, f[2]+" "+f[3])
+		}
+	}
+	return conns, nil
 }

@@ -3,14 +3,17 @@ package e2e
 import (
 	"context"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/ftwin-migrate/ftwin-migrate/agent"
+	"github.com/ftwin-migrate/ftwin-migrate/broker"
 	"github.com/ftwin-migrate/ftwin-migrate/internal/counter/state"
 	"github.com/ftwin-migrate/ftwin-migrate/lab"
 	"github.com/ftwin-migrate/ftwin-migrate/migrate"
+	"github.com/ftwin-migrate/ftwin-migrate/scenario"
 )
 
 // TestOwnAddressKeepsTCP: a container with an address of its own on the lab network (its own
@@ -167,5 +170,58 @@ func TestMigrateKeepsTCPOnRollback(t *testing.T) {
 	srv.mu.Unlock()
 	if accepts != 1 {
 		t.Errorf("the peer accepted %d connections, want 1", accepts)
+	}
+}
+
+// TestKafkaClientKeepsConnections: a Kafka client (the twin without hooks: frozen as it is,
+// mid-stream, its transaction open) with an address of its own is migrated cloud→fog→cloud; its
+// connections to the broker are the same ones afterwards (same local ports: no reconnect), and
+// every event is processed exactly once with no rebalance.
+func TestKafkaClientKeepsConnections(t *testing.T) {
+	s := startTwin(t, broker.Embedded, "10.231.79.0/24", []string{"cloud", "fog"}, func(c *scenario.Config) {
+		c.TwinArgs = []string{"-hook-socket", ""}
+		c.OwnAddress = true
+	})
+	ctx := context.Background()
+	broker := s.Brokers[0]
+	toBroker := func(h *lab.Host) []string {
+		conns, err := h.ContainerConnections(ctx, scenario.ContainerID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, c := range conns {
+			if strings.HasSuffix(c, " "+broker) {
+				out = append(out, c)
+			}
+		}
+		slices.Sort(out)
+		return out
+	}
+	time.Sleep(2 * time.Second)
+	before := toBroker(s.Lab.Hosts[0])
+	if len(before) == 0 {
+		t.Fatalf("the twin has no connection to the broker %s", broker)
+	}
+	for _, to := range []string{"fog", "cloud"} {
+		m := s.Migrate(ctx, to)
+		if m.Err != nil {
+			t.Fatalf("migrate %s→%s: %v", m.From, m.To, m.Err)
+		}
+		if m.Report.TCP != "established" || m.Report.Address == nil {
+			t.Errorf("migration %s→%s: tcp %q, address %v: want established, its own address", m.From, m.To, m.Report.TCP, m.Report.Address)
+		}
+		time.Sleep(2 * time.Second)
+		h, _ := s.Lab.Host(to)
+		if after := toBroker(h); !slices.Equal(after, before) {
+			t.Errorf("after the move to %s the twin's broker connections are %v, were %v: it reconnected", to, after, before)
+		} else {
+			t.Logf("after the move to %s (downtime %v) the same %d broker connections: %v", to, m.Report.Downtime, len(after), after)
+		}
+	}
+	res := finish(t, s)
+	assertExactlyOnce(t, res)
+	if res.Rebalances != 0 {
+		t.Errorf("the group rebalanced %d times", res.Rebalances)
 	}
 }

@@ -32,7 +32,6 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
-	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
 	"github.com/ftwin-migrate/ftwin-migrate/doctor"
@@ -659,23 +658,6 @@ func (p *progressReader) Read(b []byte) (int, error) {
 	return n, err
 }
 
-// setNetNS points a spec's network namespace at path ("" : a new one of the container's own).
-func setNetNS(path string) func(*specs.Spec) error {
-	return func(sp *specs.Spec) error {
-		if sp.Linux == nil {
-			sp.Linux = &specs.Linux{}
-		}
-		for i, ns := range sp.Linux.Namespaces {
-			if ns.Type == specs.NetworkNamespace {
-				sp.Linux.Namespaces[i].Path = path
-				return nil
-			}
-		}
-		sp.Linux.Namespaces = append(sp.Linux.Namespaces, specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: path})
-		return nil
-	}
-}
-
 func (a *Agent) sessionDir(id string) string { return filepath.Join(a.cfg.WorkDir, "sessions", id) }
 
 func (a *Agent) restore(ctx context.Context, s *session, w http.ResponseWriter, r *http.Request) {
@@ -727,7 +709,7 @@ func (a *Agent) restore(ctx context.Context, s *session, w http.ResponseWriter, 
 		}()
 		// The peer's network namespace path names a namespace of the source host: the policy
 		// judges the container as one with a namespace of its own, which it gets here.
-		netEdits = []restore.Opt{restore.WithSpecEdit(setNetNS("")), restore.WithSpecEdit(a.cfg.Policy.Check), restore.WithSpecEdit(setNetNS(nsPath))}
+		netEdits = []restore.Opt{restore.WithNetworkNamespace(""), restore.WithSpecEdit(a.cfg.Policy.Check), restore.WithNetworkNamespace(nsPath)}
 	} else {
 		// The policy sees the spec as the peer sent it, before this host's own edits.
 		netEdits = []restore.Opt{restore.WithSpecEdit(a.cfg.Policy.Check)}

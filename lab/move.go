@@ -147,7 +147,7 @@ func restoreOn(ctx context.Context, h *Host, client *containerd.Client, id, ref 
 	opts := []restore.Opt{restore.WithIO(io), restore.WithCgroupsPath(h.CgroupsPath(Namespace, id))}
 	if n != nil {
 		mode = restore.TCPEstablished
-		opts = append(opts, restore.WithSpecEdit(withNetNS(filepath.Join("/run/netns", h.ContainerNetNS(id)))),
+		opts = append(opts, restore.WithNetworkNamespace(filepath.Join("/run/netns", h.ContainerNetNS(id))),
 			restore.WithLabels(n.Labels()))
 	}
 	tcp, err := restore.WithTCP(mode, h.Dir)

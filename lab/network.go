@@ -15,8 +15,6 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/opencontainers/runtime-spec/specs-go"
-
 	"github.com/ftwin-migrate/ftwin-migrate/agent"
 	"github.com/ftwin-migrate/ftwin-migrate/ctrd"
 )
@@ -239,23 +237,6 @@ func (h *Host) unplumbContainer(ctx context.Context, id string) error {
 		return fmt.Errorf("lab: host %s: remove the network of container %s: %w", h.Name, id, err)
 	}
 	return nil
-}
-
-// withNetNS points a spec's network namespace at path.
-func withNetNS(path string) func(*specs.Spec) error {
-	return func(s *specs.Spec) error {
-		if s.Linux == nil {
-			s.Linux = &specs.Linux{}
-		}
-		for i, ns := range s.Linux.Namespaces {
-			if ns.Type == specs.NetworkNamespace {
-				s.Linux.Namespaces[i].Path = path
-				return nil
-			}
-		}
-		s.Linux.Namespaces = append(s.Linux.Namespaces, specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: path})
-		return nil
-	}
 }
 
 // HostNetwork is a lab host's side of container addresses that move (see network.go): the

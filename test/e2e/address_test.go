@@ -26,18 +26,7 @@ func TestOwnAddressKeepsTCP(t *testing.T) {
 	bin := buildCounter(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	base := t.TempDir()
-	name := labName(t)
-	l, err := lab.Up(ctx, lab.Config{Name: name, BaseDir: base, Hosts: []string{"cloud", "fog"}, Subnet: "10.231.77.0/24"})
-	if err != nil {
-		t.Fatalf("lab up: %v", err)
-	}
-	downed := false
-	t.Cleanup(func() {
-		if !downed {
-			_ = l.Down(context.Background())
-		}
-	})
+	l := upTwoHosts(t, ctx, "10.231.77.0/24")
 	cloud, fog := l.Hosts[0], l.Hosts[1]
 	srv := newLineServer(t, l.BridgeIP+":0")
 
@@ -69,26 +58,10 @@ func TestOwnAddressKeepsTCP(t *testing.T) {
 		}
 	}
 
-	srv.mu.Lock()
-	accepts, lines := srv.accepts, append([]sentLine(nil), srv.lines...)
-	srv.mu.Unlock()
-	if accepts != 1 {
-		t.Errorf("the peer accepted %d connections, want 1 (no reconnect across the moves)", accepts)
-	}
-	for i := 1; i < len(lines); i++ {
-		if lines[i].s.Tick != lines[i-1].s.Tick+1 {
-			t.Errorf("the peer received tick %d after tick %d: a line lost or repeated across a move", lines[i].s.Tick, lines[i-1].s.Tick)
-		}
-	}
-	t.Logf("the peer received ticks %d–%d on one connection", lines[0].s.Tick, lines[len(lines)-1].s.Tick)
+	firstTick, lastTick := srv.oneConnectionInOrder(t)
+	t.Logf("the peer received ticks %d–%d on one connection", firstTick, lastTick)
 
-	if err := l.Down(ctx); err != nil {
-		t.Fatalf("lab down: %v", err)
-	}
-	downed = true
-	if left := lab.Find(base, name); !left.Empty() {
-		t.Fatalf("lab down left %s", left)
-	}
+	l.downClean(t, ctx)
 }
 
 // TestMigrateKeepsTCP: the same through the migration pipeline and the agents: the migrator
@@ -125,17 +98,7 @@ func TestMigrateKeepsTCP(t *testing.T) {
 			t.Errorf("the source's network namespace of %s is still there after the commit (%v)", id, err)
 		}
 	}
-	srv.mu.Lock()
-	accepts, lines := srv.accepts, append([]sentLine(nil), srv.lines...)
-	srv.mu.Unlock()
-	if accepts != 1 {
-		t.Errorf("the peer accepted %d connections, want 1", accepts)
-	}
-	for i := 1; i < len(lines); i++ {
-		if lines[i].s.Tick != lines[i-1].s.Tick+1 {
-			t.Errorf("the peer received tick %d after tick %d", lines[i].s.Tick, lines[i-1].s.Tick)
-		}
-	}
+	srv.oneConnectionInOrder(t)
 }
 
 // TestMigrateKeepsTCPOnRollback: a restore that fails on the target rolls back: the source's
@@ -165,12 +128,7 @@ func TestMigrateKeepsTCPOnRollback(t *testing.T) {
 	if _, err := os.Stat("/run/netns/" + fog.ContainerNetNS(id)); !os.IsNotExist(err) {
 		t.Errorf("the target kept a network namespace of %s after the rollback (%v)", id, err)
 	}
-	srv.mu.Lock()
-	accepts := srv.accepts
-	srv.mu.Unlock()
-	if accepts != 1 {
-		t.Errorf("the peer accepted %d connections, want 1", accepts)
-	}
+	srv.oneConnectionInOrder(t)
 }
 
 // TestKafkaClientKeepsConnections: a Kafka client (the twin without hooks: frozen as it is,

@@ -93,7 +93,7 @@ func TestClocksAcrossHosts(t *testing.T) {
 		}
 		for i := 1; i < len(ticks); i++ {
 			gap := time.Duration(ticks[i].NowNS - ticks[i-1].NowNS)
-			if gap < 700*time.Millisecond || gap > 1300*time.Millisecond {
+			if gap < 500*time.Millisecond || gap > 2*time.Second { // wide: a loaded CI machine runs timers late
 				t.Errorf("move %s: ticks %d and %d are %v apart, want 1s", hop.what, ticks[i-1].Tick, ticks[i].Tick, gap)
 			}
 		}

@@ -73,8 +73,9 @@ func Dial(address string) (*grpc.ClientConn, error) {
 // Request is the request that asks the plugin for the migration o describes, as Migrate in
 // process would run it; peer is the target's name in the PKI (empty: the host of o.Target).
 // What only a process of its own can carry is left out: the TLS configuration (the plugin has
-// its own, from its PKI), a Hook, agent client options, progress callbacks, Kafka client
-// options and the work directory.
+// its own, from its PKI), a Hook, a Network (the plugin moves no container addresses: a
+// container of its own address on the lab network cannot move through it), agent client
+// options, progress callbacks, Kafka client options and the work directory.
 func Request(o migrate.Options, peer string) *api.MigrateRequest {
 	r := &api.MigrateRequest{
 		ContainerId: o.Container, Target: o.Target, Peer: peer, Probe: o.Probe, Tcp: string(o.TCP),

@@ -187,7 +187,7 @@ func TestOptions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if o.Namespace != "ftwin" || o.SourceHost != "node1" || o.TLS == nil || o.TCP != restore.TCPClose || o.HookMode != migrate.HookAuto ||
+	if o.Namespace != "ftwin" || o.SourceHost != "node1" || o.TLS == nil || o.TCP != "" || o.HookMode != migrate.HookAuto ||
 		o.HookSocket != migrate.DefaultHookSocket || o.Mode != migrate.ModeStopAndCopy || o.Settle != 0 || o.MaxLag != 0 || o.WorkDir != "/w/dumps" {
 		t.Errorf("defaults: %+v", o)
 	}

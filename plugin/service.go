@@ -169,8 +169,10 @@ func (s *Service) options(ns string, req *api.MigrateRequest) (migrate.Options, 
 	if err != nil || host == "" || port == "" {
 		return o, invalid("target %q: want the target's receive endpoint, host:port", o.Target)
 	}
-	if o.TCP, err = restore.ParseTCPMode(orDefault(req.GetTcp(), string(restore.TCPClose))); err != nil {
-		return o, invalid("tcp: %v", err)
+	if req.GetTcp() != "" { // else the pipeline's default: close (the plugin moves no container addresses)
+		if o.TCP, err = restore.ParseTCPMode(req.GetTcp()); err != nil {
+			return o, invalid("tcp: %v", err)
+		}
 	}
 	if o.HookMode, err = migrate.ParseHookMode(orDefault(req.GetHook(), "auto")); err != nil {
 		return o, invalid("hook: %v", err)

@@ -65,6 +65,10 @@ type Config struct {
 	// whose hosts run the plugin (Lab.Plugin: the daemons serve the receive role; use
 	// Lab.PluginEdit).
 	AgentEdit map[string]func(*agent.Config)
+	// OwnAddress runs the twin with an address of its own on the lab network, which moves with
+	// it (lab.Workload.OwnAddress): its broker connections are restored established and carry
+	// on. Default: the host's network, connections restored closed (the client reconnects).
+	OwnAddress bool
 	// Migrator runs a migration the scenario asks for (Migrate, MigrateWith) from host from.
 	// Default: migrate.Migrate in this process on from's containerd; on a lab whose hosts run
 	// the plugin (Lab.Plugin), the plugin on from's containerd socket (ViaPlugin).
@@ -192,7 +196,7 @@ func Start(ctx context.Context, cfg Config) (s *Scenario, err error) {
 	twin := lab.Workload{ID: ContainerID, Binary: cfg.TwinBinary, Args: append([]string{
 		"-brokers", strings.Join(s.Brokers, ","), "-group", Group, "-in", InputTopic, "-out", OutputTopic,
 		"-state-mib", fmt.Sprint(cfg.StateMiB), "-instance-id", "twin-1", "-devices", fmt.Sprint(cfg.Devices),
-	}, cfg.TwinArgs...)}
+	}, cfg.TwinArgs...), OwnAddress: cfg.OwnAddress}
 	if l.Plugin && len(cfg.AgentEdit) > 0 {
 		return s, errors.New("scenario: AgentEdit on a lab of the plugin daemon: its hosts' daemons receive (edit them with Lab.PluginEdit)")
 	}
@@ -336,6 +340,7 @@ func (s *Scenario) MigrateWith(ctx context.Context, to string, edits ...func(*mi
 		o := migrate.Options{
 			Namespace: lab.Namespace, Container: ContainerID, Target: s.agentAddr(to), TLS: tlsCfg,
 			SourceHost: from.Name, Brokers: s.Brokers, PhaseTimeout: 2 * time.Minute,
+			Network: from.Network(),
 		}
 		for _, e := range edits {
 			e(&o)

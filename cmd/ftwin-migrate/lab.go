@@ -52,6 +52,7 @@ func labCommand() *cli.Command {
 				ArgsUsage: "HOST ID [ARGS...]",
 				Flags: append([]cli.Flag{
 					&cli.StringFlag{Name: "workload", Usage: "static binary (default: counter beside this executable)"},
+					&cli.BoolFlag{Name: "own-address", Usage: "give the container a network namespace of its own with an address on the lab network that moves with it (TCP connections survive a migration); default: the host's network"},
 				}, labFlags...),
 				Action: labRun,
 			},
@@ -183,7 +184,7 @@ func startAgents(ctx context.Context, l *lab.Lab) error {
 		addr := net.JoinHostPort(h.IP, fmt.Sprint(lab.AgentPort))
 		cmd := h.Command(context.Background(), exe, "--address", h.Address(), "receive", "--listen", addr,
 			"--pki", labPKI(l), "--host", h.Name, "--work-dir", filepath.Join(h.Dir, "agent"), "--cgroup-parent", h.CgroupParent(),
-			"--serve-namespace", lab.Namespace, "--allow-host-namespace", "network")
+			"--serve-namespace", lab.Namespace, "--allow-host-namespace", "network", "--lab", l.Dir)
 		cmd.Stdout, cmd.Stderr = logf, logf
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 		err = cmd.Start()
@@ -269,7 +270,7 @@ func labRun(c *cli.Context) error {
 	if len(args) > 0 && args[0] == "--" { // flag parsing stopped at HOST, so "--" arrives as an argument
 		args = args[1:]
 	}
-	w := lab.Workload{ID: c.Args().Get(1), Binary: bin, Args: args}
+	w := lab.Workload{ID: c.Args().Get(1), Binary: bin, Args: args, OwnAddress: c.Bool("own-address")}
 	for _, other := range l.Hosts { // every host holds the base image, as from a registry
 		if _, err := other.ImportImage(c.Context, w); err != nil {
 			return err
@@ -279,6 +280,11 @@ func labRun(c *cli.Context) error {
 		return err
 	}
 	fmt.Printf("%s runs on %s (namespace %s); output in %s\n", w.ID, h.Name, lab.Namespace, h.LogPath(w.ID))
+	if w.OwnAddress {
+		if a, err := h.Network().Address(c.Context, lab.Namespace, w.ID); err == nil && a != nil {
+			fmt.Printf("its own address: %s (MAC %s), which moves with it: its TCP connections survive a migration\n", a.IP, a.MAC)
+		}
+	}
 	return nil
 }
 

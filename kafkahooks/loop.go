@@ -32,8 +32,19 @@ type LoopConfig struct {
 	// its output and its consumed offsets (kgo.GroupTransactSession), and fetches are
 	// read_committed. Empty means at-least-once: outputs are flushed, then offsets committed.
 	TransactionalID string
-	// SessionTimeout is the group session timeout. Default 45s (Kafka's default).
+	// SessionTimeout is the group session timeout. Default 45s (Kafka's default). It applies
+	// to the classic protocol only: a KIP-848 group's session timeout is the broker's
+	// (group.consumer.session.timeout.ms, default 45s).
 	SessionTimeout time.Duration
+	// GroupProtocol is the consumer-group protocol: GroupProtocolClassic (the default:
+	// JoinGroup/SyncGroup, assignment by the client) or GroupProtocolConsumer (KIP-848:
+	// ConsumerGroupHeartbeat, assignment by the broker's "uniform" assignor; franz-go's
+	// kgo.ServerSideBalancer with its cooperative-sticky balancer, Kafka 4.0+). franz-go falls
+	// back to the classic protocol, silently, when a broker lacks ConsumerGroupHeartbeat v1.
+	// With either protocol a static member (InstanceID) closes without leaving for good: in
+	// KIP-848 terms it leaves with member epoch -2, which keeps its assignment for a
+	// replacement with the same InstanceID until the session timeout.
+	GroupProtocol string
 	// TransactionTimeout is the producer's transaction.timeout.ms. Default: kgo's (40s).
 	TransactionTimeout time.Duration
 	// MaxPollRecords bounds a batch, and so a transaction. Default 500.
@@ -72,6 +83,12 @@ type LoopConfig struct {
 	// Logf logs what the loop does. Optional.
 	Logf func(format string, args ...any)
 }
+
+// The consumer-group protocols of LoopConfig.GroupProtocol, as Kafka's group.protocol names them.
+const (
+	GroupProtocolClassic  = "classic"
+	GroupProtocolConsumer = "consumer"
+)
 
 // Batch is what Handle processes: the records of one poll.
 type Batch struct {
@@ -184,6 +201,8 @@ func NewLoop(cfg LoopConfig) (*Loop, error) {
 		return nil, errors.New("kafkahooks: loop: no topics")
 	case cfg.Handle == nil:
 		return nil, errors.New("kafkahooks: loop: no Handle function")
+	case cfg.GroupProtocol != "" && cfg.GroupProtocol != GroupProtocolClassic && cfg.GroupProtocol != GroupProtocolConsumer:
+		return nil, fmt.Errorf("kafkahooks: loop: group protocol %q: want %q or %q", cfg.GroupProtocol, GroupProtocolClassic, GroupProtocolConsumer)
 	}
 	if cfg.SessionTimeout == 0 {
 		cfg.SessionTimeout = 45 * time.Second
@@ -366,6 +385,9 @@ func (l *Loop) connect(ctx context.Context, first bool, afterInit func(context.C
 	}
 	if l.cfg.InstanceID != "" {
 		opts = append(opts, kgo.InstanceID(l.cfg.InstanceID))
+	}
+	if l.cfg.GroupProtocol == GroupProtocolConsumer {
+		opts = append(opts, kgo.Balancers(kgo.CooperativeStickyBalancer()), kgo.ServerSideBalancer())
 	}
 	txn := l.cfg.TransactionalID != ""
 	if txn {

@@ -12,6 +12,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/ftwin-migrate/ftwin-migrate/internal/wait"
 )
@@ -735,13 +736,30 @@ func (l *Loop) fetchStable(ctx context.Context, adm *kadm.Client) (Offsets, erro
 func (l *Loop) reinit(ctx context.Context, afterInit func(context.Context, *kgo.Client) error) (Offsets, error) {
 	start := time.Now()
 	l.mu.Lock()
-	old := l.cl
+	old, oldGate := l.cl, l.gate
+	var oldMember string
 	boundary := l.boundary
 	l.cl = nil
 	l.mu.Unlock()
 	if old != nil {
-		// A static member's Close sends no LeaveGroup: the group keeps our slot for the new
-		// client. Its connections may be dead (restored by CRIU closed): do not wait long.
+		// A classic static member's Close sends no LeaveGroup: the group keeps our slot, and
+		// the new client's JoinGroup with the same instance id takes it over. A KIP-848 group
+		// lets a new member take a static member's instance id only once that member has left
+		// with member epoch -2 (its Close sends that heartbeat) or its session has expired:
+		// without the leave the new client is refused (UNRELEASED_INSTANCE_ID) for the
+		// broker's session timeout, 45 s without consuming, and the group's epoch moves twice
+		// (measured on Kafka 4.4). franz-go's Close sends that leave without the instance id,
+		// which Kafka refuses (see leaveStatic): so under KIP-848 the old client may dial again
+		// to close promptly (this copy is now the one that runs, resumed or aborted: nothing
+		// else shares its instance id), and the new client sends the leave for the old member
+		// before it joins. Its connections may be dead (restored by CRIU closed): do not wait
+		// long.
+		if l.staticConsumerProtocol() {
+			oldMember, _ = old.GroupMetadata()
+			if oldGate != nil {
+				oldGate.open()
+			}
+		}
 		closed := make(chan struct{})
 		go func() { old.Close(); close(closed) }()
 		select {
@@ -752,7 +770,17 @@ func (l *Loop) reinit(ctx context.Context, afterInit func(context.Context, *kgo.
 		}
 	}
 	l.reinits.Add(1)
-	if err := l.connect(ctx, false, afterInit); err != nil {
+	init := afterInit
+	if oldMember != "" {
+		init = func(ctx context.Context, cl *kgo.Client) error {
+			l.leaveStatic(ctx, cl, oldMember)
+			if afterInit != nil {
+				return afterInit(ctx, cl)
+			}
+			return nil
+		}
+	}
+	if err := l.connect(ctx, false, init); err != nil {
 		return nil, err
 	}
 	var offs Offsets
@@ -771,6 +799,38 @@ func (l *Loop) reinit(ctx context.Context, afterInit func(context.Context, *kgo.
 	l.mu.Unlock()
 	l.logf("kafkahooks: fetching again from %v, %s after the call", offs, time.Since(start).Round(time.Millisecond))
 	return offs, nil
+}
+
+// staticConsumerProtocol: the loop is a static member of a KIP-848 group.
+func (l *Loop) staticConsumerProtocol() bool {
+	return l.cfg.GroupProtocol == GroupProtocolConsumer && l.cfg.InstanceID != ""
+}
+
+// leaveStatic sends, through cl, the leave of the KIP-848 static member member: a
+// ConsumerGroupHeartbeat with member epoch -2 and the instance id. The group then keeps the
+// member's assignment for a new member with the same instance id, which takes it over with no
+// new group epoch (no rebalance). franz-go v1.22.3 sends this leave on Close without the
+// instance id (kgo/consumer_group_848.go, leave848), and Apache Kafka refuses it
+// (GroupMetadataManager: InvalidRequestException "InstanceId can't be null."), so that the
+// member kept the instance id until its session expired. A failure is logged, not returned:
+// the session timeout still frees the instance id.
+func (l *Loop) leaveStatic(ctx context.Context, cl *kgo.Client, member string) {
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	req := kmsg.NewPtrConsumerGroupHeartbeatRequest()
+	req.Group, req.MemberID, req.MemberEpoch = l.cfg.Group, member, -2
+	id := l.cfg.InstanceID
+	req.InstanceID = &id
+	resp, err := req.RequestWith(ctx, cl)
+	if err == nil {
+		err = kerr.ErrorForCode(resp.ErrorCode)
+	}
+	if err != nil {
+		l.logf("kafkahooks: leave of the old static member %s (instance %s) failed: %v; the group frees the instance id when its session expires", member, id, err)
+		return
+	}
+	l.logf("kafkahooks: old static member %s (instance %s) left with epoch -2 in %s", member, id, time.Since(start).Round(time.Millisecond))
 }
 
 // do queues a control request for the loop goroutine and interrupts its poll.

@@ -35,20 +35,20 @@ func requireApacheKafka(t *testing.T) {
 	}
 }
 
-// TestTwinStaticMembershipBothProtocols: the twin, a static member (group.instance.id twin-1),
+// TestTwinGroupProtocols: the twin, a static member (group.instance.id twin-1),
 // migrates cloud→fog→cloud under load on Apache Kafka, once in a classic group and once in a
 // KIP-848 consumer-protocol group (franz-go's kgo.ServerSideBalancer): the broker reports the
 // group under the protocol asked for (franz-go did not fall back to classic), the group never
 // rebalances (classic: never leaves Stable; consumer: the group epoch never moves), every event
 // is processed exactly once, and the broker's group-coordinator log (INFO) shows the static
 // member's join under that protocol.
-func TestTwinStaticMembershipBothProtocols(t *testing.T) {
+func TestTwinGroupProtocols(t *testing.T) {
 	requireApacheKafka(t)
 	for i, proto := range []string{kafkahooks.GroupProtocolClassic, kafkahooks.GroupProtocolConsumer} {
 		t.Run(proto, func(t *testing.T) {
 			s := startTwin(t, broker.Apache, []string{"10.240.42.0/24", "10.240.43.0/24"}[i], []string{"cloud", "fog"}, func(c *scenario.Config) {
 				c.Lab.Name = kLabName()
-				c.TwinArgs = []string{"-group-protocol", proto}
+				c.TwinArgs = []string{"-group-protocol", proto, "-kafka-log", "info"}
 			})
 			ctx := context.Background()
 			for _, to := range []string{"fog", "cloud"} {
@@ -92,6 +92,22 @@ func TestTwinStaticMembershipBothProtocols(t *testing.T) {
 			}[proto]
 			if !want.MatchString(strings.Join(mine, "\n")) {
 				t.Errorf("the broker log %s does not show the static member twin-1 joining (%s)", s.Lab.BrokerLogPath(), want)
+			}
+			if t.Failed() {
+				for _, h := range s.Lab.Hosts {
+					b, _ := os.ReadFile(h.LogPath(scenario.ContainerID))
+					if dir := os.Getenv("FTWIN_KEEP_LOGS"); dir != "" { // the whole logs, for a closer look
+						_ = os.WriteFile(filepath.Join(dir, proto+"-twin-"+h.Name+".log"), b, 0o644)
+					}
+					var lines []string
+					for _, l := range strings.Split(string(b), "\n") {
+						// Not status lines, nor the client's lines about every transaction.
+						if !strings.HasPrefix(l, "{") && !strings.Contains(l, "transact") && !strings.Contains(l, "flushing") {
+							lines = append(lines, l)
+						}
+					}
+					t.Logf("the twin's log on %s:\n%s", h.Name, tail(strings.Join(lines, "\n"), 12000))
+				}
 			}
 		})
 	}

@@ -93,12 +93,16 @@ func TestTwinGroupProtocols(t *testing.T) {
 			if !want.MatchString(strings.Join(mine, "\n")) {
 				t.Errorf("the broker log %s does not show the static member twin-1 joining (%s)", s.Lab.BrokerLogPath(), want)
 			}
+			if dir := os.Getenv("FTWIN_KEEP_LOGS"); dir != "" { // the whole logs, for a closer look
+				for _, h := range s.Lab.Hosts {
+					b, _ := os.ReadFile(h.LogPath(scenario.ContainerID))
+					_ = os.WriteFile(filepath.Join(dir, proto+"-twin-"+h.Name+".log"), b, 0o644)
+				}
+				_ = os.WriteFile(filepath.Join(dir, proto+"-broker.log"), log, 0o644)
+			}
 			if t.Failed() {
 				for _, h := range s.Lab.Hosts {
 					b, _ := os.ReadFile(h.LogPath(scenario.ContainerID))
-					if dir := os.Getenv("FTWIN_KEEP_LOGS"); dir != "" { // the whole logs, for a closer look
-						_ = os.WriteFile(filepath.Join(dir, proto+"-twin-"+h.Name+".log"), b, 0o644)
-					}
 					var lines []string
 					for _, l := range strings.Split(string(b), "\n") {
 						// Not status lines, nor the client's lines about every transaction.

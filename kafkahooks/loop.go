@@ -42,9 +42,11 @@ type LoopConfig struct {
 	// ConsumerGroupHeartbeat, assignment by the broker's "uniform" assignor; franz-go's
 	// kgo.ServerSideBalancer with its cooperative-sticky balancer, Kafka 4.0+). franz-go falls
 	// back to the classic protocol, silently, when a broker lacks ConsumerGroupHeartbeat v1.
-	// With either protocol a static member (InstanceID) closes without leaving for good: in
-	// KIP-848 terms it leaves with member epoch -2, which keeps its assignment for a
-	// replacement with the same InstanceID until the session timeout.
+	// Under KIP-848 a static member (InstanceID) is replaced only after it left with member
+	// epoch -2 or its session expired; franz-go v1.22.3's Close sends that leave without the
+	// instance id, which Apache Kafka refuses. The loop sends it itself when it replaces its
+	// client (resume, abort: see leaveStatic), not when Run ends: a process restarted with
+	// the same InstanceID after Run ended waits for the broker's session timeout.
 	GroupProtocol string
 	// TransactionTimeout is the producer's transaction.timeout.ms. Default: kgo's (40s).
 	TransactionTimeout time.Duration

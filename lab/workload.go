@@ -331,3 +331,29 @@ func (h *Host) Remove(ctx context.Context, id string) error {
 	}
 	return nil
 }
+
+// CopyImage copies image ref from this host's containerd to host to's (namespace Namespace),
+// as two hosts pulling it from one registry would both hold it. A host that holds it already
+// gets nothing new.
+func (h *Host) CopyImage(ctx context.Context, ref string, to *Host) error {
+	from, err := h.Client()
+	if err != nil {
+		return err
+	}
+	defer from.Close()
+	dst, err := to.Client()
+	if err != nil {
+		return err
+	}
+	defer dst.Close()
+	ctx = Context(ctx)
+	if img, err := dst.GetImage(ctx, ref); err == nil {
+		if src, err := from.GetImage(ctx, ref); err == nil && src.Target().Digest == img.Target().Digest {
+			return img.Unpack(ctx, ociimage.DefaultSnapshotter)
+		}
+	}
+	if _, err := ociimage.Copy(ctx, from, dst, ref); err != nil {
+		return fmt.Errorf("lab: host %s → %s: %w", h.Name, to.Name, err)
+	}
+	return nil
+}

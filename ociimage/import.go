@@ -3,6 +3,7 @@ package ociimage
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -33,27 +34,62 @@ func ImportArchive(ctx context.Context, client *containerd.Client, path, ref str
 		return nil, fmt.Errorf("import image archive: %w", err)
 	}
 	defer f.Close()
+	img, err := importImage(ctx, client, f, archiveBase(path), ref)
+	if err != nil {
+		return nil, fmt.Errorf("import image archive %s: %w", path, err)
+	}
+	return img, nil
+}
+
+// Copy copies the image ref (for the client's platform) from one containerd to another, as
+// `ctr images export` piped into `ctr images import` would, and unpacks it there into
+// DefaultSnapshotter. Both work in their client's namespace or the one on ctx.
+func Copy(ctx context.Context, from, to *containerd.Client, ref string) (containerd.Image, error) {
+	src, err := from.GetImage(ctx, ref)
+	if err != nil {
+		return nil, fmt.Errorf("copy image %s: %w", ref, err)
+	}
+	pr, pw := io.Pipe()
+	exported := make(chan error, 1)
+	go func() {
+		err := from.Export(ctx, pw, archive.WithImage(from.ImageService(), src.Name()), archive.WithPlatform(platforms.DefaultStrict()))
+		pw.CloseWithError(err)
+		exported <- err
+	}()
+	img, err := importImage(ctx, to, pr, "import.local/copy", src.Name())
+	pr.CloseWithError(io.ErrClosedPipe) // unblocks the exporter if the import stopped early
+	if xerr := <-exported; xerr != nil && err == nil {
+		err = fmt.Errorf("export: %w", xerr)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("copy image %s: %w", ref, err)
+	}
+	return img, nil
+}
+
+// importImage imports the archive read from r, names unnamed images and bare tags after base,
+// picks the image ref names (or the only one) and unpacks it.
+func importImage(ctx context.Context, client *containerd.Client, r io.Reader, base, ref string) (containerd.Image, error) {
 	ctx, done, err := client.WithLease(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("import image archive %s: create lease: %w", path, err)
+		return nil, fmt.Errorf("create lease: %w", err)
 	}
 	defer done(context.WithoutCancel(ctx))
 
-	base := archiveBase(path)
-	imgs, err := client.Import(ctx, f,
+	imgs, err := client.Import(ctx, r,
 		containerd.WithImageRefTranslator(archive.AddRefPrefix(base)),
 		containerd.WithDigestRef(archive.DigestTranslator(base)),
 		containerd.WithSkipDigestRef(func(name string) bool { return name != "" }))
 	if err != nil {
-		return nil, fmt.Errorf("import image archive %s (want an OCI image layout or `docker save` tar): %w", path, err)
+		return nil, fmt.Errorf("read it (want an OCI image layout or `docker save` tar): %w", err)
 	}
 	rec, err := pickImage(imgs, ref)
 	if err != nil {
-		return nil, fmt.Errorf("import image archive %s: %w", path, err)
+		return nil, err
 	}
 	img := containerd.NewImage(client, rec)
 	if err := img.Unpack(ctx, DefaultSnapshotter); err != nil {
-		return nil, fmt.Errorf("import image archive %s: unpack %s into %s (is it an image for %s?): %w", path, rec.Name, DefaultSnapshotter, platforms.DefaultString(), err)
+		return nil, fmt.Errorf("unpack %s into %s (is it an image for %s?): %w", rec.Name, DefaultSnapshotter, platforms.DefaultString(), err)
 	}
 	return img, nil
 }

@@ -5,6 +5,8 @@ import (
 	"bytes"
 	"context"
 	"io"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -91,5 +93,58 @@ func TestWriteArchiveDeterministic(t *testing.T) {
 	}
 	if err := WriteArchive(context.Background(), io.Discard, "x:1", filepath.Join(root, "missing")); err == nil || !strings.Contains(err.Error(), "root filesystem") {
 		t.Errorf("a missing root filesystem: %v", err)
+	}
+}
+
+func TestParseLdd(t *testing.T) {
+	out := `	linux-vdso.so.1 (0x00007fae42d38000)
+	librdkafka.so.1 => /lib/x86_64-linux-gnu/librdkafka.so.1 (0x00007fae42b2d000)
+	libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007fae42939000)
+	/lib64/ld-linux-x86-64.so.2 (0x00007fae42d3a000)
+`
+	libs, err := parseLdd(strings.NewReader(out))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"/lib/x86_64-linux-gnu/librdkafka.so.1", "/lib/x86_64-linux-gnu/libc.so.6", "/lib64/ld-linux-x86-64.so.2"}
+	if strings.Join(libs, " ") != strings.Join(want, " ") {
+		t.Fatalf("libraries %q, want %q", libs, want)
+	}
+	if _, err := parseLdd(strings.NewReader("\tlibgone.so.3 => not found\n")); err == nil || !strings.Contains(err.Error(), "libgone.so.3") {
+		t.Fatalf("a missing library: %v", err)
+	}
+}
+
+func TestAddExecutable(t *testing.T) {
+	if _, err := exec.LookPath("ldd"); err != nil {
+		t.Skip("no ldd")
+	}
+	sh, err := exec.LookPath("sh")
+	if err != nil {
+		t.Skip("no sh")
+	}
+	root := t.TempDir()
+	abs, err := AddExecutable(context.Background(), root, "sh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want, _ := filepath.Abs(sh); abs != want {
+		t.Fatalf("AddExecutable returned %s, want %s", abs, want)
+	}
+	fi, err := os.Stat(filepath.Join(root, abs))
+	if err != nil || fi.Mode().Perm()&0o111 == 0 {
+		t.Fatalf("the executable in the root filesystem: %v, %v", fi, err)
+	}
+	libs, err := sharedLibraries(context.Background(), abs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range libs {
+		if _, err := os.Stat(filepath.Join(root, l)); err != nil {
+			t.Errorf("library %s not copied: %v", l, err)
+		}
+	}
+	if _, err := AddExecutable(context.Background(), root, filepath.Join(root, "missing")); err == nil {
+		t.Error("a missing executable: no error")
 	}
 }

@@ -233,6 +233,19 @@ func labHost(c *cli.Context) (*lab.Lab, *lab.Host, error) {
 	return l, h, nil
 }
 
+// currentLog is the log of container id on h that was written last: LogPath (run there, or
+// restored by an in-process lab agent), or the log the host's `receive` agent gives a container
+// it restored (its --work-dir's logs/NAMESPACE-ID.log).
+func currentLog(h *lab.Host, id string) string {
+	best, bestTime := h.LogPath(id), time.Time{}
+	for _, p := range []string{h.LogPath(id), filepath.Join(h.Dir, "agent", "logs", lab.Namespace+"-"+id+".log")} {
+		if fi, err := os.Stat(p); err == nil && fi.ModTime().After(bestTime) {
+			best, bestTime = p, fi.ModTime()
+		}
+	}
+	return best
+}
+
 func labLogs(c *cli.Context) error {
 	if c.NArg() != 2 {
 		return fmt.Errorf("lab logs takes HOST and ID (got %d arguments)", c.NArg())
@@ -241,7 +254,7 @@ func labLogs(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	path := h.LogPath(c.Args().Get(1))
+	path := currentLog(h, c.Args().Get(1))
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return fmt.Errorf("no output of %s on %s (%w): is it running there? `ftwin-migrate lab status` lists the hosts", c.Args().Get(1), h.Name, err)

@@ -42,6 +42,7 @@ func labCommand() *cli.Command {
 					&cli.IntFlag{Name: "uplink-mbit", Usage: "throttle every host's link to this rate (0: unthrottled)"},
 					&cli.StringFlag{Name: "subnet", Value: "10.231.0.0/24", Usage: "the lab's IPv4 /24"},
 					&cli.StringSliceFlag{Name: "allow-bind-mount", Usage: "host path (and below) the agents let a migrated container bind-mount (repeatable; see lab run --mount)"},
+					&cli.BoolFlag{Name: "shared-clock", Usage: "put every host on this machine's clocks (default: a time namespace each, its monotonic clock an hour from the next host's, as real hosts' uptimes differ)"},
 				}, labFlags...),
 				Action: labUp,
 			},
@@ -69,6 +70,13 @@ func labCommand() *cli.Command {
 				ArgsUsage: "HOST ID",
 				Flags:     append([]cli.Flag{&cli.IntFlag{Name: "tail", Usage: "only the last N lines (0: all)"}}, labFlags...),
 				Action:    labLogs,
+			},
+			{
+				Name:      "exec",
+				Usage:     "run a command in the running container ID on HOST (its namespaces, clock included) and print its output",
+				ArgsUsage: "HOST ID -- COMMAND [ARGS...]",
+				Flags:     labFlags,
+				Action:    labExec,
 			},
 			{
 				Name:   "down",
@@ -124,6 +132,7 @@ func labUp(c *cli.Context) error {
 	cfg := lab.Config{
 		Name: c.String("name"), BaseDir: c.String("base-dir"), Hosts: c.StringSlice("hosts"),
 		Subnet: c.String("subnet"), UplinkMbit: c.Int("uplink-mbit"), Broker: kind,
+		SharedClock: c.Bool("shared-clock"),
 	}
 	if kind == broker.Embedded {
 		cfg.Broker = broker.None // served by a process of its own below, so it outlives this command
@@ -414,11 +423,35 @@ func startDetachedKfake(ctx context.Context, l *lab.Lab) error {
 func printLab(l *lab.Lab) error {
 	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(w, "lab %s\tbridge %s %s\tbroker %s %s\n", l.Name, l.Bridge, l.BridgeIP, l.BrokerKind, l.BrokerAddr)
-	fmt.Fprintln(w, "HOST\tADDRESS\tNETNS\tCONTAINERD")
+	fmt.Fprintln(w, "HOST\tADDRESS\tNETNS\tCLOCK (monotonic, boottime ahead of this machine's)\tCONTAINERD")
 	for _, h := range l.Hosts {
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", h.Name, h.IP, h.NetNS, h.Address())
+		clock := "the machine's"
+		if !h.Clock.IsZero() {
+			clock = fmt.Sprintf("+%v, +%v", h.Clock.Monotonic, h.Clock.Boottime)
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", h.Name, h.IP, h.NetNS, clock, h.Address())
 	}
 	return w.Flush()
+}
+
+func labExec(c *cli.Context) error {
+	if c.NArg() < 3 {
+		return fmt.Errorf("lab exec: want HOST ID -- COMMAND [ARGS...], got %d arguments", c.NArg())
+	}
+	l, err := lab.Load(c.String("base-dir"), c.String("name"))
+	if err != nil {
+		return err
+	}
+	h, err := l.Host(c.Args().Get(0))
+	if err != nil {
+		return err
+	}
+	out, err := h.Exec(c.Context, c.Args().Get(1), c.Args().Slice()[2:]...)
+	if err != nil {
+		return err // it carries the output
+	}
+	_, err = os.Stdout.Write(out)
+	return err
 }
 
 func labDown(c *cli.Context) error {

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -88,6 +89,7 @@ func kcatArchive(t *testing.T, kcat string) string {
 }
 
 func testKcatMigrates(t *testing.T, archive string, tcp restore.TCPMode, kind broker.Kind, subnet string) {
+
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	var b [3]byte
@@ -199,16 +201,35 @@ func testKcatMigrates(t *testing.T, archive string, tcp restore.TCPMode, kind br
 		if to == cloud { // what the first copy wrote before its move
 			segments[len(segments)-1].start = segments[0].end
 		}
-		mark := len(consumed(t, segments[len(segments)-1:]).offsets)
-		waitFor(t, 30*time.Second, func() bool { return len(consumed(t, segments[len(segments)-1:]).offsets) >= mark+100 },
-			"the consumer on "+to.Name+" consumes")
+		// The restored copy consumes on the target (its segment starts at the restore).
+		if !within(30*time.Second, func() bool { return len(consumed(t, segments[len(segments)-1:]).offsets) >= 100 }) {
+			data, _ := os.ReadFile(to.LogPath(id))
+			t.Fatalf("the consumer restored on %s consumed %d records in 30s after its move, want 100; its log ends:\n%s",
+				to.Name, len(consumed(t, segments[len(segments)-1:]).offsets), data[max(0, len(data)-600):])
+		}
 	}
 	if err := <-producerDone; err != nil {
 		t.Fatal(err)
 	}
 	// Everything produced is consumed exactly once, in order.
 	var out kcatOutput
-	waitFor(t, 30*time.Second, func() bool { out = consumed(t, segments); return len(out.offsets) >= total }, fmt.Sprintf("%d records consumed", total))
+	deadline := time.Now().Add(30 * time.Second)
+	for out = consumed(t, segments); len(out.offsets) < total; out = consumed(t, segments) {
+		if time.Now().After(deadline) {
+			last := int64(-1)
+			if len(out.offsets) > 0 {
+				last = out.offsets[len(out.offsets)-1]
+			}
+			var tails []string
+			for _, sg := range segments {
+				data, _ := os.ReadFile(sg.path)
+				tails = append(tails, fmt.Sprintf("%s (%d bytes) ends:\n%s", sg.path, len(data), data[max(0, len(data)-300):]))
+			}
+			t.Fatalf("%d of %d records consumed after 30s (the last: offset %d); kcat's other output %q; segments %v\n%s",
+				len(out.offsets), total, last, out.other, segments, strings.Join(tails, "\n"))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 	for i, o := range out.offsets {
 		if o != int64(i) || out.values[i] != fmt.Sprintf("r-%06d", i) {
 			t.Fatalf("consumed record %d is offset %d %q: a record lost or duplicated around a move (%d consumed; output %v)", i, o, out.values[i], len(out.offsets), segments)
@@ -242,6 +263,8 @@ type kcatOutput struct {
 	values, other []string
 }
 
+var kcatError = regexp.MustCompile(`% (ERROR|FATAL): [^\n]*\n`)
+
 // consumed reads kcat's "OFFSET VALUE" lines from the segments joined, and its other lines.
 func consumed(t *testing.T, segs []segment) kcatOutput {
 	t.Helper()
@@ -262,6 +285,12 @@ func consumed(t *testing.T, segs []segment) kcatOutput {
 		}
 	}
 	var out kcatOutput
+	// kcat's errors go to stderr, which shares the log with stdout: a whole line written
+	// between two fields of a record (kcat writes them one by one). Take them out first.
+	stream = kcatError.ReplaceAllFunc(stream, func(line []byte) []byte {
+		out.other = append(out.other, strings.TrimSpace(string(line)))
+		return nil
+	})
 	for _, line := range strings.Split(string(stream), "\n") {
 		o, v, ok := strings.Cut(line, " ")
 		n, err := strconv.ParseInt(o, 10, 64)
@@ -278,13 +307,21 @@ func consumed(t *testing.T, segs []segment) kcatOutput {
 
 func waitFor(t *testing.T, d time.Duration, ok func() bool, what string) {
 	t.Helper()
+	if !within(d, ok) {
+		t.Fatalf("%s: not within %v", what, d)
+	}
+}
+
+// within polls ok until it holds (true) or d has passed (false).
+func within(d time.Duration, ok func() bool) bool {
 	deadline := time.Now().Add(d)
 	for !ok() {
 		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v", what, d)
+			return false
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+	return true
 }
 
 func first(s []string, n int) []string { return s[:min(n, len(s))] }

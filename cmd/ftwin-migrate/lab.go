@@ -446,7 +446,14 @@ func labExec(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	out, err := h.Exec(c.Context, c.Args().Get(1), c.Args().Slice()[2:]...)
+	args := c.Args().Slice()[2:]
+	if args[0] == "--" { // flag parsing stopped at HOST, so "--" arrives as an argument
+		args = args[1:]
+	}
+	if len(args) == 0 {
+		return fmt.Errorf("lab exec: want HOST ID -- COMMAND [ARGS...]: no command after --")
+	}
+	out, err := h.Exec(c.Context, c.Args().Get(1), args...)
 	if err != nil {
 		return err // it carries the output
 	}

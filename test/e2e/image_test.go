@@ -28,18 +28,19 @@ import (
 	"github.com/ftwin-migrate/ftwin-migrate/restore"
 )
 
-// kcatTCPModes are the TCP modes the dynamically linked consumer moves under. --tcp close
-// (librdkafka reconnects to the broker) works between hosts of any network; --tcp established
-// needs a container address that moves with the container: add restore.TCPEstablished here
-// once lab containers have one.
-var kcatTCPModes = []restore.TCPMode{restore.TCPClose}
+// kcatTCPModes are the TCP modes the dynamically linked consumer moves under: --tcp close
+// (on its host's network; librdkafka reconnects to the broker from the target), which works
+// between hosts of any network, and --tcp established (with an address of its own that moves
+// with it: its broker connection carries on, no reconnect).
+var kcatTCPModes = []restore.TCPMode{restore.TCPClose, restore.TCPEstablished}
 
 // TestImageKcatMigrates: a dynamically linked Kafka consumer — Debian's kcat on librdkafka,
 // packaged with its shared libraries into an OCI image archive by ociimage — runs on a lab host
 // from that archive and is moved cloud→fog→cloud mid-stream by stop-and-copy, with no hook.
 // Every record produced is consumed exactly once across the three hosts' logs: the restored
 // process carries on from its in-memory position (a restart would read from the beginning
-// again; a lost record would leave a gap).
+// again; a lost record would leave a gap). With an address of its own (--tcp established) its
+// broker connections are the same ones after each move and it never sees them drop.
 func TestImageKcatMigrates(t *testing.T) {
 	requireLabTools(t)
 	kcat, err := exec.LookPath("kcat")
@@ -164,6 +165,8 @@ func testKcatMigrates(t *testing.T, archive string, tcp restore.TCPMode, kind br
 	}()
 
 	cloud, fog := l.Hosts[0], l.Hosts[1]
+	ownAddress := tcp == restore.TCPEstablished
+	w.OwnAddress = ownAddress
 	// -E: carry on after the broker connection drops (a restore with --tcp close closes it;
 	// without -E kcat exits when all its broker connections are down).
 	w.Args = []string{"-b", l.BrokerAddr, "-E", "-C", "-t", topic, "-p", "0", "-o", "beginning", "-u", "-q", "-f", `%o %s\n`}
@@ -171,6 +174,13 @@ func testKcatMigrates(t *testing.T, archive string, tcp restore.TCPMode, kind br
 		t.Fatal(err)
 	}
 	waitFor(t, 30*time.Second, func() bool { return len(consumed(t, []segment{{cloud.LogPath(id), 0, -1}}).offsets) >= 200 }, "kcat consumes on cloud")
+	var conns []string
+	if ownAddress {
+		if conns, err = cloud.ContainerConnections(ctx, id); err != nil || len(conns) == 0 {
+			t.Fatalf("kcat's connections on cloud: %v, %v", conns, err)
+		}
+		t.Logf("kcat's broker connections: %v", conns)
+	}
 
 	// The consumer's output is one stream over the moves: cloud's log up to the first move
 	// (the source is frozen there, then removed), fog's, and what cloud's log grows by after
@@ -181,6 +191,12 @@ func testKcatMigrates(t *testing.T, archive string, tcp restore.TCPMode, kind br
 		from, to := hop[0], hop[1]
 		before := produced.Load()
 		rep := moveImage(ctx, t, pkiDir, agents, from, to, id, tcp)
+		if ownAddress {
+			after, err := to.ContainerConnections(ctx, id)
+			if err != nil || strings.Join(after, " ") != strings.Join(conns, " ") {
+				t.Errorf("kcat's connections on %s after the move: %v (%v); want the same as before, %v", to.Name, after, err, conns)
+			}
+		}
 		t.Logf("%s→%s mid-stream (%d produced at the start): %s, downtime %v, %d bytes sent", from.Name, to.Name, before, rep.Result, rep.Downtime, rep.Transfer.BytesSent)
 		if produced.Load() <= before {
 			t.Fatalf("nothing was produced during the move %s→%s: not mid-stream", from.Name, to.Name)
@@ -239,6 +255,9 @@ func testKcatMigrates(t *testing.T, archive string, tcp restore.TCPMode, kind br
 		t.Fatalf("consumed %d records, produced %d", len(out.offsets), total)
 	}
 	t.Logf("%d produced, %d consumed exactly once and in order over the moves; kcat's other output (its reconnects): %d lines %q", total, len(out.offsets), len(out.other), first(out.other, 4))
+	if ownAddress && len(out.other) > 0 {
+		t.Errorf("with its connections kept, kcat still saw %q", out.other)
+	}
 }
 
 // segment is the part [start, end) of a log file (end -1: to its end).
@@ -329,6 +348,10 @@ func first(s []string, n int) []string { return s[:min(n, len(s))] }
 // moveImage migrates container id by stop-and-copy (no hook, no probe) and requires a commit.
 func moveImage(ctx context.Context, t *testing.T, pkiDir string, agents map[string]*lab.RunningAgent, from, to *lab.Host, id string, tcp restore.TCPMode) *migrate.Report {
 	t.Helper()
+	var network migrate.SourceNetwork
+	if tcp == restore.TCPEstablished {
+		network = from.Network() // the container's own address moves with it
+	}
 	tlsCfg, err := pki.ClientConfig(pkiDir, from.Name, to.Name)
 	if err != nil {
 		t.Fatal(err)
@@ -340,7 +363,7 @@ func moveImage(ctx context.Context, t *testing.T, pkiDir string, agents map[stri
 	defer client.Close()
 	rep, err := migrate.Migrate(ctx, client, migrate.Options{
 		Namespace: lab.Namespace, Container: id, Target: agents[to.Name].Addr, TLS: tlsCfg,
-		SourceHost: from.Name, TCP: tcp, PhaseTimeout: time.Minute,
+		SourceHost: from.Name, TCP: tcp, Network: network, PhaseTimeout: time.Minute,
 		// The migrator runs on the source host: it reaches the agent from there.
 		AgentOpts: []agent.ClientOpt{agent.WithDialer(from.DialContext)},
 	})

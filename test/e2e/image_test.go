@@ -133,7 +133,7 @@ func testKcatMigrates(t *testing.T, archive string, tcp restore.TCPMode, kind br
 		}
 	}
 
-	const topic, total = "readings", 3000
+	const topic = "readings"
 	cl, err := kgo.NewClient(kgo.SeedBrokers(l.BrokerAddr), kgo.DefaultProduceTopic(topic), kgo.RecordPartitioner(kgo.ManualPartitioner()))
 	if err != nil {
 		t.Fatal(err)
@@ -142,16 +142,19 @@ func testKcatMigrates(t *testing.T, archive string, tcp restore.TCPMode, kind br
 	if _, err := kadm.NewClient(cl).CreateTopic(ctx, 1, 1, nil, topic); err != nil {
 		t.Fatalf("create topic %s: %v", topic, err)
 	}
-	// The producer writes total records at about 250/s, through both moves.
+	// The producer writes about 250 records/s from before the first move until after the last.
 	var produced atomic.Int64
-	producerDone := make(chan error, 1)
+	producerDone, stopProducing := make(chan error, 1), make(chan struct{})
 	go func() {
 		tick := time.NewTicker(4 * time.Millisecond)
 		defer tick.Stop()
-		for i := range total {
+		for i := 0; ; i++ {
 			select {
 			case <-ctx.Done():
 				producerDone <- ctx.Err()
+				return
+			case <-stopProducing:
+				producerDone <- nil
 				return
 			case <-tick.C:
 			}
@@ -161,7 +164,6 @@ func testKcatMigrates(t *testing.T, archive string, tcp restore.TCPMode, kind br
 			}
 			produced.Add(1)
 		}
-		producerDone <- nil
 	}()
 
 	cloud, fog := l.Hosts[0], l.Hosts[1]
@@ -224,9 +226,19 @@ func testKcatMigrates(t *testing.T, archive string, tcp restore.TCPMode, kind br
 				to.Name, len(consumed(t, segments[len(segments)-1:]).offsets), data[max(0, len(data)-600):])
 		}
 	}
+	// 200 more records after the last move, then the producer stops.
+	for end := produced.Load() + 200; produced.Load() < end; {
+		select {
+		case err := <-producerDone:
+			t.Fatalf("the producer stopped: %v", err)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	close(stopProducing)
 	if err := <-producerDone; err != nil {
 		t.Fatal(err)
 	}
+	total := int(produced.Load())
 	// Everything produced is consumed exactly once, in order.
 	var out kcatOutput
 	deadline := time.Now().Add(30 * time.Second)

@@ -125,6 +125,7 @@ func TestLabRunImageCLI(t *testing.T) {
 		t.Fatal(err)
 	}
 	l := newLab(t)
+	l.name = "i" + l.name[1:] // this test's labs: "i…" (the cleanup reads l.name when it runs)
 	work := t.TempDir()
 	kcatTar, toolsTar := filepath.Join(work, "kcat.tar"), filepath.Join(work, "tools.tar")
 	if r := l.run("image", "build", "--executable", kcat, "--name", "ftwin.local/kcat:1", "-o", kcatTar); r.code != 0 {

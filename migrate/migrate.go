@@ -264,12 +264,12 @@ type run struct {
 
 	// From the restore on: the last time the target answered, and whether a copy may run
 	// there although the rollback asked for it to go (the source must then stay frozen).
-	lastContact    atomic.Int64
-	copyMayRun     bool
-	copyOwnsWork   bool // the group's committed offsets moved past the boundary
+	lastContact  atomic.Int64
+	copyMayRun   bool
+	copyOwnsWork bool // the group's committed offsets moved past the boundary
 	// copyReleased: the copy of an application with capability hold was told to resume (and
 	// did not answer that it stays held): it may have run, so the source never thaws again.
-	copyReleased bool
+	copyReleased   bool
 	stopHeartbeats func()
 }
 

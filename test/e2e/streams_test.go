@@ -1,0 +1,149 @@
+package e2e
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ftwin-migrate/ftwin-migrate/broker"
+	"github.com/ftwin-migrate/ftwin-migrate/lab"
+	"github.com/ftwin-migrate/ftwin-migrate/scenario"
+)
+
+var (
+	streamsOnce    sync.Once
+	streamsArchive string
+	streamsErr     error
+)
+
+// streamsTwin builds the Kafka Streams twin (Maven, when `make java` has not) and its image
+// archive, once per test binary.
+func streamsTwin(t *testing.T) string {
+	t.Helper()
+	streamsOnce.Do(func() {
+		root, err := filepath.Abs("../..")
+		if err != nil {
+			streamsErr = err
+			return
+		}
+		app := filepath.Join(root, scenario.StreamsAppDir)
+		if _, err := os.Stat(filepath.Join(app, "streams-twin.jar")); err != nil {
+			out, err := exec.Command("mvn", "-B", "-q", "-f", filepath.Join(root, "twins/streams/pom.xml"), "-DskipTests", "install").CombinedOutput()
+			if err != nil {
+				streamsErr = err
+				t.Logf("mvn: %s", out)
+				return
+			}
+		}
+		dir, err := os.MkdirTemp("", "ftwin-streams-image-")
+		if err != nil {
+			streamsErr = err
+			return
+		}
+		streamsArchive = filepath.Join(dir, "streams-twin.tar")
+		streamsErr = scenario.BuildStreamsTwin(context.Background(), app, streamsArchive)
+	})
+	if streamsErr != nil {
+		t.Fatalf("build the Kafka Streams twin's image: %v", streamsErr)
+	}
+	return streamsArchive
+}
+
+func startStreamsTwin(t *testing.T, subnet string, args []string) *scenario.Scenario {
+	t.Helper()
+	requireLabTools(t)
+	if _, err := os.Stat(filepath.Join(broker.DefaultKafkaHome, "libs")); err != nil {
+		t.Fatalf("Apache Kafka is not assembled (%v): `make install`", err)
+	}
+	cfg := scenario.Config{
+		Lab:              lab.Config{Name: "s" + labName(t)[1:], BaseDir: t.TempDir(), Hosts: []string{"cloud", "fog"}, Subnet: subnet, Broker: broker.Apache},
+		TwinImageArchive: streamsTwin(t), Rate: 200, Devices: 30, TwinArgs: args,
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	s, err := scenario.Start(ctx, cfg)
+	if err != nil {
+		t.Fatalf("start the Kafka Streams twin: %v", err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, h := range s.Lab.Hosts {
+				if b, err := os.ReadFile(h.LogPath(scenario.ContainerID)); err == nil {
+					t.Logf("log of the twin on %s (tail):\n%s", h.Name, tail(string(b), 6000))
+				}
+			}
+		}
+		if err := s.Close(); err != nil {
+			t.Errorf("close: %v", err)
+		}
+		if left := lab.Find(cfg.Lab.BaseDir, cfg.Lab.Name); !left.Empty() {
+			t.Errorf("left behind: %s", left)
+		}
+	})
+	return s
+}
+
+// TestStreamsTwinMigrates: the Kafka Streams twin (DSL aggregate into a changelogged store,
+// exactly_once_v2, static member, ftwin-hook) migrates cloud→fog→cloud under load on Apache
+// Kafka by stop-and-copy, with the default commit interval (100 ms) and a long one (5 s):
+// every reading is output exactly once, the group never rebalances, the hook's boundary is
+// checked against the broker, and no live copy is fenced (the logs of the copies show no
+// fencing).
+func TestStreamsTwinMigrates(t *testing.T) {
+	for i, tc := range []struct {
+		name string
+		args []string
+	}{
+		{"commit-100ms", nil},
+		{"commit-5s", []string{"-commit-interval-ms", "5000"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := startStreamsTwin(t, []string{"10.240.30.0/24", "10.240.31.0/24"}[i], tc.args)
+			ctx := context.Background()
+			for _, to := range []string{"fog", "cloud"} {
+				time.Sleep(3 * time.Second)
+				m := s.Migrate(ctx, to)
+				if m.Err != nil {
+					t.Fatalf("migrate %s→%s: %v", m.From, m.To, m.Err)
+				}
+				r := m.Report
+				if r.Boundary == nil {
+					t.Fatalf("move %s→%s took no boundary (no hook?): warnings %q", m.From, m.To, r.Warnings)
+				}
+				t.Logf("move %s→%s: downtime %v, CRIU frozen %v, restore %v, sent %d B (wire %d B), boundary %v, prepare capabilities %v, warnings %q",
+					m.From, m.To, m.Downtime, m.Frozen, r.RestoreTime, m.Bytes, m.WireBytes, r.Boundary.Offsets, r.Boundary.Capabilities, r.Warnings)
+				if r.CRIU != nil {
+					t.Logf("  CRIU: pages written %d, scanned %d, memdump %d us, frozen %d us", r.CRIU.GetPagesWritten(), r.CRIU.GetPagesScanned(), r.CRIU.GetMemdumpTime(), r.CRIU.GetFrozenTime())
+				}
+				if err := s.WaitProcessing(ctx, 60*time.Second); err != nil {
+					t.Fatal(err)
+				}
+			}
+			time.Sleep(2 * time.Second)
+			res := finish(t, s)
+			assertExactlyOnce(t, res)
+			if res.Rebalances != 0 {
+				t.Errorf("the group rebalanced %d times", res.Rebalances)
+			}
+			for _, m := range res.Migrations {
+				t.Logf("migration %s→%s: %s, stream gap %.0f ms, downtime %.0f ms, frozen %.0f ms", m.From, m.To, m.Result, m.StreamGapMs, m.DowntimeMs, m.FrozenMs)
+				if m.Result != "committed" || !m.BoundaryChecked {
+					t.Errorf("migration %s→%s: %s, boundary checked %v", m.From, m.To, m.Result, m.BoundaryChecked)
+				}
+			}
+			for _, h := range s.Lab.Hosts {
+				b, _ := os.ReadFile(h.LogPath(scenario.ContainerID))
+				for _, bad := range []string{"ProducerFencedException", "InvalidProducerEpochException", "TaskMigratedException", "FENCED_INSTANCE_ID", "RUNNING -> REBALANCING"} {
+					if strings.Contains(string(b), bad) {
+						t.Errorf("the twin's log on %s says %s: a live copy was fenced or rebalanced", h.Name, bad)
+					}
+				}
+			}
+		})
+	}
+}

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -52,6 +53,22 @@ func streamsTwin(t *testing.T) string {
 		t.Fatalf("build the Kafka Streams twin's image: %v", streamsErr)
 	}
 	return streamsArchive
+}
+
+// jvmStatus is the last status line of the twin on host (its RSS, threads, heap).
+func jvmStatus(l *lab.Lab, host string) string {
+	h, err := l.Host(host)
+	if err != nil {
+		return err.Error()
+	}
+	b, _ := os.ReadFile(h.LogPath(scenario.ContainerID))
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	for i := len(lines) - 1; i >= 0; i-- {
+		if strings.HasPrefix(lines[i], "{") && strings.Contains(lines[i], "rss_kib") {
+			return lines[i]
+		}
+	}
+	return "(no status line)"
 }
 
 func startStreamsTwin(t *testing.T, subnet string, args []string) *scenario.Scenario {
@@ -117,6 +134,18 @@ func TestStreamsTwinMigrates(t *testing.T) {
 				}
 				t.Logf("move %s→%s: downtime %v, CRIU frozen %v, restore %v, sent %d B (wire %d B), boundary %v, prepare capabilities %v, warnings %q",
 					m.From, m.To, m.Downtime, m.Frozen, r.RestoreTime, m.Bytes, m.WireBytes, r.Boundary.Offsets, r.Boundary.Capabilities, r.Warnings)
+				var phases []string
+				for _, p := range r.Phases {
+					phases = append(phases, fmt.Sprintf("%s %v", p.Name, p.Duration.Round(time.Millisecond)))
+				}
+				t.Logf("  phases: %s; JVM before the move: %s", strings.Join(phases, ", "), jvmStatus(s.Lab, m.From))
+				if b, err := os.ReadFile(r.TargetLog); err == nil {
+					for _, l := range strings.Split(string(b), "\n") {
+						if strings.Contains(l, "ftwin-hook:") {
+							t.Logf("  target: %s", l)
+						}
+					}
+				}
 				if r.CRIU != nil {
 					t.Logf("  CRIU: pages written %d, scanned %d, memdump %d us, frozen %d us", r.CRIU.GetPagesWritten(), r.CRIU.GetPagesScanned(), r.CRIU.GetMemdumpTime(), r.CRIU.GetFrozenTime())
 				}

@@ -141,9 +141,24 @@ public final class StreamsTwin {
     private static void status(StreamsHook hook, TwinTopology.Counters c) {
         Runtime rt = Runtime.getRuntime();
         String line = "{\"processed\":" + c.processed.get() + ",\"skipped\":" + c.skipped.get() + ",\"anomalies\":" + c.anomalies.get()
-            + ",\"state\":\"" + hook.status().state() + "\",\"heap_used_mib\":" + ((rt.totalMemory() - rt.freeMemory()) >> 20) + "}";
+            + ",\"state\":\"" + hook.status().state() + "\",\"heap_used_mib\":" + ((rt.totalMemory() - rt.freeMemory()) >> 20)
+            + ",\"rss_kib\":" + rssKiB() + ",\"threads\":" + Thread.activeCount() + "}";
         System.out.println(line);
         System.out.flush();
+    }
+
+    /** The process's resident set (VmRSS of /proc/self/status), in KiB; -1 when unknown. */
+    static long rssKiB() {
+        try {
+            for (String l : Files.readAllLines(Path.of("/proc/self/status"))) {
+                if (l.startsWith("VmRSS:")) {
+                    return Long.parseLong(l.replaceAll("[^0-9]", ""));
+                }
+            }
+        } catch (Exception e) {
+            // not Linux
+        }
+        return -1;
     }
 
     static void log(String msg) {

@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,7 +13,9 @@ import (
 	"time"
 
 	"github.com/ftwin-migrate/ftwin-migrate/broker"
+	"github.com/ftwin-migrate/ftwin-migrate/kafkahooks"
 	"github.com/ftwin-migrate/ftwin-migrate/lab"
+	"github.com/ftwin-migrate/ftwin-migrate/migrate"
 	"github.com/ftwin-migrate/ftwin-migrate/scenario"
 )
 
@@ -174,5 +177,78 @@ func TestStreamsTwinMigrates(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// refuseResume is the twin's own hook, except that the migrator "fails" at the resume without
+// sending it, after the copy has sat restored (held) for a while: the copy never ran.
+type refuseResume struct {
+	*migrate.SocketHook
+	wait time.Duration
+}
+
+func (h refuseResume) Resume(ctx context.Context, _ http.RoundTripper) (kafkahooks.Offsets, error) {
+	time.Sleep(h.wait)
+	return nil, &kafkahooks.Error{Op: "resume", StatusCode: http.StatusConflict, Message: "test: not resumed"}
+}
+
+// TestStreamsTwinHeldCopyRollsBack: the Streams twin's copy is restored on fog and held there
+// (capability hold) for 5 s, then the migration rolls back before any resume: the copy did
+// nothing all that time (its status lines say prepared, processed unchanged), the source is
+// thawed and aborted (its producer re-initialised) and carries on, exactly once, without a
+// rebalance.
+func TestStreamsTwinHeldCopyRollsBack(t *testing.T) {
+	s := startStreamsTwin(t, "10.240.32.0/24", nil)
+	ctx := context.Background()
+	time.Sleep(3 * time.Second)
+	cloud, fog := s.Lab.Hosts[0], s.Lab.Hosts[1]
+	client, err := cloud.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	lctx := lab.Context(ctx)
+	c, err := client.LoadContainer(lctx, scenario.ContainerID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	task, err := c.Task(lctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sh, err := migrate.FindSocketHook(task.Pid(), "")
+	if err != nil || sh == nil {
+		t.Fatalf("the twin's hook: %v", err)
+	}
+	m := s.MigrateWith(ctx, "fog", func(o *migrate.Options) { o.Hook = refuseResume{sh, 5 * time.Second} })
+	if m.Err == nil || m.Report.Result != migrate.RolledBack {
+		t.Fatalf("migration: %v (result %s), want a clean rollback", m.Err, m.Report.Result)
+	}
+	if s.At() != "cloud" {
+		t.Fatalf("after the rollback the twin is on %s", s.At())
+	}
+	held := m.Report.Boundary.RecordsProcessed
+	b, _ := os.ReadFile(fog.LogPath(scenario.ContainerID))
+	lines := 0
+	for _, l := range strings.Split(string(b), "\n") {
+		if !strings.HasPrefix(l, "{") {
+			continue
+		}
+		lines++
+		if !strings.Contains(l, `"state":"prepared"`) || !strings.Contains(l, fmt.Sprintf(`"processed":%d,`, held)) {
+			t.Errorf("the held copy on fog ran: %s (boundary at %d processed)", l, held)
+		}
+	}
+	if lines < 3 {
+		t.Errorf("the held copy printed %d status lines in 5 s; want it alive (and held) throughout:\n%s", lines, tail(string(b), 3000))
+	}
+	if err := s.WaitProcessing(ctx, 60*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * time.Second)
+	res := finish(t, s)
+	assertExactlyOnce(t, res)
+	if res.Rebalances != 0 {
+		t.Errorf("the group rebalanced %d times", res.Rebalances)
 	}
 }

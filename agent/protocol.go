@@ -48,6 +48,9 @@ type Hello struct {
 	CRIUVersion       string `json:"criu_version"`
 	Arch              string `json:"arch"`
 	FreeBytes         uint64 `json:"free_bytes"` // free space where the agent keeps CRIU images
+	// ClockWarning says why a container restored on this host may not keep its clocks
+	// (doctor.Clocks); empty when it does, or from an agent too old to say.
+	ClockWarning string `json:"clock_warning,omitempty"`
 }
 
 // Network modes for the restored container's TCP connections.

@@ -33,6 +33,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"golang.org/x/sys/unix"
 
+	"github.com/ftwin-migrate/ftwin-migrate/doctor"
 	"github.com/ftwin-migrate/ftwin-migrate/hooksock"
 	"github.com/ftwin-migrate/ftwin-migrate/pki"
 	"github.com/ftwin-migrate/ftwin-migrate/restore"
@@ -84,6 +85,9 @@ type Agent struct {
 	stopOnce sync.Once
 	// taskPid finds a restored container's task: containerTaskPid, but for tests.
 	taskPid func(ctx context.Context, id string) (uint32, error)
+	// clockWarning is doctor.Clocks' finding when not OK, asked once (clockOnce) for Hello.
+	clockOnce    sync.Once
+	clockWarning string
 }
 
 type session struct {
@@ -297,6 +301,13 @@ func (a *Agent) hello(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}
+	// The host's kernel, CRIU and runc do not change under a running agent: asked once.
+	a.clockOnce.Do(func() {
+		if c := doctor.Clocks(r.Context()); c.Status != doctor.OK {
+			a.clockWarning = c.Detail + " (" + c.Fix + ")"
+		}
+	})
+	h.ClockWarning = a.clockWarning
 	var st unix.Statfs_t
 	if unix.Statfs(a.cfg.WorkDir, &st) == nil {
 		h.FreeBytes = st.Bavail * uint64(st.Bsize)

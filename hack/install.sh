@@ -84,6 +84,7 @@ command -v ip >/dev/null       || need+=(iproute2)
 command -v tc >/dev/null       || need+=(iproute2)
 command -v nsenter >/dev/null  || need+=(util-linux)
 command -v zstd >/dev/null     || need+=(zstd)
+command -v kcat >/dev/null     || need+=(kcat)    # a dynamically linked Kafka consumer (librdkafka) for test/e2e/image_test.go
 if [ ${#need[@]} -gt 0 ]; then log "installing ${need[*]}"; apt_install "${need[@]}"; fi
 
 # 3. CRIU >= 4.2: trixie first (brings libc6 2.41 that forky's criu needs), then forky.

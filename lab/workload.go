@@ -251,6 +251,9 @@ func (h *Host) Run(ctx context.Context, w Workload) error {
 	}
 	defer client.Close()
 	ctx = Context(ctx)
+	if _, err := client.LoadContainer(ctx, w.ID); err == nil {
+		return fmt.Errorf("lab: host %s already has a container %s (namespace %s): choose another id, or remove it (Host.Remove)", h.Name, w.ID, Namespace)
+	}
 	img, err := h.image(ctx, client, w)
 	if err != nil {
 		return err

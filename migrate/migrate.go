@@ -372,6 +372,9 @@ func (m *run) preflight(ctx context.Context) error {
 		return err
 	}
 	m.rep.To, m.rep.Target = hello.Host, &hello
+	if hello.ClockWarning != "" {
+		m.rep.Warnings = append(m.rep.Warnings, "target "+hello.Host+": "+hello.ClockWarning)
+	}
 	if hello.FreeBytes < 64<<20 {
 		return fmt.Errorf("target %s has %d MiB free for CRIU images: free some space", hello.Host, hello.FreeBytes>>20)
 	}

@@ -37,7 +37,8 @@ func TestBuild(t *testing.T) {
 	bin := buildCounter(t)
 	t.Cleanup(func() {
 		// runc removes a container's cgroup but not its namespace's parent directory.
-		dirs, _ := filepath.Glob("/sys/fs/cgroup/*/ociimage-test")
+		dirs, _ := filepath.Glob("/sys/fs/cgroup/*/ociimage-test") // v1; v2 below
+		dirs = append(dirs, "/sys/fs/cgroup/ociimage-test")
 		for _, d := range dirs {
 			_ = syscall.Rmdir(d)
 		}
@@ -187,7 +188,8 @@ func TestArchive(t *testing.T) {
 	ctx, cancel := context.WithTimeout(namespaces.WithNamespace(context.Background(), "ociimage-archive"), 2*time.Minute)
 	defer cancel()
 	t.Cleanup(func() {
-		dirs, _ := filepath.Glob("/sys/fs/cgroup/*/ociimage-archive")
+		dirs, _ := filepath.Glob("/sys/fs/cgroup/*/ociimage-archive") // v1; v2 below
+		dirs = append(dirs, "/sys/fs/cgroup/ociimage-archive")
 		for _, d := range dirs {
 			_ = syscall.Rmdir(d)
 		}

@@ -42,6 +42,7 @@ func labCommand() *cli.Command {
 					&cli.IntFlag{Name: "uplink-mbit", Usage: "throttle every host's link to this rate (0: unthrottled)"},
 					&cli.StringFlag{Name: "subnet", Value: "10.231.0.0/24", Usage: "the lab's IPv4 /24"},
 					&cli.StringSliceFlag{Name: "allow-bind-mount", Usage: "host path (and below) the agents let a migrated container bind-mount (repeatable; see lab run --mount)"},
+					&cli.BoolFlag{Name: "shared-clock", Usage: "put every host on this machine's clocks (default: a time namespace each, its monotonic clock an hour from the next host's, as real hosts' uptimes differ)"},
 				}, labFlags...),
 				Action: labUp,
 			},
@@ -69,6 +70,13 @@ func labCommand() *cli.Command {
 				ArgsUsage: "HOST ID",
 				Flags:     append([]cli.Flag{&cli.IntFlag{Name: "tail", Usage: "only the last N lines (0: all)"}}, labFlags...),
 				Action:    labLogs,
+			},
+			{
+				Name:      "exec",
+				Usage:     "run a command in the running container ID on HOST (its namespaces, clock included) and print its output",
+				ArgsUsage: "HOST ID -- COMMAND [ARGS...]",
+				Flags:     labFlags,
+				Action:    labExec,
 			},
 			{
 				Name:   "down",
@@ -124,6 +132,7 @@ func labUp(c *cli.Context) error {
 	cfg := lab.Config{
 		Name: c.String("name"), BaseDir: c.String("base-dir"), Hosts: c.StringSlice("hosts"),
 		Subnet: c.String("subnet"), UplinkMbit: c.Int("uplink-mbit"), Broker: kind,
+		SharedClock: c.Bool("shared-clock"),
 	}
 	if kind == broker.Embedded {
 		cfg.Broker = broker.None // served by a process of its own below, so it outlives this command
@@ -233,6 +242,19 @@ func labHost(c *cli.Context) (*lab.Lab, *lab.Host, error) {
 	return l, h, nil
 }
 
+// currentLog is the log of container id on h that was written last: LogPath (run there, or
+// restored by an in-process lab agent), or the log the host's `receive` agent gives a container
+// it restored (its --work-dir's logs/NAMESPACE-ID.log).
+func currentLog(h *lab.Host, id string) string {
+	best, bestTime := h.LogPath(id), time.Time{}
+	for _, p := range []string{h.LogPath(id), filepath.Join(h.Dir, "agent", "logs", lab.Namespace+"-"+id+".log")} {
+		if fi, err := os.Stat(p); err == nil && fi.ModTime().After(bestTime) {
+			best, bestTime = p, fi.ModTime()
+		}
+	}
+	return best
+}
+
 func labLogs(c *cli.Context) error {
 	if c.NArg() != 2 {
 		return fmt.Errorf("lab logs takes HOST and ID (got %d arguments)", c.NArg())
@@ -241,7 +263,7 @@ func labLogs(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	path := h.LogPath(c.Args().Get(1))
+	path := currentLog(h, c.Args().Get(1))
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return fmt.Errorf("no output of %s on %s (%w): is it running there? `ftwin-migrate lab status` lists the hosts", c.Args().Get(1), h.Name, err)
@@ -401,11 +423,35 @@ func startDetachedKfake(ctx context.Context, l *lab.Lab) error {
 func printLab(l *lab.Lab) error {
 	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(w, "lab %s\tbridge %s %s\tbroker %s %s\n", l.Name, l.Bridge, l.BridgeIP, l.BrokerKind, l.BrokerAddr)
-	fmt.Fprintln(w, "HOST\tADDRESS\tNETNS\tCONTAINERD")
+	fmt.Fprintln(w, "HOST\tADDRESS\tNETNS\tCLOCK (monotonic, boottime ahead of this machine's)\tCONTAINERD")
 	for _, h := range l.Hosts {
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", h.Name, h.IP, h.NetNS, h.Address())
+		clock := "the machine's"
+		if !h.Clock.IsZero() {
+			clock = fmt.Sprintf("+%v, +%v", h.Clock.Monotonic, h.Clock.Boottime)
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", h.Name, h.IP, h.NetNS, clock, h.Address())
 	}
 	return w.Flush()
+}
+
+func labExec(c *cli.Context) error {
+	if c.NArg() < 3 {
+		return fmt.Errorf("lab exec: want HOST ID -- COMMAND [ARGS...], got %d arguments", c.NArg())
+	}
+	l, err := lab.Load(c.String("base-dir"), c.String("name"))
+	if err != nil {
+		return err
+	}
+	h, err := l.Host(c.Args().Get(0))
+	if err != nil {
+		return err
+	}
+	out, err := h.Exec(c.Context, c.Args().Get(1), c.Args().Slice()[2:]...)
+	if err != nil {
+		return err // it carries the output
+	}
+	_, err = os.Stdout.Write(out)
+	return err
 }
 
 func labDown(c *cli.Context) error {

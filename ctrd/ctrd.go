@@ -93,6 +93,23 @@ func Socket(dir string) string { return filepath.Join(dir, "containerd.sock") }
 
 func pidFile(dir string) string { return filepath.Join(dir, "containerd.pid") }
 
+// DaemonPid returns the process id of the running daemon with directory dir (the containerd
+// process itself: the wrappers exec it), whose namespaces (/proc/PID/ns) are the host's.
+func DaemonPid(dir string) (int, error) {
+	b, err := os.ReadFile(pidFile(dir))
+	if err != nil {
+		return 0, fmt.Errorf("ctrd: no daemon of %s: %w", dir, err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		return 0, fmt.Errorf("ctrd: pid file of %s: %w", dir, err)
+	}
+	if err := syscall.Kill(pid, 0); err != nil {
+		return 0, fmt.Errorf("ctrd: the daemon of %s (pid %d) is not running: %w", dir, pid, err)
+	}
+	return pid, nil
+}
+
 // Start launches containerd as described by cfg and waits until it answers.
 // The daemon outlives the calling process; call Stop (or Kill from another process) to end it.
 func Start(ctx context.Context, cfg Config) (*Daemon, error) {

@@ -264,8 +264,13 @@ func (h *Host) plumb(ctx context.Context, bridge string) error {
 		{"ip", "link", "set", h.Veth, "master", bridge},
 		{"ip", "link", "set", h.Veth, "up"},
 		{"ip", "-n", h.NetNS, "link", "set", peer, "name", "eth0"},
-		{"ip", "-n", h.NetNS, "addr", "add", h.IP + "/24", "dev", "eth0"},
+		// The host's link is a port of a bridge of its own, which holds the host's address and
+		// the links of containers with addresses of their own (see network.go).
+		{"ip", "-n", h.NetNS, "link", "add", hostBridge, "type", "bridge"},
+		{"ip", "-n", h.NetNS, "link", "set", "eth0", "master", hostBridge},
+		{"ip", "-n", h.NetNS, "addr", "add", h.IP + "/24", "dev", hostBridge},
 		{"ip", "-n", h.NetNS, "link", "set", "eth0", "up"},
+		{"ip", "-n", h.NetNS, "link", "set", hostBridge, "up"},
 		{"ip", "-n", h.NetNS, "link", "set", "lo", "up"},
 	}
 	for _, s := range steps {
@@ -275,6 +280,9 @@ func (h *Host) plumb(ctx context.Context, bridge string) error {
 	}
 	return nil
 }
+
+// hostBridge is the bridge in each host's network namespace.
+const hostBridge = "br0"
 
 // NetNSPath is the host's network namespace as a path (for nsenter, setns, OCI specs).
 func (h *Host) NetNSPath() string { return filepath.Join("/run/netns", h.NetNS) }

@@ -59,6 +59,12 @@ type Workload struct {
 	WorkingDir string
 	// SpecOpts change the container's spec after the lab's own options.
 	SpecOpts []oci.SpecOpts
+	// OwnAddress gives the container a network namespace of its own with an address of the
+	// lab network (the lowest free of .100–.249) instead of its host's network: the address
+	// moves with it (see network.go), so its TCP connections survive a move (Move restores
+	// them established). Default: the host's network namespace and address, and connections
+	// restored closed.
+	OwnAddress bool
 }
 
 // Mount is a bind mount of a host path into a container.
@@ -239,9 +245,10 @@ func (w Workload) processOpts(img containerd.Image) []oci.SpecOpts {
 	return opts
 }
 
-// Run starts w as a container on the host, in the host's network namespace, its output in
-// LogPath(w.ID). The image is built or imported first if needed (see ImportImage).
-func (h *Host) Run(ctx context.Context, w Workload) error {
+// Run starts w as a container on the host, in the host's network namespace (or one of its own:
+// Workload.OwnAddress), its output in LogPath(w.ID). The image is built or imported first if
+// needed (see ImportImage).
+func (h *Host) Run(ctx context.Context, w Workload) (err error) {
 	if err := w.check(); err != nil {
 		return err
 	}
@@ -258,19 +265,40 @@ func (h *Host) Run(ctx context.Context, w Workload) error {
 	if err != nil {
 		return err
 	}
-	criuConfig, err := h.criuTCPCloseConfig()
-	if err != nil {
-		return err
+	opts := append(w.processOpts(img), oci.WithCgroup(h.CgroupsPath(Namespace, w.ID)))
+	labels := map[string]string{}
+	if w.OwnAddress {
+		var n ContainerNet
+		if n, err = h.allocateAddress(w.ID); err != nil {
+			return err
+		}
+		var nsPath string
+		if nsPath, err = h.plumbContainer(ctx, w.ID, n, true); err != nil {
+			releaseAddress(h.labDir(), n)
+			return err
+		}
+		defer func() {
+			if err != nil {
+				_ = h.unplumbContainer(context.WithoutCancel(ctx), w.ID)
+				releaseAddress(h.labDir(), n)
+			}
+		}()
+		labels = n.Labels()
+		opts = append(opts, oci.WithLinuxNamespace(specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: nsPath}))
+	} else {
+		criuConfig, err := h.criuTCPCloseConfig()
+		if err != nil {
+			return err
+		}
+		opts = append(opts, oci.WithHostNamespace(specs.NetworkNamespace),
+			oci.WithAnnotations(map[string]string{"org.criu.config": criuConfig}))
 	}
-	specOpts := append(w.processOpts(img),
-		oci.WithHostNamespace(specs.NetworkNamespace), oci.WithCgroup(h.CgroupsPath(Namespace, w.ID)),
-		oci.WithAnnotations(map[string]string{"org.criu.config": criuConfig}))
-	specOpts = append(specOpts, w.SpecOpts...)
 	c, err := client.NewContainer(ctx, w.ID,
 		containerd.WithImage(img),
 		containerd.WithSnapshotter(ociimage.DefaultSnapshotter),
 		containerd.WithNewSnapshot(w.ID+"-rootfs", img),
-		containerd.WithNewSpec(specOpts...),
+		containerd.WithContainerLabels(labels),
+		containerd.WithNewSpec(append(opts, w.SpecOpts...)...),
 	)
 	if err != nil {
 		return fmt.Errorf("lab: host %s: create container %s: %w", h.Name, w.ID, err)
@@ -329,8 +357,13 @@ func (h *Host) Remove(ctx context.Context, id string) error {
 			return fmt.Errorf("lab: host %s: delete task %s: %w", h.Name, id, err)
 		}
 	}
+	labels, _ := c.Labels(ctx)
 	if err := c.Delete(ctx, containerd.WithSnapshotCleanup); err != nil {
 		return fmt.Errorf("lab: host %s: delete container %s: %w", h.Name, id, err)
+	}
+	if _, own, _ := ContainerNetFromLabels(labels); own {
+		// The address stays reserved: the container may live on elsewhere (a move's source).
+		return h.unplumbContainer(ctx, id)
 	}
 	return nil
 }

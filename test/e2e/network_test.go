@@ -17,9 +17,10 @@ import (
 
 // lineServer collects the state lines workloads send it, with the address they came from.
 type lineServer struct {
-	ln    net.Listener
-	mu    sync.Mutex
-	lines []sentLine
+	ln      net.Listener
+	mu      sync.Mutex
+	lines   []sentLine
+	accepts int // connections accepted
 }
 
 type sentLine struct {
@@ -40,6 +41,9 @@ func newLineServer(t *testing.T, addr string) *lineServer {
 			if err != nil {
 				return
 			}
+			ls.mu.Lock()
+			ls.accepts++
+			ls.mu.Unlock()
 			go func() {
 				defer c.Close()
 				ip, _, _ := net.SplitHostPort(c.RemoteAddr().String())

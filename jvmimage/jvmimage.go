@@ -32,8 +32,8 @@ var DefaultModules = []string{"java.base", "java.desktop", "java.management", "j
 // DefaultJavaOpts are the JVM options of the image's entrypoint, chosen for a JVM that CRIU
 // moves: no hsperfdata file (a file in /tmp mapped into memory, which the restored copy's
 // fresh root filesystem would not hold), the serial collector (fewer threads, a smaller heap to
-// dump), a bounded heap.
-var DefaultJavaOpts = []string{"-XX:-UsePerfData", "-XX:+UseSerialGC", "-Xms64m", "-Xmx256m", "-Xss512k", "-XX:TieredStopAtLevel=1"}
+// dump), a small, bounded heap that the collector keeps close to what is live (fewer pages to dump).
+var DefaultJavaOpts = []string{"-XX:-UsePerfData", "-XX:+UseSerialGC", "-Xms16m", "-Xmx256m", "-XX:MinHeapFreeRatio=10", "-XX:MaxHeapFreeRatio=30", "-Xss512k", "-XX:TieredStopAtLevel=1"}
 
 // JREPath is where the JRE lives in the image; AppPath where the application's directory goes.
 const (

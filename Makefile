@@ -24,9 +24,14 @@ build: java
 # (hack/install.sh fetches what it needs once), with their unit tests (Surefire). The app lands
 # in twins/streams/twin/target/app (its jar and lib/), which the streams image is made of.
 # MAVEN_REPO=DIR uses DIR as Maven's local repository (CI caches it); MVN_FLAGS=-o builds offline.
+# It runs again only when a source, pom or resource changed since the last good build.
 MVN ?= mvn
 MVN_ARGS := -B -q -f twins/streams/pom.xml $(if $(MAVEN_REPO),-Dmaven.repo.local=$(MAVEN_REPO)) $(MVN_FLAGS)
-java:
+STREAMS_JAR := twins/streams/twin/target/app/streams-twin.jar
+STREAMS_SRC := $(shell find twins/streams -path '*/target' -prune -o -type f -print 2>/dev/null)
+java: $(STREAMS_JAR)
+
+$(STREAMS_JAR): $(STREAMS_SRC)
 	$(MVN) $(MVN_ARGS) clean install
 
 demo: install build

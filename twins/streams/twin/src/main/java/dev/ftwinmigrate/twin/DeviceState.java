@@ -23,7 +23,7 @@ public final class DeviceState {
     int ringN; // readings in the ring (up to its length)
     int ringNext; // the slot the next reading goes to
     // The output of the last reading applied.
-    long outSeq, outSensorNs, outOffset;
+    long outSeq, outSensorNs, outOffset, outProcessedNs;
     int outPartition;
     double outMean, outStddev, outBaseline;
     boolean outAnomaly;
@@ -54,6 +54,7 @@ public final class DeviceState {
         outSensorNs = r.tsNs();
         outPartition = r.partition();
         outOffset = r.offset();
+        outProcessedNs = r.processedNs();
         if (r.seq() <= lastSeq) {
             return this;
         }
@@ -72,6 +73,10 @@ public final class DeviceState {
     }
 
     /** The output record's value: the fields of verify.Event. */
+    String output(String instance) {
+        return output(outProcessedNs, instance);
+    }
+
     String output(long processedNs, String instance) {
         StringBuilder b = new StringBuilder(256);
         b.append("{\"device\":");
@@ -111,13 +116,13 @@ public final class DeviceState {
 
     byte[] toBytes() {
         byte[] d = device.getBytes(StandardCharsets.UTF_8);
-        ByteBuffer b = ByteBuffer.allocate(4 + d.length + 8 * 4 + 8 * 2 + 4 + 4 + 4 + 8 * ring.length + 8 * 3 + 4 + 8 * 3 + 1 + 8);
+        ByteBuffer b = ByteBuffer.allocate(4 + d.length + 8 * 4 + 8 * 2 + 4 + 4 + 4 + 8 * ring.length + 8 * 4 + 4 + 8 * 3 + 1 + 8);
         b.putInt(d.length).put(d).putLong(lastSeq).putLong(count).putLong(sumTempHundredths).putLong(anomalies)
             .putDouble(lastTemp).putDouble(lastHumidity).putInt(ring.length).putInt(ringN).putInt(ringNext);
         for (double t : ring) {
             b.putDouble(t);
         }
-        b.putLong(outSeq).putLong(outSensorNs).putLong(outOffset).putInt(outPartition)
+        b.putLong(outSeq).putLong(outSensorNs).putLong(outOffset).putLong(outProcessedNs).putInt(outPartition)
             .putDouble(outMean).putDouble(outStddev).putDouble(outBaseline).put((byte) (outAnomaly ? 1 : 0));
         return Arrays.copyOf(b.array(), b.position());
     }
@@ -147,6 +152,7 @@ public final class DeviceState {
         s.outSeq = b.getLong();
         s.outSensorNs = b.getLong();
         s.outOffset = b.getLong();
+        s.outProcessedNs = b.getLong();
         s.outPartition = b.getInt();
         s.outMean = b.getDouble();
         s.outStddev = b.getDouble();

@@ -5,12 +5,16 @@ import java.nio.charset.StandardCharsets;
 
 /**
  * A sensor reading (the input's value, package sensors: {"device","seq","ts_ns","temp","humidity"})
- * with where it was read from: the twin's output names its input partition and offset.
+ * with where it was read from (the twin's output names its input partition and offset) and when
+ * the stream thread processed it: Kafka Streams' wall-clock time of the thread's current loop
+ * (ProcessorContext#currentSystemTimeMs), one value for the records of one poll, as the Go twin
+ * stamps the records of one batch alike, so that the verifier's normal output interval is the
+ * batch interval.
  */
-public record Reading(String device, long seq, long tsNs, double temp, double humidity, int partition, long offset) {
+public record Reading(String device, long seq, long tsNs, double temp, double humidity, int partition, long offset, long processedNs) {
 
     /** Parses the input's JSON value; null when it is not a reading. */
-    static Reading parse(String json, int partition, long offset) {
+    static Reading parse(String json, int partition, long offset, long processedNs) {
         if (json == null) {
             return null;
         }
@@ -22,13 +26,13 @@ public record Reading(String device, long seq, long tsNs, double temp, double hu
         if (device == null || device.isEmpty() || seq == null || ts == null || temp == null || hum == null) {
             return null;
         }
-        return new Reading(device, seq, ts, temp, hum, partition, offset);
+        return new Reading(device, seq, ts, temp, hum, partition, offset, processedNs);
     }
 
     byte[] toBytes() {
         byte[] d = device.getBytes(StandardCharsets.UTF_8);
-        ByteBuffer b = ByteBuffer.allocate(4 + d.length + 8 * 5 + 4);
-        b.putInt(d.length).put(d).putLong(seq).putLong(tsNs).putDouble(temp).putDouble(humidity).putInt(partition).putLong(offset);
+        ByteBuffer b = ByteBuffer.allocate(4 + d.length + 8 * 6 + 4);
+        b.putInt(d.length).put(d).putLong(seq).putLong(tsNs).putDouble(temp).putDouble(humidity).putInt(partition).putLong(offset).putLong(processedNs);
         return b.array();
     }
 
@@ -39,6 +43,6 @@ public record Reading(String device, long seq, long tsNs, double temp, double hu
         ByteBuffer b = ByteBuffer.wrap(bytes);
         byte[] d = new byte[b.getInt()];
         b.get(d);
-        return new Reading(new String(d, StandardCharsets.UTF_8), b.getLong(), b.getLong(), b.getDouble(), b.getDouble(), b.getInt(), b.getLong());
+        return new Reading(new String(d, StandardCharsets.UTF_8), b.getLong(), b.getLong(), b.getDouble(), b.getDouble(), b.getInt(), b.getLong(), b.getLong());
     }
 }

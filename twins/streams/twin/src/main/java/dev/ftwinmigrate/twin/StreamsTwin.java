@@ -91,7 +91,7 @@ public final class StreamsTwin {
         StreamsHook hook = StreamsHook.forStreams(props).recordsProcessed(counters.processed::get)
             .log(StreamsTwin::log).build();
         KafkaStreams streams = new KafkaStreams(
-            TwinTopology.build(f.get("in"), f.get("out"), Integer.parseInt(f.get("window")), instance, StreamsTwin::nowNs, counters),
+            TwinTopology.build(f.get("in"), f.get("out"), Integer.parseInt(f.get("window")), instance, counters),
             props, hook.clientSupplier());
         CountDownLatch done = new CountDownLatch(1);
         streams.setStateListener((now, before) -> {
@@ -131,11 +131,6 @@ public final class StreamsTwin {
         done.await();
         log("streams-twin: stopped");
         System.exit(1);
-    }
-
-    static long nowNs() {
-        Instant now = Instant.now();
-        return now.getEpochSecond() * 1_000_000_000L + now.getNano();
     }
 
     private static void status(StreamsHook hook, TwinTopology.Counters c) {

@@ -1,7 +1,6 @@
 package dev.ftwinmigrate.twin;
 
 import java.util.concurrent.atomic.AtomicLong;
-import java.util.function.LongSupplier;
 import org.apache.kafka.common.serialization.Serde;
 import org.apache.kafka.common.serialization.Serdes;
 import org.apache.kafka.streams.StreamsBuilder;
@@ -34,8 +33,8 @@ public final class TwinTopology {
 
     private TwinTopology() {}
 
-    /** The topology from input to output; clock gives processed_ns. */
-    public static Topology build(String input, String output, int window, String instance, LongSupplier clock, Counters counters) {
+    /** The topology from input to output. */
+    public static Topology build(String input, String output, int window, String instance, Counters counters) {
         StreamsBuilder b = new StreamsBuilder();
         b.stream(input, Consumed.with(Serdes.String(), Serdes.String()))
             .processValues(() -> new Stamp(counters))
@@ -50,13 +49,13 @@ public final class TwinTopology {
                 if (st.outAnomaly) {
                     counters.anomalies.incrementAndGet();
                 }
-                return st.output(clock.getAsLong(), instance);
+                return st.output(instance);
             })
             .to(output, Produced.with(Serdes.String(), Serdes.String()));
         return b.build();
     }
 
-    /** Parses a reading and stamps it with its input partition and offset; null for a malformed one. */
+    /** Parses a reading and stamps it with its input partition and offset and the thread's time; null for a malformed one. */
     static final class Stamp implements FixedKeyProcessor<String, String, Reading> {
         private final Counters counters;
         private FixedKeyProcessorContext<String, Reading> ctx;
@@ -74,7 +73,7 @@ public final class TwinTopology {
         public void process(FixedKeyRecord<String, String> rec) {
             int partition = ctx.recordMetadata().map(m -> m.partition()).orElse(-1);
             long offset = ctx.recordMetadata().map(m -> m.offset()).orElse(-1L);
-            Reading r = Reading.parse(rec.value(), partition, offset);
+            Reading r = Reading.parse(rec.value(), partition, offset, ctx.currentSystemTimeMs() * 1_000_000L);
             if (r == null) {
                 counters.skipped.incrementAndGet();
             }

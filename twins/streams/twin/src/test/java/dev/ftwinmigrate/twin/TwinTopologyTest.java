@@ -6,7 +6,8 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import java.util.List;
 import java.util.Properties;
-import java.util.concurrent.atomic.AtomicLong;
+import java.time.Duration;
+import java.time.Instant;
 import org.apache.kafka.common.serialization.StringDeserializer;
 import org.apache.kafka.common.serialization.StringSerializer;
 import org.apache.kafka.streams.KeyValue;
@@ -24,14 +25,13 @@ class TwinTopologyTest {
     TestInputTopic<String, String> in;
     TestOutputTopic<String, String> out;
     TwinTopology.Counters counters;
-    final AtomicLong clock = new AtomicLong(1_000);
 
     @BeforeEach
     void setUp() {
         counters = new TwinTopology.Counters();
         Properties p = StreamsTwin.props(StreamsTwin.flags(new String[] {"-brokers", "dummy:1234", "-group", "t"}));
         p.put(StreamsConfig.STATE_DIR_CONFIG, System.getProperty("java.io.tmpdir") + "/twin-topology-test");
-        driver = new TopologyTestDriver(TwinTopology.build("sensors", "twin-state", 10, "inst-a", clock::incrementAndGet, counters), p);
+        driver = new TopologyTestDriver(TwinTopology.build("sensors", "twin-state", 10, "inst-a", counters), p, Instant.ofEpochMilli(1_000));
         in = driver.createInputTopic("sensors", new StringSerializer(), new StringSerializer());
         out = driver.createOutputTopic("twin-state", new StringDeserializer(), new StringDeserializer());
     }
@@ -56,9 +56,19 @@ class TwinTopologyTest {
         String third = got.get(2).value;
         assertTrue(third.startsWith("{\"device\":\"d-0\",\"seq\":2,\"input_partition\":0,\"input_offset\":2,\"mean\":20.0,\"stddev\":0.0,\"baseline\":20.0,\"anomaly\":false,"), third);
         assertTrue(third.contains("\"sensor_ns\":2007,"), third);
-        assertTrue(third.contains("\"processed_ns\":1003,"), third);
+        assertTrue(third.contains("\"processed_ns\":1000000000,"), third); // the thread's wall clock, in ns
         assertTrue(third.endsWith("\"instance\":\"inst-a\"}"), third);
         assertEquals(3, counters.processed.get());
+    }
+
+    @Test
+    void processedIsTheThreadsWallClock() {
+        in.pipeInput("d-0", reading("d-0", 1, 20.0));
+        driver.advanceWallClockTime(Duration.ofMillis(250));
+        in.pipeInput("d-0", reading("d-0", 2, 20.0));
+        List<String> vals = out.readValuesToList();
+        assertTrue(vals.get(0).contains("\"processed_ns\":1000000000,"), vals.get(0));
+        assertTrue(vals.get(1).contains("\"processed_ns\":1250000000,"), vals.get(1));
     }
 
     @Test
@@ -103,15 +113,15 @@ class TwinTopologyTest {
     void stateSurvivesItsSerde() {
         DeviceState s = new DeviceState(5);
         for (int i = 1; i <= 7; i++) {
-            s.apply(new Reading("d-3", i, i * 10L, 18 + i, 50, 2, 100 + i));
+            s.apply(new Reading("d-3", i, i * 10L, 18 + i, 50, 2, 100 + i, 7));
         }
         DeviceState back = DeviceState.fromBytes(s.toBytes());
-        assertEquals(s.output(5, "x"), back.output(5, "x"));
-        assertEquals(s.apply(new Reading("d-3", 8, 80, 30, 50, 2, 108)).output(6, "x"),
-            back.apply(new Reading("d-3", 8, 80, 30, 50, 2, 108)).output(6, "x"));
-        Reading r = new Reading("d-9", 4, 5, 6.5, 7.25, 1, 99);
+        assertEquals(s.output("x"), back.output("x"));
+        assertEquals(s.apply(new Reading("d-3", 8, 80, 30, 50, 2, 108, 9)).output("x"),
+            back.apply(new Reading("d-3", 8, 80, 30, 50, 2, 108, 9)).output("x"));
+        Reading r = new Reading("d-9", 4, 5, 6.5, 7.25, 1, 99, 11);
         assertEquals(r, Reading.fromBytes(r.toBytes()));
-        assertEquals(r, Reading.parse(reading("d-9", 4, 6.5).replace("\"ts_ns\":4007", "\"ts_ns\":5").replace("55.5", "7.25"), 1, 99));
+        assertEquals(r, Reading.parse(reading("d-9", 4, 6.5).replace("\"ts_ns\":4007", "\"ts_ns\":5").replace("55.5", "7.25"), 1, 99, 11));
     }
 
     @Test

@@ -2,6 +2,7 @@ package lab
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -58,19 +59,22 @@ func Move(ctx context.Context, from, to *Host, id string) (rep MoveReport, err e
 		return rep, fmt.Errorf("lab: move %s from %s: %w", id, from.Name, err)
 	}
 	start := time.Now()
-	ck, err := checkpoint.Checkpoint(ctx, src, id, checkpoint.WithExit(), checkpoint.WithTCPEstablished())
-	if err != nil {
-		return rep, fmt.Errorf("lab: move %s from %s: %w", id, from.Name, err)
-	}
-	rep.Checkpoint, rep.CRIU = ck.Duration, ck.CRIU
 	if own != nil {
-		// The source's link goes down: its address must answer nowhere while the copy is
-		// restored (a peer's packet reaching a host with no socket for it would be answered
-		// with a reset).
+		// The source's link goes down before the dump: the sockets CRIU records must take no
+		// more packets here (the kernel would acknowledge them for the copy never to see), and
+		// the address must answer nowhere until the copy is restored.
 		if err := from.SetContainerLinkUp(ctx, id, false); err != nil {
 			return rep, err
 		}
 	}
+	ck, err := checkpoint.Checkpoint(ctx, src, id, checkpoint.WithExit(), checkpoint.WithTCPEstablished())
+	if err != nil {
+		if own != nil {
+			err = errors.Join(err, from.SetContainerLinkUp(context.WithoutCancel(ctx), id, true))
+		}
+		return rep, fmt.Errorf("lab: move %s from %s: %w", id, from.Name, err)
+	}
+	rep.Checkpoint, rep.CRIU = ck.Duration, ck.CRIU
 	defer func() {
 		if err != nil {
 			if own != nil {
@@ -143,7 +147,7 @@ func restoreOn(ctx context.Context, h *Host, client *containerd.Client, id, ref 
 	opts := []restore.Opt{restore.WithIO(io), restore.WithCgroupsPath(h.CgroupsPath(Namespace, id))}
 	if n != nil {
 		mode = restore.TCPEstablished
-		opts = append(opts, restore.WithSpecEdit(withNetNS(filepath.Join("/run/netns", h.ContainerNetNS(id)))),
+		opts = append(opts, restore.WithNetworkNamespace(filepath.Join("/run/netns", h.ContainerNetNS(id))),
 			restore.WithLabels(n.Labels()))
 	}
 	tcp, err := restore.WithTCP(mode, h.Dir)

@@ -13,9 +13,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 
-	"github.com/opencontainers/runtime-spec/specs-go"
-
+	"github.com/ftwin-migrate/ftwin-migrate/agent"
 	"github.com/ftwin-migrate/ftwin-migrate/ctrd"
 )
 
@@ -239,19 +239,73 @@ func (h *Host) unplumbContainer(ctx context.Context, id string) error {
 	return nil
 }
 
-// withNetNS points a spec's network namespace at path.
-func withNetNS(path string) func(*specs.Spec) error {
-	return func(s *specs.Spec) error {
-		if s.Linux == nil {
-			s.Linux = &specs.Linux{}
-		}
-		for i, ns := range s.Linux.Namespaces {
-			if ns.Type == specs.NetworkNamespace {
-				s.Linux.Namespaces[i].Path = path
-				return nil
-			}
-		}
-		s.Linux.Namespaces = append(s.Linux.Namespaces, specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: path})
-		return nil
+// HostNetwork is a lab host's side of container addresses that move (see network.go): the
+// source's for package migrate (migrate.SourceNetwork) and the target's for its agent
+// (agent.Network). Containers are found by id; the containerd namespace is the lab's.
+type HostNetwork struct{ h *Host }
+
+// Network returns the host's HostNetwork.
+func (h *Host) Network() HostNetwork { return HostNetwork{h} }
+
+// Address returns container id's own address, or nil when it is on the host's network.
+func (n HostNetwork) Address(_ context.Context, _, id string) (*agent.ContainerAddress, error) {
+	if _, err := os.Stat(filepath.Join("/run/netns", n.h.ContainerNetNS(id))); errors.Is(err, os.ErrNotExist) {
+		return nil, nil
 	}
+	cn, err := n.h.readContainerNet(id)
+	if err != nil {
+		return nil, err
+	}
+	return &agent.ContainerAddress{IP: cn.Addr.String(), MAC: cn.MAC.String()}, nil
+}
+
+// Disconnect takes container id's address off the network from this host.
+func (n HostNetwork) Disconnect(ctx context.Context, _, id string) error {
+	return n.h.SetContainerLinkUp(ctx, id, false)
+}
+
+// Reconnect puts it back and announces it.
+func (n HostNetwork) Reconnect(ctx context.Context, _, id string) error {
+	return n.h.SetContainerLinkUp(ctx, id, true)
+}
+
+// Connect is Reconnect, for the target's side.
+func (n HostNetwork) Connect(ctx context.Context, _, id string) error {
+	return n.h.SetContainerLinkUp(ctx, id, true)
+}
+
+// Prepare makes container id's network namespace on this host with address a, its link down.
+func (n HostNetwork) Prepare(ctx context.Context, _, id string, a agent.ContainerAddress) (string, error) {
+	var cn ContainerNet
+	var err error
+	if cn.Addr, err = netip.ParsePrefix(a.IP); err != nil {
+		return "", fmt.Errorf("lab: container address %q: %w", a.IP, err)
+	}
+	if cn.MAC, err = net.ParseMAC(a.MAC); err != nil {
+		return "", fmt.Errorf("lab: container MAC %q: %w", a.MAC, err)
+	}
+	return n.h.plumbContainer(ctx, id, cn, false)
+}
+
+// Remove removes container id's network namespace from this host.
+func (n HostNetwork) Remove(ctx context.Context, _, id string) error {
+	return n.h.unplumbContainer(ctx, id)
+}
+
+// ContainerConnections lists the established TCP connections of container id, which has an
+// address of its own, as "LOCAL PEER" pairs (ss(8) in its network namespace): how a test
+// tells a connection carried across a move from a new one.
+func (h *Host) ContainerConnections(ctx context.Context, id string) ([]string, error) {
+	out, err := exec.CommandContext(ctx, "ip", "netns", "exec", h.ContainerNetNS(id), "ss", "-Htn", "state", "established").Output()
+	if err != nil {
+		return nil, fmt.Errorf("lab: host %s: connections of container %s: %w", h.Name, id, err)
+	}
+	var conns []string
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		// Recv-Q Send-Q Local Peer (the state column is left out with a state filter).
+		if f := strings.Fields(line); len(f) >= 4 {
+			conns = append(conns, f[2]+" "+f[3])
+		}
+	}
+	return conns, nil
 }

@@ -74,6 +74,25 @@ func WithSpecEdit(edit func(*specs.Spec) error) Opt {
 	return func(cfg *config) { cfg.specEdits = append(cfg.specEdits, edit) }
 }
 
+// WithNetworkNamespace puts the restored container in the network namespace at path (one this
+// host made for it: a source host's path means nothing here), or, with "", in a new one of its
+// own. runc hands the namespace to CRIU as the external one the dump recorded.
+func WithNetworkNamespace(path string) Opt {
+	return WithSpecEdit(func(s *specs.Spec) error {
+		if s.Linux == nil {
+			s.Linux = &specs.Linux{}
+		}
+		for i, ns := range s.Linux.Namespaces {
+			if ns.Type == specs.NetworkNamespace {
+				s.Linux.Namespaces[i].Path = path
+				return nil
+			}
+		}
+		s.Linux.Namespaces = append(s.Linux.Namespaces, specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: path})
+		return nil
+	})
+}
+
 // WithCgroupsPath puts the restored container at path in the cgroup hierarchy instead of the
 // source's path (needed when source and target share a machine, as simulated hosts do).
 func WithCgroupsPath(path string) Opt {

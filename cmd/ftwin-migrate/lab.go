@@ -61,6 +61,7 @@ func labCommand() *cli.Command {
 					&cli.StringSliceFlag{Name: "env", Aliases: []string{"e"}, Usage: "KEY=VALUE added to the environment (repeatable)"},
 					&cli.StringSliceFlag{Name: "mount", Aliases: []string{"v"}, Usage: "bind mount HOST-PATH:CONTAINER-PATH[:ro|rw] (repeatable; the agents allow only paths given to `lab up --allow-bind-mount`)"},
 					&cli.StringFlag{Name: "workdir", Aliases: []string{"w"}, Usage: "working directory in the container (absolute)"},
+					&cli.BoolFlag{Name: "own-address", Usage: "give the container a network namespace of its own with an address on the lab network that moves with it (TCP connections survive a migration); default: the host's network"},
 				}, labFlags...),
 				Action: labRun,
 			},
@@ -192,7 +193,7 @@ func startAgents(ctx context.Context, l *lab.Lab, binds ...string) error {
 		addr := net.JoinHostPort(h.IP, fmt.Sprint(lab.AgentPort))
 		args := []string{"--address", h.Address(), "receive", "--listen", addr,
 			"--pki", labPKI(l), "--host", h.Name, "--work-dir", filepath.Join(h.Dir, "agent"), "--cgroup-parent", h.CgroupParent(),
-			"--serve-namespace", lab.Namespace, "--allow-host-namespace", "network"}
+			"--serve-namespace", lab.Namespace, "--allow-host-namespace", "network", "--lab", l.Dir}
 		for _, b := range binds {
 			args = append(args, "--allow-bind-mount", b)
 		}
@@ -315,6 +316,11 @@ func labRun(c *cli.Context) error {
 	}
 	fmt.Printf("%s runs on %s (image %s, namespace %s, cgroup %s); output in %s (`ftwin-migrate lab logs %s %s`)\n",
 		w.ID, h.Name, ref, lab.Namespace, h.CgroupsPath(lab.Namespace, w.ID), h.LogPath(w.ID), h.Name, w.ID)
+	if w.OwnAddress {
+		if a, err := h.Network().Address(c.Context, lab.Namespace, w.ID); err == nil && a != nil {
+			fmt.Printf("its own address: %s (MAC %s), which moves with it: its TCP connections survive a migration\n", a.IP, a.MAC)
+		}
+	}
 	return nil
 }
 
@@ -326,7 +332,7 @@ func workloadFromFlags(c *cli.Context) (lab.Workload, error) {
 	}
 	w := lab.Workload{
 		ID: c.Args().Get(1), ImageArchive: c.String("image-archive"), Image: c.String("image"),
-		Args: args, Env: c.StringSlice("env"), WorkingDir: c.String("workdir"),
+		Args: args, Env: c.StringSlice("env"), WorkingDir: c.String("workdir"), OwnAddress: c.Bool("own-address"),
 	}
 	if e := c.String("entrypoint"); e != "" {
 		w.Entrypoint = []string{e}

@@ -28,18 +28,7 @@ func TestClocksAcrossHosts(t *testing.T) {
 	bin := buildCounter(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	base := t.TempDir()
-	name := labName(t)
-	l, err := lab.Up(ctx, lab.Config{Name: name, BaseDir: base, Hosts: []string{"cloud", "fog"}, Subnet: "10.231.75.0/24"})
-	if err != nil {
-		t.Fatalf("lab up: %v", err)
-	}
-	downed := false
-	t.Cleanup(func() {
-		if !downed {
-			_ = l.Down(context.Background())
-		}
-	})
+	l := upTwoHosts(t, ctx, "10.231.75.0/24")
 	cloud, fog := l.Hosts[0], l.Hosts[1]
 	if got, want := fog.Clock.Monotonic-cloud.Clock.Monotonic, time.Hour; got != want {
 		t.Fatalf("fog's monotonic clock is %v ahead of cloud's, want %v (lab.HostClock)", got, want)
@@ -69,13 +58,14 @@ func TestClocksAcrossHosts(t *testing.T) {
 		{cloud, fog, "to a host an hour ahead"},
 	}
 	for _, hop := range hops {
-		src := allStates(t, hop.from.LogPath(id))
-		last := src[len(src)-1]
 		rep, err := lab.Move(ctx, hop.from, hop.to, id)
 		if err != nil {
 			t.Fatalf("move %s: %v", hop.what, err)
 		}
 		moved := time.Now()
+		// The source's log is complete once it was dumped (its task exits).
+		src := allStates(t, hop.from.LogPath(id))
+		last := src[len(src)-1]
 		// Six ticks on the target, as fast as the clock allows: a workload waiting for its
 		// own clock to catch up an hour would print none.
 		after := waitState(t, hop.to.LogPath(id), func(s state.State) bool { return s.Tick >= last.Tick+6 })
@@ -103,7 +93,7 @@ func TestClocksAcrossHosts(t *testing.T) {
 		}
 		for i := 1; i < len(ticks); i++ {
 			gap := time.Duration(ticks[i].NowNS - ticks[i-1].NowNS)
-			if gap < 700*time.Millisecond || gap > 1300*time.Millisecond {
+			if gap < 500*time.Millisecond || gap > 2*time.Second { // wide: a loaded CI machine runs timers late
 				t.Errorf("move %s: ticks %d and %d are %v apart, want 1s", hop.what, ticks[i-1].Tick, ticks[i].Tick, gap)
 			}
 		}
@@ -113,13 +103,7 @@ func TestClocksAcrossHosts(t *testing.T) {
 		checkExecClock(t, ctx, hop.to, id, "after the move "+hop.what)
 	}
 
-	if err := l.Down(ctx); err != nil {
-		t.Fatalf("lab down: %v", err)
-	}
-	downed = true
-	if left := lab.Find(base, name); !left.Empty() {
-		t.Fatalf("lab down left %s", left)
-	}
+	l.downClean(t, ctx)
 }
 
 // checkExecClock execs `counter -print-clock` in the container and checks it reads the same

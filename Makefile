@@ -34,7 +34,7 @@ java: $(STREAMS_STAMP)
 
 $(STREAMS_STAMP): $(STREAMS_SRC)
 	$(MVN) $(MVN_ARGS) clean install
-	touch $@
+	mkdir -p $(@D) && touch $@
 
 demo: install build
 	$(BIN)/ftwin-migrate demo

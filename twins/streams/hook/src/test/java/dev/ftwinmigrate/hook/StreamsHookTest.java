@@ -82,10 +82,11 @@ class StreamsHookTest {
             producer.send(new ProducerRecord<>("twin-state", new byte[] {1}));
             offset += 10;
             producer.sendOffsetsToTransaction(Map.of(new TopicPartition("sensors", 0), new OffsetAndMetadata(offset)), meta);
-            producer.commitTransaction();
-            Offsets b = broker.get().copy().set("sensors", 0, offset);
-            broker.set(b);
+            // The broker holds the offsets once the commit is done, before commitTransaction
+            // returns (and the hold may stop the thread inside it).
+            broker.set(broker.get().copy().set("sensors", 0, offset));
             commits.incrementAndGet();
+            producer.commitTransaction();
             sleep(2);
         }
     }
@@ -184,6 +185,7 @@ class StreamsHookTest {
         while (commits.get() < at + 2) {
             Thread.sleep(1);
         }
-        assertTrue(replacement.transactionCommitted(), "the thread does not commit through the new producer");
+        // MockProducer moves a transaction's records to its history when it commits.
+        assertFalse(replacement.history().isEmpty(), "the thread does not commit through the new producer");
     }
 }

@@ -130,7 +130,7 @@ func TestLabRunImageCLI(t *testing.T) {
 	if r := l.run("image", "build", "--executable", kcat, "--name", "ftwin.local/kcat:1", "-o", kcatTar); r.code != 0 {
 		t.Fatal(r)
 	}
-	if r := l.run("image", "build", "--executable", sh, "--executable", "cat", "--name", "ftwin.local/tools:1", "-o", toolsTar); r.code != 0 {
+	if r := l.run("image", "build", "--executable", sh, "--executable", "cat", "--executable", "sleep", "--name", "ftwin.local/tools:1", "-o", toolsTar); r.code != 0 {
 		t.Fatal(r)
 	}
 	data := t.TempDir()
@@ -142,10 +142,24 @@ func TestLabRunImageCLI(t *testing.T) {
 
 	// Environment, mount and working directory reach the process.
 	l.mustLab("run", "--image-archive", toolsTar, "-e", "GREETER=ftwin", "-v", data+":/data:ro", "-w", "/data", "cloud", "probe",
-		"--", "-c", `echo "$GREETER $(pwd) $(cat greeting)"; exec cat`)
+		"--", "-c", `echo "$GREETER $(pwd) $(cat greeting)"; exec sleep 1000`)
 	waitFor(t, 20*time.Second, func() bool {
 		return strings.Contains(l.mustLab("logs", "cloud", "probe").stdout, "ftwin /data hello")
 	}, "the probe container's output")
+	// With its bind mount it moves (the agents allow the path, given to lab up), and the
+	// mount is there on the target.
+	migrateTo := func(id string) {
+		t.Helper()
+		mr := l.run("--address", filepath.Join(l.dir(), "hosts", "cloud", "containerd.sock"), "--namespace", "ftwin", "migrate",
+			"--pki", filepath.Join(l.dir(), "pki"), "--host", "cloud", "--to", prefix+"12:7443", id)
+		if mr.code != 0 {
+			t.Fatal(mr)
+		}
+	}
+	migrateTo("probe")
+	if out := l.mustLab("exec", "fog", "probe", "--", "cat", "/data/greeting").stdout; out != "hello" {
+		t.Errorf("the bind-mounted file in the moved container on fog reads %q, want hello", out)
+	}
 
 	broker := prefix + "1:9092"
 	cl, err := kgo.NewClient(kgo.SeedBrokers(broker), kgo.DefaultProduceTopic("readings"), kgo.RecordPartitioner(kgo.ManualPartitioner()))
@@ -170,11 +184,7 @@ func TestLabRunImageCLI(t *testing.T) {
 	}
 	waitFor(t, 20*time.Second, func() bool { return strings.Contains(l.mustLab("logs", "cloud", "kc").stdout, "49 r-49") }, "kcat consumes on cloud")
 
-	mr := l.run("--address", filepath.Join(l.dir(), "hosts", "cloud", "containerd.sock"), "--namespace", "ftwin", "migrate",
-		"--pki", filepath.Join(l.dir(), "pki"), "--host", "cloud", "--to", prefix+"12:7443", "kc")
-	if mr.code != 0 {
-		t.Fatal(mr)
-	}
+	migrateTo("kc")
 	produce(50, 100)
 	waitFor(t, 20*time.Second, func() bool { return strings.Contains(l.mustLab("logs", "fog", "kc").stdout, "99 r-99") }, "kcat consumes on fog after the move (lab logs fog kc)")
 	if out := l.mustLab("logs", "fog", "kc").stdout; strings.Contains(out, "0 r-0\n") {

@@ -42,6 +42,7 @@ func labCommand() *cli.Command {
 					&cli.IntFlag{Name: "uplink-mbit", Usage: "throttle every host's link to this rate (0: unthrottled)"},
 					&cli.StringFlag{Name: "subnet", Value: "10.231.0.0/24", Usage: "the lab's IPv4 /24"},
 					&cli.StringSliceFlag{Name: "allow-bind-mount", Usage: "host path (and below) the agents let a migrated container bind-mount (repeatable; see lab run --mount)"},
+					&cli.BoolFlag{Name: "plugin", Usage: "run the hosts on containerd-ftwin (containerd with the ftwin-migrate plugin): each daemon serves migration on its socket and receives on HOST:7443; no agent processes"},
 					&cli.BoolFlag{Name: "shared-clock", Usage: "put every host on this machine's clocks (default: a time namespace each, its monotonic clock an hour from the next host's, as real hosts' uptimes differ)"},
 				}, labFlags...),
 				Action: labUp,
@@ -132,7 +133,7 @@ func labUp(c *cli.Context) error {
 	}
 	cfg := lab.Config{
 		Name: c.String("name"), BaseDir: c.String("base-dir"), Hosts: c.StringSlice("hosts"),
-		Subnet: c.String("subnet"), UplinkMbit: c.Int("uplink-mbit"), Broker: kind,
+		Subnet: c.String("subnet"), UplinkMbit: c.Int("uplink-mbit"), Broker: kind, Plugin: c.Bool("plugin"),
 		SharedClock: c.Bool("shared-clock"),
 	}
 	if kind == broker.Embedded {
@@ -148,20 +149,32 @@ func labUp(c *cli.Context) error {
 			return err
 		}
 	}
-	for _, p := range c.StringSlice("allow-bind-mount") {
+	binds := c.StringSlice("allow-bind-mount")
+	for _, p := range binds {
 		if !filepath.IsAbs(p) {
 			_ = l.Down(context.WithoutCancel(c.Context))
 			return fmt.Errorf("--allow-bind-mount %q: want an absolute host path", p)
 		}
 	}
-	if err := startAgents(c.Context, l, c.StringSlice("allow-bind-mount")...); err != nil {
+	if l.Plugin && len(binds) > 0 {
 		_ = l.Down(context.WithoutCancel(c.Context))
-		return err
+		return fmt.Errorf("--allow-bind-mount sets the policy of the lab's agent processes; with --plugin there are none: leave it out")
+	}
+	if !l.Plugin {
+		if err := startAgents(c.Context, l, binds...); err != nil {
+			_ = l.Down(context.WithoutCancel(c.Context))
+			return err
+		}
 	}
 	if err := printLab(l); err != nil {
 		return err
 	}
 	a, b := l.Hosts[0], l.Hosts[len(l.Hosts)-1]
+	if l.Plugin {
+		fmt.Printf("\nthe hosts run %s: each receives on HOST:%d; certificates in %s. To move a container %s→%s:\n", lab.PluginDaemon, lab.AgentPort, l.PKIDir, a.Name, b.Name)
+		fmt.Printf("  ftwin-migrate --address %s --namespace %s migrate --via-containerd --to %s:%d ID\n", a.Address(), lab.Namespace, b.IP, lab.AgentPort)
+		return nil
+	}
 	fmt.Printf("\nagents listen on HOST:%d; certificates in %s. To move a container %s→%s:\n", lab.AgentPort, labPKI(l), a.Name, b.Name)
 	fmt.Printf("  ftwin-migrate --address %s --namespace %s migrate --to %s:%d --pki %s --host %s ID\n",
 		a.Address(), lab.Namespace, b.IP, lab.AgentPort, labPKI(l), a.Name)
@@ -452,7 +465,14 @@ func labExec(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	out, err := h.Exec(c.Context, c.Args().Get(1), c.Args().Slice()[2:]...)
+	args := c.Args().Slice()[2:]
+	if args[0] == "--" { // flag parsing stopped at HOST, so "--" arrives as an argument
+		args = args[1:]
+	}
+	if len(args) == 0 {
+		return fmt.Errorf("lab exec: want HOST ID -- COMMAND [ARGS...]: no command after --")
+	}
+	out, err := h.Exec(c.Context, c.Args().Get(1), args...)
 	if err != nil {
 		return err // it carries the output
 	}

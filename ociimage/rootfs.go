@@ -46,12 +46,15 @@ func AddExecutable(ctx context.Context, rootfs, path string) (string, error) {
 
 // sharedLibraries runs ldd on path and returns the absolute paths of the libraries it lists
 // (none for a static executable).
-func sharedLibraries(ctx context.Context, path string) ([]string, error) {
+func sharedLibraries(ctx context.Context, path string, searchDirs ...string) ([]string, error) {
 	if _, err := os.Stat(path); err != nil {
 		return nil, err
 	}
 	var stdout, stderr bytes.Buffer
 	cmd := exec.CommandContext(ctx, "ldd", path)
+	if len(searchDirs) > 0 {
+		cmd.Env = append(os.Environ(), "LD_LIBRARY_PATH="+strings.Join(searchDirs, ":"))
+	}
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
 	if out := stdout.String() + stderr.String(); strings.Contains(out, "not a dynamic executable") || strings.Contains(out, "statically linked") {
@@ -129,4 +132,36 @@ func copyInto(rootfs, path string) error {
 		return fmt.Errorf("copy %s: %w", path, err)
 	}
 	return out.Close()
+}
+
+// AddLibraries copies into rootfs the shared libraries the ELF file at path loads, as ldd(1)
+// lists them (the dynamic loader included), each at the path ldd names — as AddExecutable does,
+// but without path itself: for the programs and libraries of a tree put into rootfs by other
+// means, such as a jlink'd JRE's bin/java and lib/*.so, which live in the image at another path
+// than on the host. searchDirs are where the tree's own libraries are (the JRE's lib and
+// lib/server): ldd looks there too (LD_LIBRARY_PATH), and what it finds there is not copied. A
+// static file has none. It returns the paths of the libraries it copied.
+func AddLibraries(ctx context.Context, rootfs, path string, searchDirs ...string) ([]string, error) {
+	found, err := sharedLibraries(ctx, path, searchDirs...)
+	if err != nil {
+		return nil, fmt.Errorf("add the libraries of %s: %w", path, err)
+	}
+	var libs []string
+	for _, p := range found {
+		own := false
+		for _, d := range searchDirs {
+			if rel, err := filepath.Rel(d, p); err == nil && !strings.HasPrefix(rel, "..") {
+				own = true
+			}
+		}
+		if !own {
+			libs = append(libs, p)
+		}
+	}
+	for _, p := range libs {
+		if err := copyInto(rootfs, p); err != nil {
+			return nil, fmt.Errorf("add the libraries of %s: %w", path, err)
+		}
+	}
+	return libs, nil
 }

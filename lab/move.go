@@ -12,6 +12,7 @@ import (
 	containerd "github.com/containerd/containerd/v2/client"
 
 	"github.com/ftwin-migrate/ftwin-migrate/checkpoint"
+	"github.com/ftwin-migrate/ftwin-migrate/netmove"
 	"github.com/ftwin-migrate/ftwin-migrate/restore"
 	"github.com/ftwin-migrate/ftwin-migrate/transfer"
 )
@@ -63,14 +64,14 @@ func Move(ctx context.Context, from, to *Host, id string) (rep MoveReport, err e
 		// The source's link goes down before the dump: the sockets CRIU records must take no
 		// more packets here (the kernel would acknowledge them for the copy never to see), and
 		// the address must answer nowhere until the copy is restored.
-		if err := from.SetContainerLinkUp(ctx, id, false); err != nil {
+		if err := from.Network().SetLinkUp(ctx, id, false); err != nil {
 			return rep, err
 		}
 	}
 	ck, err := checkpoint.Checkpoint(ctx, src, id, checkpoint.WithExit(), checkpoint.WithTCPEstablished())
 	if err != nil {
 		if own != nil {
-			err = errors.Join(err, from.SetContainerLinkUp(context.WithoutCancel(ctx), id, true))
+			err = errors.Join(err, from.Network().SetLinkUp(context.WithoutCancel(ctx), id, true))
 		}
 		return rep, fmt.Errorf("lab: move %s from %s: %w", id, from.Name, err)
 	}
@@ -78,7 +79,7 @@ func Move(ctx context.Context, from, to *Host, id string) (rep MoveReport, err e
 	defer func() {
 		if err != nil {
 			if own != nil {
-				_ = to.unplumbContainer(context.WithoutCancel(ctx), id)
+				_ = to.Network().Detach(context.WithoutCancel(ctx), id)
 			}
 			if rerr := restartFrom(ctx, from, id, ck.Ref, own); rerr != nil {
 				err = fmt.Errorf("%w; and restarting the source from its checkpoint failed too: %v", err, rerr)
@@ -91,7 +92,7 @@ func Move(ctx context.Context, from, to *Host, id string) (rep MoveReport, err e
 	}
 	defer func() { _ = checkpoint.Delete(ctx, dst, ck.Ref) }()
 	if own != nil {
-		if _, err := to.plumbContainer(ctx, id, *own, false); err != nil {
+		if _, err := to.Network().Attach(ctx, id, *own, false); err != nil {
 			return rep, fmt.Errorf("lab: move %s to %s: %w", id, to.Name, err)
 		}
 	}
@@ -111,12 +112,12 @@ func Move(ctx context.Context, from, to *Host, id string) (rep MoveReport, err e
 
 // restartFrom replaces the exited source container by one restored from its own checkpoint
 // (with its own address n, if it has one: its network namespace is recreated).
-func restartFrom(ctx context.Context, h *Host, id, ref string, n *ContainerNet) error {
+func restartFrom(ctx context.Context, h *Host, id, ref string, n *netmove.Address) error {
 	if err := h.Remove(ctx, id); err != nil {
 		return err
 	}
 	if n != nil {
-		if _, err := h.plumbContainer(ctx, id, *n, false); err != nil {
+		if _, err := h.Network().Attach(ctx, id, *n, false); err != nil {
 			return err
 		}
 	}
@@ -136,9 +137,9 @@ func (h *Host) RestoreHere(ctx context.Context, client *containerd.Client, id, r
 }
 
 // restoreOn restores container id on h. With n, the container has an address of its own: it is
-// restored into its network namespace on h (made by plumbContainer, its link down), its TCP
+// restored into its network namespace on h (made by Network().Attach, its link down), its TCP
 // connections established, and its link then brought up, which announces the address.
-func restoreOn(ctx context.Context, h *Host, client *containerd.Client, id, ref string, n *ContainerNet) (*restore.Result, error) {
+func restoreOn(ctx context.Context, h *Host, client *containerd.Client, id, ref string, n *netmove.Address) (*restore.Result, error) {
 	io, err := h.LogIO(id)
 	if err != nil {
 		return nil, err
@@ -147,8 +148,8 @@ func restoreOn(ctx context.Context, h *Host, client *containerd.Client, id, ref 
 	opts := []restore.Opt{restore.WithIO(io), restore.WithCgroupsPath(h.CgroupsPath(Namespace, id))}
 	if n != nil {
 		mode = restore.TCPEstablished
-		opts = append(opts, restore.WithNetworkNamespace(filepath.Join("/run/netns", h.ContainerNetNS(id))),
-			restore.WithLabels(n.Labels()))
+		opts = append(opts, restore.WithNetworkNamespace(h.Network().NetNSPath(id)),
+			restore.WithLabels(containerLabels(*n)))
 	}
 	tcp, err := restore.WithTCP(mode, h.Dir)
 	if err != nil {
@@ -166,7 +167,7 @@ func restoreOn(ctx context.Context, h *Host, client *containerd.Client, id, ref 
 	}
 	_ = os.RemoveAll(work)
 	if n != nil {
-		if err := h.SetContainerLinkUp(ctx, id, true); err != nil {
+		if err := h.Network().SetLinkUp(ctx, id, true); err != nil {
 			return res, err
 		}
 	}
@@ -174,7 +175,7 @@ func restoreOn(ctx context.Context, h *Host, client *containerd.Client, id, ref 
 }
 
 // containerNet returns container id's own address, or nil when it uses its host's network.
-func containerNet(ctx context.Context, client *containerd.Client, id string) (*ContainerNet, error) {
+func containerNet(ctx context.Context, client *containerd.Client, id string) (*netmove.Address, error) {
 	c, err := client.LoadContainer(ctx, id)
 	if err != nil {
 		return nil, err

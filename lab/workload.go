@@ -15,6 +15,7 @@ import (
 	"github.com/containerd/errdefs"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
+	"github.com/ftwin-migrate/ftwin-migrate/netmove"
 	"github.com/ftwin-migrate/ftwin-migrate/ociimage"
 )
 
@@ -268,22 +269,22 @@ func (h *Host) Run(ctx context.Context, w Workload) (err error) {
 	opts := append(w.processOpts(img), oci.WithCgroup(h.CgroupsPath(Namespace, w.ID)))
 	labels := map[string]string{}
 	if w.OwnAddress {
-		var n ContainerNet
+		var n netmove.Address
 		if n, err = h.allocateAddress(w.ID); err != nil {
 			return err
 		}
 		var nsPath string
-		if nsPath, err = h.plumbContainer(ctx, w.ID, n, true); err != nil {
+		if nsPath, err = h.Network().Attach(ctx, w.ID, n, true); err != nil {
 			releaseAddress(h.labDir(), n)
 			return err
 		}
 		defer func() {
 			if err != nil {
-				_ = h.unplumbContainer(context.WithoutCancel(ctx), w.ID)
+				_ = h.Network().Detach(context.WithoutCancel(ctx), w.ID)
 				releaseAddress(h.labDir(), n)
 			}
 		}()
-		labels = n.Labels()
+		labels = containerLabels(n)
 		opts = append(opts, oci.WithLinuxNamespace(specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: nsPath}))
 	} else {
 		criuConfig, err := h.criuTCPCloseConfig()
@@ -363,7 +364,7 @@ func (h *Host) Remove(ctx context.Context, id string) error {
 	}
 	if _, own, _ := ContainerNetFromLabels(labels); own {
 		// The address stays reserved: the container may live on elsewhere (a move's source).
-		return h.unplumbContainer(ctx, id)
+		return h.Network().Detach(ctx, id)
 	}
 	return nil
 }

@@ -29,6 +29,7 @@ func newApp() *cli.App {
 			doctorCommand(),
 			labCommand(),
 			imageCommand(),
+			netCommand(),
 			certsCommand(),
 			receiveCommand(),
 			migrateCommand(),

@@ -27,6 +27,7 @@ import (
 	"github.com/ftwin-migrate/ftwin-migrate/kafkahooks"
 	"github.com/ftwin-migrate/ftwin-migrate/lab"
 	"github.com/ftwin-migrate/ftwin-migrate/migrate"
+	"github.com/ftwin-migrate/ftwin-migrate/netmove"
 	"github.com/ftwin-migrate/ftwin-migrate/pki"
 	"github.com/ftwin-migrate/ftwin-migrate/plugin"
 	"github.com/ftwin-migrate/ftwin-migrate/restore"
@@ -79,6 +80,7 @@ func receiveCommand() *cli.Command {
 			&cli.StringSliceFlag{Name: "allow-bind-mount", Usage: "host path (and below) a restored container may bind-mount (repeatable)"},
 			&cli.StringSliceFlag{Name: "allow-capability", Usage: "capability beyond containerd's defaults a restored container may hold, e.g. CAP_NET_ADMIN (repeatable)"},
 			&cli.BoolFlag{Name: "allow-devices", Usage: "let restored containers have device nodes and device cgroup rules of their own"},
+			bridgeFlag,
 			&cli.StringFlag{Name: "lab", Hidden: true, Usage: "the lab directory of this host (set by `lab up`): containers with addresses of their own get them here"},
 		}, pkiFlags...),
 		Action: func(c *cli.Context) error {
@@ -98,6 +100,9 @@ func receiveCommand() *cli.Command {
 			}
 			cfg := agent.Config{Host: host, Client: client, WorkDir: c.String("work-dir"), SessionTimeout: c.Duration("session-timeout"),
 				Log: slog.New(slog.NewTextHandler(os.Stderr, nil)), Policy: policy, Namespaces: c.StringSlice("serve-namespace")}
+			if br := c.String("bridge"); br != "" {
+				cfg.Network = netmove.Bridge{Name: br}
+			}
 			if dir := c.String("lab"); dir != "" {
 				l, err := lab.Load(filepath.Dir(dir), filepath.Base(dir))
 				if err != nil {
@@ -145,6 +150,7 @@ func migrateCommand() *cli.Command {
 		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "to", Required: true, Usage: "target agent address, host:port"},
 			&cli.StringFlag{Name: "peer", Usage: "the target's host name in the PKI, checked against its certificate (default: the host of --to, a name or an address its certificate lists)"},
+			bridgeFlag,
 			&cli.StringFlag{Name: "probe", Usage: "http:// URL the target checks before commit, e.g. http://127.0.0.1:8080/healthz"},
 			&cli.StringFlag{Name: "tcp", Usage: "established connections on the target: close (clients reconnect) or established (same address); default: established for a container whose address moves with it (a lab container run with --own-address), close otherwise"},
 			&cli.DurationFlag{Name: "phase-timeout", Value: 2 * time.Minute, Usage: "roll back if a phase takes longer"},
@@ -193,8 +199,10 @@ func migrateCommand() *cli.Command {
 			if o.MaxLag == 0 {
 				o.MaxLag = -1 // the library's default is 500; the flag's 0 means caught up exactly
 			}
-			// A lab host's containerd: its containers' own addresses move with them.
-			if h := labHostOf(c.String("address")); h != nil {
+			// Containers' own addresses move with them: on a bridge named, or a lab host's.
+			if br := c.String("bridge"); br != "" {
+				o.Network = netmove.Bridge{Name: br}
+			} else if h := labHostOf(c.String("address")); h != nil {
 				o.Network = h.Network()
 			}
 			if !c.Bool("json") && term.IsTerminal(int(os.Stderr.Fd())) {

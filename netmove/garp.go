@@ -1,4 +1,4 @@
-package lab
+package netmove
 
 import (
 	"encoding/binary"
@@ -16,7 +16,7 @@ import (
 // Written by hand on x/sys (an AF_PACKET socket and a 42-byte frame) rather than with a
 // library: the frame is fixed, and the part that needs care is the namespace, which a library
 // would not handle either.
-func announce(nsPath, ifname string, n ContainerNet) error {
+func announce(nsPath, ifname string, n Address) error {
 	errc := make(chan error, 1)
 	go func() {
 		// The thread enters the namespace and is never unlocked: it ends with this goroutine
@@ -60,8 +60,8 @@ var broadcastMAC = net.HardwareAddr{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
 
 // garpFrame is an Ethernet broadcast ARP request for n's address from n's MAC, asking for
 // itself (sender and target address equal): a gratuitous ARP (RFC 5227).
-func garpFrame(n ContainerNet) []byte {
-	ip := n.Addr.Addr().As4()
+func garpFrame(n Address) []byte {
+	ip := n.Prefix.Addr().As4()
 	f := make([]byte, 0, 42)
 	f = append(f, broadcastMAC...)
 	f = append(f, n.MAC...)

@@ -105,7 +105,9 @@ func TestPlacementDrainHost(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	res, err := r.Drain(ctx, r.Store, placementPolicyT(t), "fog1", fleet.DrainOptions{Concurrency: 2,
-		Progress: func(p fleet.Progress) { t.Logf("[%d/%d] %s done=%v %s", p.Finished, p.Total, p.Decision, p.Done, p.Result.Result()) }})
+		Progress: func(p fleet.Progress) {
+			t.Logf("[%d/%d] %s done=%v %s", p.Finished, p.Total, p.Decision, p.Done, p.Result.Result())
+		}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -143,4 +145,3 @@ func TestPlacementDrainHost(t *testing.T) {
 	time.Sleep(2 * time.Second)
 	assertFleetExactlyOnce(t, r)
 }
-

@@ -21,6 +21,7 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/ftwin-migrate/ftwin-migrate/agent"
 	"github.com/ftwin-migrate/ftwin-migrate/lab"
 	"github.com/ftwin-migrate/ftwin-migrate/migrate"
 	"github.com/ftwin-migrate/ftwin-migrate/pki"
@@ -142,15 +143,28 @@ func (f *Fleet) Start(ctx context.Context, t placestate.Twin, c TwinConfig) erro
 	return nil
 }
 
-// Locate says where each of the twins runs: the host whose containerd has its container with a
-// running task (a frozen source mid-migration counts where it is). A twin found nowhere is
-// absent from the map.
-func (f *Fleet) Locate(ctx context.Context, ids []string) (map[string]string, error) {
+// Instance is a container of a twin on a host.
+type Instance struct {
+	Host string
+	// Status is its task's (running, paused, ...; "" without a task).
+	Status string
+	// Migrating: a migration has this container as its source (migrate.MigratingLabel).
+	Migrating bool
+	// Uncommitted: an agent restored it and has not committed it (a migration's copy in flight).
+	Uncommitted bool
+}
+
+// Settled says the instance runs as the twin's one copy: running, neither a migration's
+// source nor its uncommitted copy.
+func (i Instance) Settled() bool { return i.Status == "running" && !i.Migrating && !i.Uncommitted }
+
+// Inspect lists every container of the twins on every host.
+func (f *Fleet) Inspect(ctx context.Context, ids []string) (map[string][]Instance, error) {
 	want := map[string]bool{}
 	for _, id := range ids {
 		want[id] = true
 	}
-	at := map[string]string{}
+	out := map[string][]Instance{}
 	ctx = lab.Context(ctx)
 	for _, h := range f.Lab.Hosts {
 		client, err := h.Client()
@@ -166,19 +180,46 @@ func (f *Fleet) Locate(ctx context.Context, ids []string) (map[string]string, er
 			if !want[c.ID()] {
 				continue
 			}
-			task, err := c.Task(ctx, nil)
-			if err != nil {
-				continue
+			in := Instance{Host: h.Name}
+			if labels, err := c.Labels(ctx); err == nil {
+				in.Migrating = labels[migrate.MigratingLabel] != ""
+				in.Uncommitted = labels[agent.RestoredForLabel] != "" && labels[agent.CommittedLabel] == ""
 			}
-			st, err := task.Status(ctx)
-			if err != nil || (st.Status != "running" && st.Status != "paused" && st.Status != "pausing") {
-				continue
+			if task, err := c.Task(ctx, nil); err == nil {
+				if st, err := task.Status(ctx); err == nil {
+					in.Status = string(st.Status)
+				}
 			}
-			at[c.ID()] = h.Name
+			out[c.ID()] = append(out[c.ID()], in)
 		}
 		client.Close()
 	}
-	return at, nil
+	return out, nil
+}
+
+// Locate says where each of the twins runs: the host of its container with a task that is not
+// a migration's uncommitted copy (a source frozen mid-migration counts where it is). A twin
+// found nowhere is absent from the map.
+func (f *Fleet) Locate(ctx context.Context, ids []string) (map[string]string, error) {
+	inst, err := f.Inspect(ctx, ids)
+	if err != nil {
+		return nil, err
+	}
+	return Where(inst), nil
+}
+
+// Where is Locate's answer from Inspect's.
+func Where(inst map[string][]Instance) map[string]string {
+	at := map[string]string{}
+	for id, is := range inst {
+		for _, i := range is {
+			if i.Uncommitted || (i.Status != "running" && i.Status != "paused" && i.Status != "pausing") {
+				continue
+			}
+			at[id] = i.Host
+		}
+	}
+	return at
 }
 
 // MoveResult is one migration's outcome.
@@ -377,4 +418,28 @@ func (f *Fleet) Hosts() []string {
 	}
 	sort.Strings(hs)
 	return hs
+}
+
+// Recover settles twin id whose migration from host from to host to was cut short by its
+// migrator's death (migrate.Recover: the target says whether it committed; the frozen source
+// is removed or thawed accordingly). It returns what it did.
+func (f *Fleet) Recover(ctx context.Context, id, from, to string) (string, error) {
+	src, err := f.Lab.Host(from)
+	if err != nil {
+		return "", err
+	}
+	tlsCfg, err := pki.ClientConfig(f.cfg.pkiDir, from, to)
+	if err != nil {
+		return "", err
+	}
+	client, err := src.Client()
+	if err != nil {
+		return "", err
+	}
+	defer client.Close()
+	what, err := migrate.Recover(ctx, client, migrate.RecoverOptions{Namespace: lab.Namespace, Container: id, TLS: tlsCfg})
+	if err != nil {
+		return what, fmt.Errorf("fleet: recover %s on %s: %w", id, from, err)
+	}
+	return what, nil
 }

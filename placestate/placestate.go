@@ -22,6 +22,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kerr"
@@ -147,6 +148,7 @@ type Store struct {
 	cfg     config
 	brokers []string
 	cl      *kgo.Client
+	mu      sync.Mutex // one transaction at a time
 }
 
 // Open connects to brokers, creates the topic if it is absent and, WithTransactionalID,
@@ -286,6 +288,8 @@ func DecisionRecord(d placement.Decision) Record {
 func (s *Store) Write(ctx context.Context, recs ...Record) error { return s.write(ctx, recs) }
 
 func (s *Store) write(ctx context.Context, recs []Record) (err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	krs := make([]*kgo.Record, 0, len(recs))
 	for _, r := range recs {
 		kr := &kgo.Record{Key: []byte(r.Key), Partition: 0}

@@ -38,6 +38,7 @@ func newApp() *cli.App {
 			demoCommand(),
 			benchCommand(),
 			drainCommand(),
+			controllerCommand(),
 		},
 	}
 	app.Commands = append(app.Commands, cordonCommands()...)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"text/tabwriter"
 	"time"
@@ -195,4 +196,50 @@ func printDrain(w io.Writer, r fleet.DrainResult) {
 	} else {
 		fmt.Fprintf(w, "\n%s is cordoned and holds no twin; `ftwin-migrate uncordon %s` when it may take twins again\n", r.Host, r.Host)
 	}
+}
+
+func controllerCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "controller",
+		Usage: "measure a lab's twins and hosts, evaluate the placement policy and live-migrate twins as it says (state in Kafka; the newest controller fences the others)",
+		Flags: append([]cli.Flag{
+			&cli.StringFlag{Name: "policy", Required: true, Usage: "the placement policy (YAML)"},
+			&cli.StringFlag{Name: "instance", Value: hostnameOr("controller"), Usage: "this controller's name in the records"},
+			&cli.StringFlag{Name: "transactional-id", Value: fleet.DefaultTransactionalID, Usage: "Kafka transactional id the state is written under: a controller opened with the same id fences this one"},
+			&cli.Float64Flag{Name: "host-cores", Value: 1, Usage: "CPU of each simulated host, in cores (a host's CPU signal is its processes' CPU over this)"},
+			&cli.DurationFlag{Name: "latency-window", Value: 10 * time.Second, Usage: "the window of the latency p99"},
+			&cli.DurationFlag{Name: "resolve-after", Value: 2 * time.Minute, Usage: "settle a migration another controller left in flight after this long (recover a frozen source)"},
+		}, fleetFlags...),
+		Action: func(c *cli.Context) error {
+			p, err := placement.Load(c.String("policy"))
+			if err != nil {
+				return err
+			}
+			f, store, err := openFleet(c)
+			if err != nil {
+				return err
+			}
+			store.Close() // the controller opens its own, transactional
+			if ok, what := fleet.PSIPerCgroup(); !ok {
+				fmt.Fprintf(os.Stderr, "pressure: %s\n", what)
+			}
+			ctl, err := f.NewController(c.Context, fleet.ControllerConfig{
+				Policy: p, Name: c.String("instance"), TransactionalID: c.String("transactional-id"), StateTopic: c.String("state-topic"),
+				Measure:      fleet.MeasureConfig{HostCores: c.Float64("host-cores"), Window: c.Duration("latency-window")},
+				ResolveAfter: c.Duration("resolve-after"),
+				Log:          slog.New(slog.NewTextHandler(os.Stderr, nil)),
+			})
+			if err != nil {
+				return err
+			}
+			return ctl.Run(c.Context)
+		},
+	}
+}
+
+func hostnameOr(def string) string {
+	if h, err := os.Hostname(); err == nil && h != "" {
+		return h
+	}
+	return def
 }

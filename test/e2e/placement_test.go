@@ -2,7 +2,12 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -54,6 +59,15 @@ func startFleet(t *testing.T, subnet string, twins []placestate.Twin) *fleet.Run
 		t.Fatalf("bring up the fleet: %v", err)
 	}
 	t.Cleanup(func() {
+		if t.Failed() {
+			for _, tw := range twins {
+				for _, h := range r.Lab.Hosts {
+					if b, err := os.ReadFile(h.LogPath(tw.ID)); err == nil {
+						t.Logf("%s on %s, last of its log:\n%s", tw.ID, h.Name, tail(string(b), 1500))
+					}
+				}
+			}
+		}
 		if err := r.Close(); err != nil {
 			t.Errorf("close: %v", err)
 		}
@@ -144,4 +158,239 @@ func TestPlacementDrainHost(t *testing.T) {
 	}
 	time.Sleep(2 * time.Second)
 	assertFleetExactlyOnce(t, r)
+}
+
+type logWriter struct{ t *testing.T }
+
+func (w logWriter) Write(b []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(b), "\n"))
+	return len(b), nil
+}
+
+// moveLog collects the migrations every controller of a test ended.
+type moveLog struct {
+	mu    sync.Mutex
+	moves []fleet.MoveResult
+	by    map[string][]string // twin → "controller:from→to"
+}
+
+func (l *moveLog) add(by string) func(fleet.MoveResult) {
+	return func(m fleet.MoveResult) {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		l.moves = append(l.moves, m)
+		if l.by == nil {
+			l.by = map[string][]string{}
+		}
+		if m.Moved() {
+			l.by[m.Twin] = append(l.by[m.Twin], fmt.Sprintf("%s:%s→%s", by, m.From, m.To))
+		}
+	}
+}
+
+func (l *moveLog) legs(twin string) []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]string(nil), l.by[twin]...)
+}
+
+// runningController is a controller run by a test.
+type runningController struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+	err    error
+}
+
+// stop stops the controller and returns what its Run returned.
+func (r *runningController) stop() error { r.cancel(); <-r.done; return r.err }
+
+func startController(t *testing.T, r *fleet.Running, name string, log *moveLog, edit func(*fleet.ControllerConfig)) *runningController {
+	t.Helper()
+	lg := slog.New(slog.NewTextHandler(logWriter{t}, nil)).With("ctl", name)
+	n := 0
+	cfg := fleet.ControllerConfig{Policy: placementPolicyT(t), Name: name, ResolveAfter: 20 * time.Second, Log: lg, OnMove: log.add(name),
+		// The machine is shared (other tests load it): a simulated host has a quarter of a core,
+		// so that two busy loops on it are plainly an overload and its twins alone are not.
+		Measure: fleet.MeasureConfig{HostCores: 0.25},
+		OnSample: func(s placement.Sample) {
+			if n++; n%5 == 0 {
+				lg.Info("sample", "cloud", s.Hosts["cloud"].CPU, "fog1", s.Hosts["fog1"].CPU, "fog2", s.Hosts["fog2"].CPU)
+			}
+		}}
+	if edit != nil {
+		edit(&cfg)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	c, err := r.NewController(ctx, cfg)
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	rc := &runningController{cancel: cancel, done: make(chan struct{})}
+	go func() { rc.err = c.Run(ctx); close(rc.done) }()
+	t.Cleanup(func() { _ = rc.stop() })
+	return rc
+}
+
+// waitPlaced waits until every twin of ids runs on host.
+func waitPlaced(t *testing.T, r *fleet.Running, ids []string, host string, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		where, err := r.Locate(context.Background(), ids)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, id := range ids {
+			if where[id] == host {
+				n++
+			}
+		}
+		if n == len(ids) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after %v the twins %v are at %v, not all on %s", timeout, ids, where, host)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+// TestPlacementControllerLoad: real CPU load on fog1 (busy loops in its cgroup) makes the
+// controller shed fog1's twins to the cloud, largest lag first, two at a time; when the load
+// ends they come home. fog2's twin never moves, nothing moves twice per leg, and every twin
+// processes every event exactly once.
+func TestPlacementControllerLoad(t *testing.T) {
+	twins := []placestate.Twin{fleet.Spec("tw0", "fog1"), fleet.Spec("tw1", "fog1"), fleet.Spec("tw2", "fog1"), fleet.Spec("tw3", "fog2")}
+	r := startFleet(t, "10.240.11.0/24", twins)
+	if ok, what := fleet.PSIPerCgroup(); !ok {
+		t.Logf("pressure: %s", what)
+	}
+	var log moveLog
+	ctl := startController(t, r, "ctl-a", &log, nil)
+	time.Sleep(5 * time.Second)
+	fog1, _ := r.Lab.Host("fog1")
+	load, err := fleet.StartLoad(fog1, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	loaded := time.Now()
+	fog1Twins := []string{"tw0", "tw1", "tw2"}
+	waitPlaced(t, r, fog1Twins, "cloud", 3*time.Minute)
+	t.Logf("load on fog1 → its twins on the cloud in %v", time.Since(loaded))
+	load.Stop()
+	unloaded := time.Now()
+	waitPlaced(t, r, fog1Twins, "fog1", 3*time.Minute)
+	t.Logf("load gone → its twins home in %v", time.Since(unloaded))
+	time.Sleep(3 * time.Second)
+	if err := ctl.stop(); err != nil {
+		t.Errorf("controller: %v", err)
+	}
+	for _, id := range fog1Twins {
+		if legs := log.legs(id); len(legs) != 2 || legs[0] != "ctl-a:fog1→cloud" || legs[1] != "ctl-a:cloud→fog1" {
+			t.Errorf("%s moved %v, want out to the cloud and back once", id, legs)
+		}
+	}
+	if legs := log.legs("tw3"); len(legs) != 0 {
+		t.Errorf("tw3 (fog2) moved: %v", legs)
+	}
+	for _, m := range log.moves {
+		t.Logf("%s %s→%s by %s: %s, took %v", m.Twin, m.From, m.To, m.Rule, m.Result(), m.End.Sub(m.Start))
+		if !m.Moved() {
+			t.Errorf("a migration failed: %+v", m)
+		}
+	}
+	assertFleetExactlyOnce(t, r)
+}
+
+// TestPlacementControllerFencing: a second controller started while the first is migrating
+// fences it (the first stops; its migrations end) and takes over: it finds the first's
+// migrations in flight and leaves them; then it is stopped mid-work and a third carries on
+// from the state in Kafka. No twin is ever migrated twice for one leg, and every twin is
+// exactly once.
+func TestPlacementControllerFencing(t *testing.T) {
+	twins := []placestate.Twin{fleet.Spec("tw0", "fog1"), fleet.Spec("tw1", "fog1"), fleet.Spec("tw2", "fog1"), fleet.Spec("tw3", "fog1")}
+	ids := []string{"tw0", "tw1", "tw2", "tw3"}
+	r := startFleet(t, "10.240.12.0/24", twins)
+	var log moveLog
+	firstDecision := make(chan struct{})
+	var once sync.Once
+	a := startController(t, r, "ctl-a", &log, func(c *fleet.ControllerConfig) {
+		c.OnDecision = func(placement.Decision) { once.Do(func() { close(firstDecision) }) }
+	})
+	time.Sleep(4 * time.Second)
+	fog1, _ := r.Lab.Host("fog1")
+	load, err := fleet.StartLoad(fog1, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer load.Stop()
+	select {
+	case <-firstDecision:
+	case <-time.After(2 * time.Minute):
+		t.Fatal("controller A decided nothing in 2 min of load")
+	}
+	// B starts while A's migrations run: A is fenced.
+	b := startController(t, r, "ctl-b", &log, nil)
+	select {
+	case <-a.done:
+		if err := a.err; !errors.Is(err, placestate.ErrFenced) {
+			t.Fatalf("controller A ended with %v, want ErrFenced", err)
+		}
+	case <-time.After(3 * time.Minute):
+		t.Fatal("controller A was not fenced")
+	}
+	waitPlaced(t, r, ids, "cloud", 3*time.Minute)
+	load.Stop()
+	// B stops (as a restart would) once it has started a move home; C carries on.
+	deadline := time.Now().Add(2 * time.Minute)
+	for time.Now().Before(deadline) {
+		where, _ := r.Locate(context.Background(), ids)
+		if n := countOn(where, "fog1"); n > 0 {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if err := b.stop(); err != nil {
+		t.Errorf("controller B: %v", err)
+	}
+	c := startController(t, r, "ctl-c", &log, nil)
+	waitPlaced(t, r, ids, "fog1", 3*time.Minute)
+	time.Sleep(3 * time.Second)
+	if err := c.stop(); err != nil {
+		t.Errorf("controller C: %v", err)
+	}
+	for _, id := range ids {
+		legs := log.legs(id)
+		t.Logf("%s: %v", id, legs)
+		if len(legs) != 2 || !strings.HasSuffix(legs[0], ":fog1→cloud") || !strings.HasSuffix(legs[1], ":cloud→fog1") {
+			t.Errorf("%s moved %v, want fog1→cloud and cloud→fog1 once each", id, legs)
+		}
+	}
+	for _, m := range log.moves {
+		if m.Err != nil && !errors.Is(m.Err, fleet.ErrNotRecorded) {
+			t.Errorf("a migration failed (a second move of a twin?): %s %s→%s: %v", m.Twin, m.From, m.To, m.Err)
+		}
+	}
+	st, err := r.Store.Load(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for id, mv := range st.Moves {
+		if mv.InFlight() {
+			t.Errorf("%s: move left in flight in the state: %+v", id, mv)
+		}
+	}
+	assertFleetExactlyOnce(t, r)
+}
+
+func countOn(where map[string]string, host string) int {
+	n := 0
+	for _, h := range where {
+		if h == host {
+			n++
+		}
+	}
+	return n
 }

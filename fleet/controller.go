@@ -42,6 +42,8 @@ type ControllerConfig struct {
 	OnSample   func(placement.Sample)
 	OnDecision func(placement.Decision)
 	OnMove     func(MoveResult)
+	// OnStart, when set, sees every migration once its start is recorded, before it runs.
+	OnStart func(placement.Decision)
 }
 
 // Controller measures the fleet, evaluates the policy and migrates twins, its state in the
@@ -115,6 +117,9 @@ func (c *Controller) Run(ctx context.Context) error {
 				c.cfg.Log.Warn("fenced by another controller: stopping", "name", c.cfg.Name)
 				return err
 			}
+			if berr := c.store.Broken(); berr != nil {
+				return berr
+			}
 			if ctx.Err() != nil {
 				return nil
 			}
@@ -132,12 +137,18 @@ func (c *Controller) Run(ctx context.Context) error {
 }
 
 func (c *Controller) fencedErr() error {
+	if err := c.store.Broken(); err != nil {
+		return err
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.fenced
 }
 
 func (c *Controller) round(ctx context.Context, m *Measurer) error {
+	if err := c.fencedErr(); err != nil {
+		return err
+	}
 	// What this controller runs, taken before the state is read: a move that ends meanwhile
 	// may show in flight in what is read, and is still ours.
 	c.mu.Lock()
@@ -209,7 +220,11 @@ func (c *Controller) round(ctx context.Context, m *Measurer) error {
 		c.wg.Add(1)
 		go func() {
 			defer c.wg.Done()
-			r := c.f.execute(context.WithoutCancel(ctx), d, st.Twins[d.Twin], ExecOptions{Store: c.store, By: c.cfg.Name}, func(Progress) {})
+			r := c.f.execute(context.WithoutCancel(ctx), d, st.Twins[d.Twin], ExecOptions{Store: c.store, By: c.cfg.Name}, func(p Progress) {
+				if !p.Done && c.cfg.OnStart != nil {
+					c.cfg.OnStart(p.Decision)
+				}
+			})
 			c.mu.Lock()
 			delete(c.running, d.Twin)
 			if errors.Is(r.Err, placestate.ErrFenced) && c.fenced == nil {

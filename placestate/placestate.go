@@ -149,6 +149,15 @@ type Store struct {
 	brokers []string
 	cl      *kgo.Client
 	mu      sync.Mutex // one transaction at a time
+	broken  error      // a transactional store that was fenced, or whose transaction's end failed
+}
+
+// Broken returns the error that made a transactional store unusable — ErrFenced once another
+// store took its transactional id — or nil. Every write returns it from then on.
+func (s *Store) Broken() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.broken
 }
 
 // Open connects to brokers, creates the topic if it is absent and, WithTransactionalID,
@@ -306,6 +315,9 @@ func (s *Store) write(ctx context.Context, recs []Record) (err error) {
 		}
 		return nil
 	}
+	if s.broken != nil {
+		return s.broken
+	}
 	if err := s.cl.BeginTransaction(); err != nil {
 		return fmt.Errorf("placestate: begin a transaction: %w", err)
 	}
@@ -313,14 +325,17 @@ func (s *Store) write(ctx context.Context, recs []Record) (err error) {
 	if perr := s.cl.ProduceSync(ctx, krs...).FirstErr(); perr != nil {
 		commit, err = kgo.TryAbort, perr
 	}
-	if eerr := s.cl.EndTransaction(context.WithoutCancel(ctx), commit); eerr != nil && err == nil {
-		err = eerr
-	}
-	if err != nil {
-		if fenced(err) {
-			return fmt.Errorf("%w (%v)", ErrFenced, err)
-		}
-		return fmt.Errorf("placestate: write %s in a transaction: %w", s.cfg.topic, err)
+	eerr := s.cl.EndTransaction(context.WithoutCancel(ctx), commit)
+	switch {
+	case fenced(err) || fenced(eerr):
+		s.broken = fmt.Errorf("%w (%v)", ErrFenced, errors.Join(err, eerr))
+		return s.broken
+	case eerr != nil:
+		// The client's transaction state is unknown now: no further write may rely on it.
+		s.broken = fmt.Errorf("placestate: end a transaction on %s (the store is unusable now: open another): %w", s.cfg.topic, errors.Join(err, eerr))
+		return s.broken
+	case err != nil:
+		return fmt.Errorf("placestate: write %s in a transaction (aborted): %w", s.cfg.topic, err)
 	}
 	return nil
 }

@@ -91,6 +91,9 @@ func TestStoreFencing(t *testing.T) {
 	if !errors.Is(err, ErrFenced) {
 		t.Fatalf("the fenced store's write: %v, want ErrFenced", err)
 	}
+	if err := a.Write(ctx, MoveRecord(Move{Twin: "tw4", By: "a"})); !errors.Is(err, ErrFenced) || !errors.Is(a.Broken(), ErrFenced) {
+		t.Fatalf("the fenced store's next write: %v (broken: %v), want ErrFenced again", err, a.Broken())
+	}
 	if err := b.Write(ctx, MoveRecord(Move{Twin: "tw3", From: "fog1", To: "cloud", By: "b", Started: time.Now()})); err != nil {
 		t.Fatal(err)
 	}

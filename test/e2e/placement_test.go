@@ -317,7 +317,7 @@ func TestPlacementControllerFencing(t *testing.T) {
 	firstDecision := make(chan struct{})
 	var once sync.Once
 	a := startController(t, r, "ctl-a", &log, func(c *fleet.ControllerConfig) {
-		c.OnDecision = func(placement.Decision) { once.Do(func() { close(firstDecision) }) }
+		c.OnStart = func(placement.Decision) { once.Do(func() { close(firstDecision) }) }
 	})
 	time.Sleep(4 * time.Second)
 	fog1, _ := r.Lab.Host("fog1")

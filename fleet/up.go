@@ -25,6 +25,8 @@ type UpConfig struct {
 	Rate    float64
 	// StateTopic is the placement state's topic. Default placestate.DefaultTopic.
 	StateTopic string
+	// Options configure the fleet (New).
+	Options []Option
 }
 
 // Running is a fleet brought up by Up: the lab, an agent on every host (served in this
@@ -55,7 +57,7 @@ func Up(ctx context.Context, cfg UpConfig) (r *Running, err error) {
 		return nil, err
 	}
 	r = &Running{Twins: cfg.Twins}
-	r.Fleet = New(l, []string{l.BrokerAddr})
+	r.Fleet = New(l, []string{l.BrokerAddr}, cfg.Options...)
 	defer func() {
 		if err != nil {
 			_ = r.Close()

@@ -48,6 +48,9 @@ type Hello struct {
 	CRIUVersion       string `json:"criu_version"`
 	Arch              string `json:"arch"`
 	FreeBytes         uint64 `json:"free_bytes"` // free space where the agent keeps CRIU images
+	// ClockWarning says why a container restored on this host may not keep its clocks
+	// (doctor.Clocks); empty when it does, or from an agent too old to say.
+	ClockWarning string `json:"clock_warning,omitempty"`
 }
 
 // Network modes for the restored container's TCP connections.
@@ -77,6 +80,20 @@ type SessionRequest struct {
 	// (a Unix socket serving HTTP, see package hooksock): a clean absolute path. Requests to
 	// .../hook/{path} reach it.
 	HookSocket string `json:"hook_socket,omitempty"`
+	// Address, when set, is the container's own address on a network source and target share
+	// (its spec names a network namespace of its own): the agent gives the restored container
+	// a network namespace with the same address and MAC (Config.Network) and announces it once
+	// restored, so that TCP connections restored established carry on. An agent without a
+	// Config.Network refuses the session.
+	Address *ContainerAddress `json:"address,omitempty"`
+}
+
+// ContainerAddress is a container's place on a network hosts share.
+type ContainerAddress struct {
+	// IP is the address with its prefix length, such as "10.231.0.100/24".
+	IP string `json:"ip"`
+	// MAC is its link-layer address, such as "02:fa:0a:e7:00:64".
+	MAC string `json:"mac"`
 }
 
 // Session is an open migration session.

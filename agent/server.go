@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -33,6 +34,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"golang.org/x/sys/unix"
 
+	"github.com/ftwin-migrate/ftwin-migrate/doctor"
 	"github.com/ftwin-migrate/ftwin-migrate/hooksock"
 	"github.com/ftwin-migrate/ftwin-migrate/pki"
 	"github.com/ftwin-migrate/ftwin-migrate/restore"
@@ -73,6 +75,23 @@ type Config struct {
 	MaxSessions, MaxSessionsPerPeer int
 	// Log receives the agent's log. Default: slog.Default().
 	Log *slog.Logger
+	// Network gives restored containers that had an address of their own on the source
+	// (SessionRequest.Address) the same address here. Nil: such sessions are refused.
+	Network Network
+}
+
+// Network gives a container on this host the address it had on another (see
+// SessionRequest.Address): what a CNI plugin with static addresses does on a flat or overlay
+// network, and what the lab does on its bridge.
+type Network interface {
+	// Prepare makes a network namespace for container id of namespace ns with address a, its
+	// link to the network held down (nothing may reach the restored sockets before they are
+	// back), and returns its path for the container's spec.
+	Prepare(ctx context.Context, ns, id string, a ContainerAddress) (nsPath string, err error)
+	// Connect connects the namespace's link and announces the address (gratuitous ARP).
+	Connect(ctx context.Context, ns, id string) error
+	// Remove removes the namespace (a failed restore, an aborted copy); a no-op when gone.
+	Remove(ctx context.Context, ns, id string) error
 }
 
 // Agent serves the receiving side of migrations.
@@ -84,6 +103,9 @@ type Agent struct {
 	stopOnce sync.Once
 	// taskPid finds a restored container's task: containerTaskPid, but for tests.
 	taskPid func(ctx context.Context, id string) (uint32, error)
+	// clockWarning is doctor.Clocks' finding when not OK, asked once (clockOnce) for Hello.
+	clockOnce    sync.Once
+	clockWarning string
 }
 
 type session struct {
@@ -297,6 +319,13 @@ func (a *Agent) hello(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}
+	// The host's kernel, CRIU and runc do not change under a running agent: asked once.
+	a.clockOnce.Do(func() {
+		if c := doctor.Clocks(r.Context()); c.Status != doctor.OK {
+			a.clockWarning = c.Detail + " (" + c.Fix + ")"
+		}
+	})
+	h.ClockWarning = a.clockWarning
 	var st unix.Statfs_t
 	if unix.Statfs(a.cfg.WorkDir, &st) == nil {
 		h.FreeBytes = st.Bavail * uint64(st.Bsize)
@@ -354,6 +383,10 @@ func (a *Agent) open(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	if req.Address != nil && a.cfg.Network == nil {
+		writeError(w, http.StatusConflict, fmt.Errorf("container %s has an address of its own (%s) and %s cannot give it one: migrate it with --tcp close onto the target's network, or run the agent where it can (a lab host)", req.Container, req.Address.IP, a.cfg.Host))
+		return
+	}
 	var b [8]byte
 	_, _ = rand.Read(b[:])
 	s := &session{SessionRequest: req, id: hex.EncodeToString(b[:]), peer: peer}
@@ -403,6 +436,14 @@ func (a *Agent) decodeSessionRequest(body io.Reader) (SessionRequest, int, error
 	if req.HookSocket != "" {
 		if err := hooksock.CheckSocket(req.HookSocket); err != nil {
 			return req, http.StatusBadRequest, err
+		}
+	}
+	if a := req.Address; a != nil {
+		if _, err := netip.ParsePrefix(a.IP); err != nil {
+			return req, http.StatusBadRequest, fmt.Errorf("container address %q: want an address with its prefix length, such as 10.231.0.100/24: %w", a.IP, err)
+		}
+		if _, err := net.ParseMAC(a.MAC); err != nil {
+			return req, http.StatusBadRequest, fmt.Errorf("container MAC %q: %w", a.MAC, err)
 		}
 	}
 	if req.Probe != "" && !strings.HasPrefix(req.Probe, "http://") {
@@ -647,10 +688,33 @@ func (a *Agent) restore(ctx context.Context, s *session, w http.ResponseWriter, 
 		writeError(w, http.StatusInternalServerError, err)
 		return
 	}
-	defer os.RemoveAll(work)
-	opts := []restore.Opt{
+	restored := false
+	defer func() {
+		// A failed restore's CRIU log stays (its error names it); a successful one's goes.
+		if restored {
+			_ = os.RemoveAll(work)
+		}
+	}()
+	var netEdits []restore.Opt
+	if s.Address != nil {
+		nsPath, err := a.cfg.Network.Prepare(ctx, s.Namespace, s.Container, *s.Address)
+		if err != nil {
+			writeError(w, http.StatusInternalServerError, fmt.Errorf("network of %s: %w", s.Container, err))
+			return
+		}
+		defer func() {
+			if !restored {
+				_ = a.cfg.Network.Remove(context.WithoutCancel(ctx), s.Namespace, s.Container)
+			}
+		}()
+		// The peer's network namespace path names a namespace of the source host: the policy
+		// judges the container as one with a namespace of its own, which it gets here.
+		netEdits = []restore.Opt{restore.WithNetworkNamespace(""), restore.WithSpecEdit(a.cfg.Policy.Check), restore.WithNetworkNamespace(nsPath)}
+	} else {
 		// The policy sees the spec as the peer sent it, before this host's own edits.
-		restore.WithSpecEdit(a.cfg.Policy.Check),
+		netEdits = []restore.Opt{restore.WithSpecEdit(a.cfg.Policy.Check)}
+	}
+	opts := []restore.Opt{
 		restore.WithRuntime(a.cfg.Runtime),
 		restore.WithLabels(map[string]string{RestoredForLabel: s.peer}),
 		restore.WithLogFile(a.LogPath(s.Namespace, s.Container)),
@@ -667,7 +731,7 @@ func (a *Agent) restore(ctx context.Context, s *session, w http.ResponseWriter, 
 	if a.cfg.RestoreOpts != nil {
 		opts = append(opts, a.cfg.RestoreOpts(s.SessionRequest)...)
 	}
-	res, err := restore.Restore(ctx, a.cfg.Client, s.Container, s.ref, opts...)
+	res, err := restore.Restore(ctx, a.cfg.Client, s.Container, s.ref, append(netEdits, opts...)...)
 	if err != nil {
 		status := http.StatusInternalServerError
 		if errors.Is(err, errPolicy) {
@@ -676,7 +740,15 @@ func (a *Agent) restore(ctx context.Context, s *session, w http.ResponseWriter, 
 		writeError(w, status, err)
 		return
 	}
+	restored = true
 	s.restored, s.verified = true, false
+	if s.Address != nil {
+		if err := a.cfg.Network.Connect(ctx, s.Namespace, s.Container); err != nil {
+			// The copy runs but cannot be reached: it is the migrator's to abort.
+			writeError(w, http.StatusInternalServerError, fmt.Errorf("restored %s but could not connect its address %s: %w", s.Container, s.Address.IP, err))
+			return
+		}
+	}
 	a.cfg.Log.Info("restored", "session", s.id, "container", s.Container, "in", res.Duration)
 	writeJSON(w, RestoreResult{Duration: res.Duration, Pid: res.Task.Pid(), CRIU: res.CRIU, Log: a.LogPath(s.Namespace, s.Container)})
 }
@@ -959,6 +1031,9 @@ func (a *Agent) abort(ctx context.Context, id, why string) {
 			_, _ = t.Delete(ctx, containerd.WithProcessKill)
 		}
 		_ = c.Delete(ctx, containerd.WithSnapshotCleanup)
+		if s.Address != nil {
+			_ = a.cfg.Network.Remove(ctx, s.Namespace, s.Container)
+		}
 	}
 	_ = a.cfg.Client.ImageService().Delete(ctx, s.ref)
 	_ = a.cfg.Client.LeasesService().Delete(ctx, leases.Lease{ID: s.lease}, leases.SynchronousDelete)

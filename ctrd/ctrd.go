@@ -42,6 +42,44 @@ type Config struct {
 	Env []string
 	// StartTimeout bounds the wait for the socket to answer. Default 20s.
 	StartTimeout time.Duration
+	// Clock, when not zero, runs the daemon (and so its shims, runc, CRIU and every container
+	// it starts) in a time namespace of its own whose CLOCK_MONOTONIC and CLOCK_BOOTTIME are
+	// ahead of the machine's by these offsets, as two machines' uptimes differ. The zero value
+	// shares the caller's clocks. See ClockOffsets.
+	Clock ClockOffsets
+}
+
+// ClockOffsets are a time namespace's offsets from the machine's clocks, whole seconds
+// (what /proc/PID/timens_offsets and unshare(1) take). They must not be negative: the
+// kernel refuses an offset that would put a clock before zero, and a machine that booted
+// minutes ago has little to take away.
+type ClockOffsets struct {
+	Monotonic time.Duration `json:"monotonic"`
+	Boottime  time.Duration `json:"boottime"`
+}
+
+// IsZero reports whether o shares the machine's clocks.
+func (o ClockOffsets) IsZero() bool { return o.Monotonic == 0 && o.Boottime == 0 }
+
+func (o ClockOffsets) validate() error {
+	for _, d := range []time.Duration{o.Monotonic, o.Boottime} {
+		if d < 0 || d%time.Second != 0 {
+			return fmt.Errorf("ctrd: clock offset %v: want whole seconds, not negative", d)
+		}
+	}
+	return nil
+}
+
+func clockFile(dir string) string { return filepath.Join(dir, "clock.json") }
+
+// DaemonClock returns the clock offsets of the daemon with directory dir (zero if it shares
+// the machine's clocks, or was never started).
+func DaemonClock(dir string) ClockOffsets {
+	var o ClockOffsets
+	if b, err := os.ReadFile(clockFile(dir)); err == nil {
+		_ = json.Unmarshal(b, &o)
+	}
+	return o
 }
 
 // Daemon is a running containerd started by Start.
@@ -55,6 +93,23 @@ func Socket(dir string) string { return filepath.Join(dir, "containerd.sock") }
 
 func pidFile(dir string) string { return filepath.Join(dir, "containerd.pid") }
 
+// DaemonPid returns the process id of the running daemon with directory dir (the containerd
+// process itself: the wrappers exec it), whose namespaces (/proc/PID/ns) are the host's.
+func DaemonPid(dir string) (int, error) {
+	b, err := os.ReadFile(pidFile(dir))
+	if err != nil {
+		return 0, fmt.Errorf("ctrd: no daemon of %s: %w", dir, err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		return 0, fmt.Errorf("ctrd: pid file of %s: %w", dir, err)
+	}
+	if err := syscall.Kill(pid, 0); err != nil {
+		return 0, fmt.Errorf("ctrd: the daemon of %s (pid %d) is not running: %w", dir, pid, err)
+	}
+	return pid, nil
+}
+
 // Start launches containerd as described by cfg and waits until it answers.
 // The daemon outlives the calling process; call Stop (or Kill from another process) to end it.
 func Start(ctx context.Context, cfg Config) (*Daemon, error) {
@@ -67,6 +122,9 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 	}
 	if cfg.StartTimeout == 0 {
 		cfg.StartTimeout = 20 * time.Second
+	}
+	if err := cfg.Clock.validate(); err != nil {
+		return nil, err
 	}
 	for _, tool := range []string{"containerd", "unshare", "nsenter"} {
 		if _, err := exec.LookPath(tool); err != nil {
@@ -93,7 +151,18 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 
 	script := fmt.Sprintf("mount --bind %s /run/containerd && exec containerd --config %s",
 		shellQuote(filepath.Join(cfg.Dir, "run")), shellQuote(confPath))
-	args := []string{"unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script}
+	args := []string{"unshare", "--mount", "--propagation", "private"}
+	if !cfg.Clock.IsZero() {
+		// The time namespace takes effect at the exec of sh, before anything reads a clock.
+		args = append(args, "--time", "--monotonic", strconv.FormatInt(int64(cfg.Clock.Monotonic/time.Second), 10),
+			"--boottime", strconv.FormatInt(int64(cfg.Clock.Boottime/time.Second), 10))
+	}
+	args = append(args, "--", "sh", "-c", script)
+	// Kill reads the offsets to recognise the daemon's containers (see ContainerInits).
+	clock, _ := json.Marshal(cfg.Clock)
+	if err := os.WriteFile(clockFile(cfg.Dir), clock, 0o644); err != nil {
+		return nil, fmt.Errorf("ctrd: write %s: %w", clockFile(cfg.Dir), err)
+	}
 	if cfg.NetNS != "" {
 		args = append([]string{"nsenter", "--net=" + cfg.NetNS, "--"}, args...)
 	}
@@ -208,9 +277,12 @@ func Kill(ctx context.Context, dir string) error {
 
 // ContainerInits lists the init processes of the containers runc knows of in daemon directory
 // dir that are still alive: init_process_pid in each runc state.json, checked against
-// init_process_start so a recycled pid is never taken for a container.
+// init_process_start so a recycled pid is never taken for a container. runc read that start
+// time in the daemon's time namespace, where /proc shows it shifted by the namespace's
+// boottime offset (see DaemonClock); it is compared as the caller sees it, here.
 func ContainerInits(dir string) []int {
 	var pids []int
+	shift := (int64(DaemonClock(dir).Boottime/time.Second) - selfBoottimeOffset()) * clockTicks
 	states, _ := filepath.Glob(filepath.Join(dir, "run", "runc", "*", "*", "state.json"))
 	for _, s := range states {
 		b, err := os.ReadFile(s)
@@ -224,11 +296,31 @@ func ContainerInits(dir string) []int {
 		if json.Unmarshal(b, &st) != nil || st.Pid <= 1 {
 			continue
 		}
-		if start, err := processStartTime(st.Pid); err == nil && start == st.Start {
+		if start, err := processStartTime(st.Pid); err == nil && int64(start)+shift == int64(st.Start) {
 			pids = append(pids, st.Pid)
 		}
 	}
 	return pids
+}
+
+// clockTicks is USER_HZ, the unit of /proc/PID/stat's times: 100 on every Linux architecture
+// Go supports.
+const clockTicks = 100
+
+// selfBoottimeOffset is the boottime offset, in seconds, of the caller's own time namespace
+// (0 in the machine's), from /proc/self/timens_offsets.
+func selfBoottimeOffset() int64 {
+	b, err := os.ReadFile("/proc/self/timens_offsets")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) == 3 && f[0] == "boottime" {
+			s, _ := strconv.ParseInt(f[1], 10, 64)
+			return s
+		}
+	}
+	return 0
 }
 
 // processStartTime reads field 22 (starttime, in clock ticks since boot) of /proc/PID/stat.

@@ -110,6 +110,7 @@ func Run(ctx context.Context, opts ...Opt) Report {
 		containerdBinaryCheck(ctx),
 		containerdDaemonCheck(ctx, cfg.containerdAddress, cfg.addressRequested),
 		runcCheck(ctx),
+		Clocks(ctx),
 		toolCheck("containerd-shim-runc-v2", "containerd runs containers through it"),
 		toolCheck("iptables-restore", "CRIU locks the network of a container being dumped with it"),
 		labToolsCheck(),

@@ -42,6 +42,8 @@ func (h *Host) AgentConfig(client *containerd.Client) agent.Config {
 		// Lab workloads live in one namespace, on their host's network (see Run).
 		Namespaces: []string{Namespace},
 		Policy:     agent.Policy{HostNamespaces: []specs.LinuxNamespaceType{specs.NetworkNamespace}},
+		// Containers with addresses of their own get them here too.
+		Network: h.Network(),
 	}
 }
 

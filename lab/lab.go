@@ -53,6 +53,14 @@ type Config struct {
 	Broker broker.Kind
 	// UplinkMbit, when positive, throttles every host's link to that rate in both directions.
 	UplinkMbit int
+	// SharedClock puts every host on the machine's clocks. By default each host runs in a
+	// time namespace of its own, as real machines have uptimes of their own: host i's
+	// CLOCK_MONOTONIC is HostClock(i).Monotonic ahead of the machine's (one day plus i hours)
+	// and its CLOCK_BOOTTIME HostClock(i).Boottime, so a move from host i to host j crosses
+	// (j-i) hours of monotonic time, which CRIU carries (it restores the process into a time
+	// namespace of its own whose clocks continue the source's). Without time namespaces in the
+	// kernel the hosts share the machine's clocks whatever this says.
+	SharedClock bool
 	// DaemonEnv is added to every containerd's environment. When nil the lab probes hardware
 	// breakpoints and adds CRIU_FAULT=130 where they do not work (see doctor.CRIUFaultEnv).
 	DaemonEnv []string
@@ -80,6 +88,8 @@ type Host struct {
 	NetNS string `json:"netns"` // name under /run/netns
 	Veth  string `json:"veth"`  // root-namespace end of the host's link
 	Dir   string `json:"dir"`   // the containerd daemon's directory (see package ctrd)
+	// Clock is how far the host's clocks are ahead of the machine's (zero: the same clocks).
+	Clock ctrd.ClockOffsets `json:"clock"`
 	lab   string
 }
 
@@ -188,6 +198,9 @@ func Up(ctx context.Context, cfg Config) (l *Lab, err error) {
 			Name: name, IP: ip(byte(11 + i)), NetNS: fmt.Sprintf("ftl-%s-%s", cfg.Name, name),
 			Veth: fmt.Sprintf("ftv-%s-%d", cfg.Name, i), Dir: filepath.Join(dir, "hosts", name), lab: cfg.Name,
 		}
+		if !cfg.SharedClock && timeNamespaces() {
+			h.Clock = HostClock(i)
+		}
 		l.Hosts = append(l.Hosts, h)
 		if err := h.plumb(ctx, l.Bridge); err != nil {
 			return l, err
@@ -203,7 +216,7 @@ func Up(ctx context.Context, cfg Config) (l *Lab, err error) {
 	}
 	// Start the daemons one after the other: each takes a second or two of CPU to come up.
 	for _, h := range l.Hosts {
-		if _, err := ctrd.Start(ctx, ctrd.Config{Dir: h.Dir, NetNS: h.NetNSPath(), Env: cfg.DaemonEnv}); err != nil {
+		if _, err := ctrd.Start(ctx, ctrd.Config{Dir: h.Dir, NetNS: h.NetNSPath(), Env: cfg.DaemonEnv, Clock: h.Clock}); err != nil {
 			return l, fmt.Errorf("lab: host %s: %w", h.Name, err)
 		}
 	}
@@ -225,6 +238,22 @@ func Up(ctx context.Context, cfg Config) (l *Lab, err error) {
 	return l, l.save()
 }
 
+// HostClock is the clock offsets of host i of a lab (see Config.SharedClock): monotonic one
+// day plus i hours, boottime two days plus i hours. Offsets are positive because the kernel
+// refuses ones that would put a clock before zero.
+func HostClock(i int) ctrd.ClockOffsets {
+	return ctrd.ClockOffsets{
+		Monotonic: 24*time.Hour + time.Duration(i)*time.Hour,
+		Boottime:  48*time.Hour + time.Duration(i)*time.Hour,
+	}
+}
+
+// timeNamespaces reports whether the kernel has time namespaces (Linux 5.6 and later).
+func timeNamespaces() bool {
+	_, err := os.Stat("/proc/self/ns/time")
+	return err == nil
+}
+
 // plumb creates the host's network namespace and its link to the bridge.
 func (h *Host) plumb(ctx context.Context, bridge string) error {
 	peer := h.Veth + "p"
@@ -235,8 +264,13 @@ func (h *Host) plumb(ctx context.Context, bridge string) error {
 		{"ip", "link", "set", h.Veth, "master", bridge},
 		{"ip", "link", "set", h.Veth, "up"},
 		{"ip", "-n", h.NetNS, "link", "set", peer, "name", "eth0"},
-		{"ip", "-n", h.NetNS, "addr", "add", h.IP + "/24", "dev", "eth0"},
+		// The host's link is a port of a bridge of its own, which holds the host's address and
+		// the links of containers with addresses of their own (see network.go).
+		{"ip", "-n", h.NetNS, "link", "add", hostBridge, "type", "bridge"},
+		{"ip", "-n", h.NetNS, "link", "set", "eth0", "master", hostBridge},
+		{"ip", "-n", h.NetNS, "addr", "add", h.IP + "/24", "dev", hostBridge},
 		{"ip", "-n", h.NetNS, "link", "set", "eth0", "up"},
+		{"ip", "-n", h.NetNS, "link", "set", hostBridge, "up"},
 		{"ip", "-n", h.NetNS, "link", "set", "lo", "up"},
 	}
 	for _, s := range steps {
@@ -246,6 +280,9 @@ func (h *Host) plumb(ctx context.Context, bridge string) error {
 	}
 	return nil
 }
+
+// hostBridge is the bridge in each host's network namespace.
+const hostBridge = "br0"
 
 // NetNSPath is the host's network namespace as a path (for nsenter, setns, OCI specs).
 func (h *Host) NetNSPath() string { return filepath.Join("/run/netns", h.NetNS) }

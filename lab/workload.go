@@ -35,6 +35,12 @@ type Workload struct {
 	Env []string
 	// SpecOpts change the container's spec after the lab's own options.
 	SpecOpts []oci.SpecOpts
+	// OwnAddress gives the container a network namespace of its own with an address of the
+	// lab network (the lowest free of .100–.249) instead of its host's network: the address
+	// moves with it (see network.go), so its TCP connections survive a move (Move restores
+	// them established). Default: the host's network namespace and address, and connections
+	// restored closed.
+	OwnAddress bool
 }
 
 // LogPath is where the stdout and stderr of container id on this host go.
@@ -70,9 +76,9 @@ func (w Workload) imageRef() string {
 	return "ftwin.local/" + filepath.Base(w.Binary) + ":latest"
 }
 
-// Run starts w as a container on the host, in the host's network namespace, its output in
-// LogPath(w.ID). The image is built and imported first if needed.
-func (h *Host) Run(ctx context.Context, w Workload) error {
+// Run starts w as a container on the host, in the host's network namespace (or one of its own:
+// Workload.OwnAddress), its output in LogPath(w.ID). The image is built and imported first if needed.
+func (h *Host) Run(ctx context.Context, w Workload) (err error) {
 	ref, err := h.ImportImage(ctx, w)
 	if err != nil {
 		return err
@@ -88,16 +94,40 @@ func (h *Host) Run(ctx context.Context, w Workload) error {
 		return fmt.Errorf("lab: host %s: image %s: %w", h.Name, ref, err)
 	}
 	args := append([]string{"/bin/" + filepath.Base(w.Binary)}, w.Args...)
-	criuConfig, err := h.criuTCPCloseConfig()
-	if err != nil {
-		return err
+	opts := []oci.SpecOpts{oci.WithImageConfig(img), oci.WithProcessArgs(args...), oci.WithEnv(w.Env),
+		oci.WithCgroup(h.CgroupsPath(Namespace, w.ID))}
+	labels := map[string]string{}
+	if w.OwnAddress {
+		var n ContainerNet
+		if n, err = h.allocateAddress(w.ID); err != nil {
+			return err
+		}
+		var nsPath string
+		if nsPath, err = h.plumbContainer(ctx, w.ID, n, true); err != nil {
+			releaseAddress(h.labDir(), n)
+			return err
+		}
+		defer func() {
+			if err != nil {
+				_ = h.unplumbContainer(context.WithoutCancel(ctx), w.ID)
+				releaseAddress(h.labDir(), n)
+			}
+		}()
+		labels = n.Labels()
+		opts = append(opts, oci.WithLinuxNamespace(specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: nsPath}))
+	} else {
+		criuConfig, err := h.criuTCPCloseConfig()
+		if err != nil {
+			return err
+		}
+		opts = append(opts, oci.WithHostNamespace(specs.NetworkNamespace),
+			oci.WithAnnotations(map[string]string{"org.criu.config": criuConfig}))
 	}
 	c, err := client.NewContainer(ctx, w.ID,
 		containerd.WithImage(img),
 		containerd.WithNewSnapshot(w.ID+"-rootfs", img),
-		containerd.WithNewSpec(append([]oci.SpecOpts{oci.WithImageConfig(img), oci.WithProcessArgs(args...), oci.WithEnv(w.Env),
-			oci.WithHostNamespace(specs.NetworkNamespace), oci.WithCgroup(h.CgroupsPath(Namespace, w.ID)),
-			oci.WithAnnotations(map[string]string{"org.criu.config": criuConfig})}, w.SpecOpts...)...),
+		containerd.WithContainerLabels(labels),
+		containerd.WithNewSpec(append(opts, w.SpecOpts...)...),
 	)
 	if err != nil {
 		return fmt.Errorf("lab: host %s: create container %s: %w", h.Name, w.ID, err)
@@ -151,8 +181,13 @@ func (h *Host) Remove(ctx context.Context, id string) error {
 			return fmt.Errorf("lab: host %s: delete task %s: %w", h.Name, id, err)
 		}
 	}
+	labels, _ := c.Labels(ctx)
 	if err := c.Delete(ctx, containerd.WithSnapshotCleanup); err != nil {
 		return fmt.Errorf("lab: host %s: delete container %s: %w", h.Name, id, err)
+	}
+	if _, own, _ := ContainerNetFromLabels(labels); own {
+		// The address stays reserved: the container may live on elsewhere (a move's source).
+		return h.unplumbContainer(ctx, id)
 	}
 	return nil
 }

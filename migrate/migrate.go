@@ -92,8 +92,15 @@ type Options struct {
 	TLS *tls.Config
 	// SourceHost names this host in the agent's logs and the report. Default: the hostname.
 	SourceHost string
-	// TCP says what becomes of established TCP connections on the target. Default TCPClose.
+	// TCP says what becomes of established TCP connections on the target. Default: restored
+	// established for a container whose address moves with it (Network), closed otherwise.
 	TCP restore.TCPMode
+	// Network, when set, says whether the container has an address of its own on a network
+	// the hosts share, and takes it off the source: the target's agent recreates it (see
+	// agent.SessionRequest.Address), so TCP connections carry on. Nil: containers are taken to
+	// be on their host's network, and get the target's address. Only stop-and-copy moves an
+	// address: a replay's source runs on while its copy is restored.
+	Network SourceNetwork
 	// Probe is an http:// URL the agent checks on the target before commit (optional).
 	Probe string
 	// Settle is how long the restored copy must stay alive (and keep passing the probe) before
@@ -165,9 +172,6 @@ func (o *Options) setDefaults() {
 	}
 	if o.RemoteUndoTimeout == 0 {
 		o.RemoteUndoTimeout = 10 * time.Second
-	}
-	if o.TCP == "" {
-		o.TCP = restore.TCPClose
 	}
 	if o.HookSocket == "" {
 		o.HookSocket = DefaultHookSocket
@@ -253,6 +257,7 @@ type run struct {
 	undo undoStack
 
 	pid      uint32
+	addr     *agent.ContainerAddress // the container's own address (Options.Network), or nil
 	hook     Hook
 	replay   ReplayHook // ModeReplay: the hook, as a ReplayHook
 	boundary *kafkahooks.Boundary
@@ -369,6 +374,9 @@ func (m *run) preflight(ctx context.Context) error {
 		return err
 	}
 	m.rep.To, m.rep.Target = hello.Host, &hello
+	if hello.ClockWarning != "" {
+		m.rep.Warnings = append(m.rep.Warnings, "target "+hello.Host+": "+hello.ClockWarning)
+	}
 	if hello.FreeBytes < 64<<20 {
 		return fmt.Errorf("target %s has %d MiB free for CRIU images: free some space", hello.Host, hello.FreeBytes>>20)
 	}
@@ -382,6 +390,22 @@ func (m *run) preflight(ctx context.Context) error {
 	if err := m.findHook(); err != nil {
 		return err
 	}
+	if m.o.Network != nil {
+		if m.addr, err = m.o.Network.Address(ctx, m.o.Namespace, m.o.Container); err != nil {
+			return fmt.Errorf("the network of container %s: %w", m.o.Container, err)
+		}
+	}
+	switch {
+	case m.o.TCP != "":
+	case m.addr != nil:
+		m.o.TCP = restore.TCPEstablished
+	default:
+		m.o.TCP = restore.TCPClose
+	}
+	m.rep.TCP, m.rep.Address = string(m.o.TCP), m.addr
+	if m.addr != nil && m.o.Mode == ModeReplay {
+		return fmt.Errorf("container %s has an address of its own (%s), which cannot be on two hosts at once: migrate it by stop-and-copy (--mode stop-and-copy)", m.o.Container, m.addr.IP)
+	}
 	if m.o.Mode == ModeReplay {
 		if err := m.checkReplay(ctx); err != nil {
 			return err
@@ -392,7 +416,7 @@ func (m *run) preflight(ctx context.Context) error {
 	m.ckptRef = fmt.Sprintf("%s%s:%d", checkpointPrefix, m.o.Container, time.Now().UnixNano())
 	req := agent.SessionRequest{
 		Namespace: m.o.Namespace, Container: m.o.Container, BaseImage: task.Image,
-		TCP: m.o.TCP, Probe: m.o.Probe, SourceHost: m.o.SourceHost,
+		TCP: m.o.TCP, Probe: m.o.Probe, SourceHost: m.o.SourceHost, Address: m.addr,
 	}
 	if sh, ok := m.hook.(*SocketHook); ok {
 		req.HookSocket = sh.Socket
@@ -501,6 +525,16 @@ func (m *run) checkpoint(ctx context.Context) error {
 		return err
 	}
 	m.undo.pushUndo(undo{name: "thaw the source", phase: Checkpoint, where: local, need: required, fn: m.thaw, guard: m.sourceMayRun})
+	if m.addr != nil {
+		// Frozen, the source's kernel would still take a peer's packets into the sockets the
+		// dump is about to record (and acknowledge them, for the copy never to see): its
+		// address leaves the network before the dump, until the commit or a rollback.
+		if err := m.o.Network.Disconnect(ctx, m.o.Namespace, m.o.Container); err != nil {
+			return fmt.Errorf("take the source's address %s off the network: %w", m.addr.IP, err)
+		}
+		m.undo.pushUndo(undo{name: "reconnect the source's address", phase: Checkpoint, where: local, need: required, guard: m.sourceMayRun,
+			fn: func(ctx context.Context) error { return m.o.Network.Reconnect(ctx, m.o.Namespace, m.o.Container) }})
+	}
 	// The CRIU image goes to a directory of ours, not through containerd's content store: it is
 	// streamed to the agent as it is, and restored from a directory there.
 	res, err := m.src.Checkpoint(ctx, m.ckptRef, m.ckpt.work, m.ckpt.image)
@@ -778,6 +812,11 @@ func (m *run) commit(ctx context.Context) error {
 	}
 	if err := m.src.Remove(ctx); err != nil {
 		m.rep.Warnings = append(m.rep.Warnings, err.Error())
+	}
+	if m.addr != nil {
+		if err := m.o.Network.Remove(ctx, m.o.Namespace, m.o.Container); err != nil {
+			m.rep.Warnings = append(m.rep.Warnings, fmt.Sprintf("the source's network namespace for %s remains: %v", m.o.Container, err))
+		}
 	}
 	return nil
 }

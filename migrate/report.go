@@ -48,6 +48,12 @@ type Report struct {
 	CRIURestore *stats.RestoreStatsEntry `json:"criu_restore_statistics,omitempty"`
 	// RestoreTime is the agent's wall time for the restore (container creation + CRIU restore).
 	RestoreTime time.Duration `json:"restore_time_ns"`
+	// TCP is what became of the container's established TCP connections: "established" (kept
+	// open) or "close" (restored closed: the application reconnects).
+	TCP string `json:"tcp,omitempty"`
+	// Address is the container's own address, which moved with it (nil: it took the target
+	// host's network).
+	Address *agent.ContainerAddress `json:"address,omitempty"`
 	// TargetLog is the file on the target host where the restored container's output goes.
 	TargetLog string `json:"target_log,omitempty"`
 	// Transfer counts everything sent: the checkpoint's blobs and the CRIU image directory
@@ -162,6 +168,12 @@ func (r *Report) WriteSummary(w io.Writer) error {
 		fmt.Fprintf(w, "  transfer: %d blobs sent (%.1f MiB, %.1f MiB on the wire, ratio %.2f), %d already on the target (%.1f MiB)\n",
 			r.Transfer.BlobsSent, mib(r.Transfer.BytesSent), mib(r.Transfer.WireBytes), r.CompressionRatio,
 			r.Transfer.BlobsSkipped, mib(r.Transfer.BytesSkipped))
+	}
+	switch {
+	case r.Address != nil:
+		fmt.Fprintf(w, "  network: its own address %s (MAC %s) moved with it; TCP connections restored %s\n", r.Address.IP, r.Address.MAC, r.TCP)
+	case r.TCP != "":
+		fmt.Fprintf(w, "  network: the target host's; TCP connections restored %s\n", r.TCP)
 	}
 	if b := r.Boundary; b == nil {
 		fmt.Fprintln(w, "  boundary: none taken (no application hook)")

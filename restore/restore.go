@@ -12,6 +12,7 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/checkpoint-restore/go-criu/v7/stats"
@@ -71,6 +72,25 @@ func WithIO(c cio.Creator) Opt { return func(cfg *config) { cfg.io = c } }
 // WithSpecEdit changes the container's OCI spec (as checkpointed) before the container is created.
 func WithSpecEdit(edit func(*specs.Spec) error) Opt {
 	return func(cfg *config) { cfg.specEdits = append(cfg.specEdits, edit) }
+}
+
+// WithNetworkNamespace puts the restored container in the network namespace at path (one this
+// host made for it: a source host's path means nothing here), or, with "", in a new one of its
+// own. runc hands the namespace to CRIU as the external one the dump recorded.
+func WithNetworkNamespace(path string) Opt {
+	return WithSpecEdit(func(s *specs.Spec) error {
+		if s.Linux == nil {
+			s.Linux = &specs.Linux{}
+		}
+		for i, ns := range s.Linux.Namespaces {
+			if ns.Type == specs.NetworkNamespace {
+				s.Linux.Namespaces[i].Path = path
+				return nil
+			}
+		}
+		s.Linux.Namespaces = append(s.Linux.Namespaces, specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: path})
+		return nil
+	})
 }
 
 // WithCgroupsPath puts the restored container at path in the cgroup hierarchy instead of the
@@ -215,11 +235,11 @@ func Restore(ctx context.Context, client *containerd.Client, id, ref string, opt
 	}
 	task, err := c.NewTask(ctx, cfg.io, topts...)
 	if err != nil {
-		return nil, fmt.Errorf("restore: CRIU restore of %q: %w", id, err)
+		return nil, fmt.Errorf("restore: CRIU restore of %q: %w%s", id, err, criuLog(cfg.workPath))
 	}
 	if err := task.Start(ctx); err != nil {
 		_, _ = task.Delete(context.WithoutCancel(ctx), containerd.WithProcessKill)
-		return nil, fmt.Errorf("restore: start restored task of %q: %w", id, err)
+		return nil, fmt.Errorf("restore: start restored task of %q: %w%s", id, err, criuLog(cfg.workPath))
 	}
 	res = &Result{Container: c, Task: task, Duration: time.Since(start)}
 	if cfg.workPath != "" {
@@ -229,6 +249,27 @@ func Restore(ctx context.Context, client *containerd.Client, id, ref string, opt
 		}
 	}
 	return res, nil
+}
+
+// criuLogLines is how many lines of CRIU's restore log a failed restore's error carries.
+const criuLogLines = 12
+
+// criuLog names CRIU's restore log in workPath and quotes its last lines (its errors are
+// there), for the error of a failed restore; "" without a work path or log.
+func criuLog(workPath string) string {
+	if workPath == "" {
+		return ""
+	}
+	path := filepath.Join(workPath, "restore.log")
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > criuLogLines {
+		lines = lines[len(lines)-criuLogLines:]
+	}
+	return fmt.Sprintf("; CRIU's restore log %s ends:\n\t%s", path, strings.Join(lines, "\n\t"))
 }
 
 // withCRIUPaths sets the runc shim's CRIU work and image paths for the restore, keeping the

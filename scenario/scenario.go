@@ -61,6 +61,10 @@ type Config struct {
 	TwinArgs []string
 	// AgentEdit changes a host's agent configuration (tests inject failures).
 	AgentEdit map[string]func(*agent.Config)
+	// OwnAddress runs the twin with an address of its own on the lab network, which moves with
+	// it (lab.Workload.OwnAddress): its broker connections are restored established and carry
+	// on. Default: the host's network, connections restored closed (the client reconnects).
+	OwnAddress bool
 }
 
 // Scenario is a running scenario.
@@ -173,7 +177,7 @@ func Start(ctx context.Context, cfg Config) (s *Scenario, err error) {
 	twin := lab.Workload{ID: ContainerID, Binary: cfg.TwinBinary, Args: append([]string{
 		"-brokers", strings.Join(s.Brokers, ","), "-group", Group, "-in", InputTopic, "-out", OutputTopic,
 		"-state-mib", fmt.Sprint(cfg.StateMiB), "-instance-id", "twin-1", "-devices", fmt.Sprint(cfg.Devices),
-	}, cfg.TwinArgs...)}
+	}, cfg.TwinArgs...), OwnAddress: cfg.OwnAddress}
 	for _, h := range l.Hosts {
 		a, err := h.StartAgent(ctx, s.pkiDir, cfg.AgentEdit[h.Name])
 		if err != nil {
@@ -317,6 +321,7 @@ func (s *Scenario) MigrateWith(ctx context.Context, to string, edits ...func(*mi
 		o := migrate.Options{
 			Namespace: lab.Namespace, Container: ContainerID, Target: s.agents[to].Addr, TLS: tlsCfg,
 			SourceHost: from.Name, Brokers: s.Brokers, PhaseTimeout: 2 * time.Minute,
+			Network: from.Network(),
 		}
 		for _, e := range edits {
 			e(&o)

@@ -41,6 +41,7 @@ func labCommand() *cli.Command {
 					&cli.StringFlag{Name: "broker", Value: "kfake", Usage: "Kafka broker on the lab bridge: none, kfake (embedded) or apache (real Kafka 4.x)"},
 					&cli.IntFlag{Name: "uplink-mbit", Usage: "throttle every host's link to this rate (0: unthrottled)"},
 					&cli.StringFlag{Name: "subnet", Value: "10.231.0.0/24", Usage: "the lab's IPv4 /24"},
+					&cli.BoolFlag{Name: "shared-clock", Usage: "put every host on this machine's clocks (default: a time namespace each, its monotonic clock an hour from the next host's, as real hosts' uptimes differ)"},
 				}, labFlags...),
 				Action: labUp,
 			},
@@ -50,6 +51,7 @@ func labCommand() *cli.Command {
 				ArgsUsage: "HOST ID [ARGS...]",
 				Flags: append([]cli.Flag{
 					&cli.StringFlag{Name: "workload", Usage: "static binary (default: counter beside this executable)"},
+					&cli.BoolFlag{Name: "own-address", Usage: "give the container a network namespace of its own with an address on the lab network that moves with it (TCP connections survive a migration); default: the host's network"},
 				}, labFlags...),
 				Action: labRun,
 			},
@@ -59,6 +61,13 @@ func labCommand() *cli.Command {
 				ArgsUsage: "HOST ID",
 				Flags:     append([]cli.Flag{&cli.IntFlag{Name: "tail", Usage: "only the last N lines (0: all)"}}, labFlags...),
 				Action:    labLogs,
+			},
+			{
+				Name:      "exec",
+				Usage:     "run a command in the running container ID on HOST (its namespaces, clock included) and print its output",
+				ArgsUsage: "HOST ID -- COMMAND [ARGS...]",
+				Flags:     labFlags,
+				Action:    labExec,
 			},
 			{
 				Name:   "down",
@@ -114,6 +123,7 @@ func labUp(c *cli.Context) error {
 	cfg := lab.Config{
 		Name: c.String("name"), BaseDir: c.String("base-dir"), Hosts: c.StringSlice("hosts"),
 		Subnet: c.String("subnet"), UplinkMbit: c.Int("uplink-mbit"), Broker: kind,
+		SharedClock: c.Bool("shared-clock"),
 	}
 	if kind == broker.Embedded {
 		cfg.Broker = broker.None // served by a process of its own below, so it outlives this command
@@ -166,7 +176,7 @@ func startAgents(ctx context.Context, l *lab.Lab) error {
 		addr := net.JoinHostPort(h.IP, fmt.Sprint(lab.AgentPort))
 		cmd := h.Command(context.Background(), exe, "--address", h.Address(), "receive", "--listen", addr,
 			"--pki", labPKI(l), "--host", h.Name, "--work-dir", filepath.Join(h.Dir, "agent"), "--cgroup-parent", h.CgroupParent(),
-			"--serve-namespace", lab.Namespace, "--allow-host-namespace", "network")
+			"--serve-namespace", lab.Namespace, "--allow-host-namespace", "network", "--lab", l.Dir)
 		cmd.Stdout, cmd.Stderr = logf, logf
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 		err = cmd.Start()
@@ -252,7 +262,7 @@ func labRun(c *cli.Context) error {
 	if len(args) > 0 && args[0] == "--" { // flag parsing stopped at HOST, so "--" arrives as an argument
 		args = args[1:]
 	}
-	w := lab.Workload{ID: c.Args().Get(1), Binary: bin, Args: args}
+	w := lab.Workload{ID: c.Args().Get(1), Binary: bin, Args: args, OwnAddress: c.Bool("own-address")}
 	for _, other := range l.Hosts { // every host holds the base image, as from a registry
 		if _, err := other.ImportImage(c.Context, w); err != nil {
 			return err
@@ -262,6 +272,11 @@ func labRun(c *cli.Context) error {
 		return err
 	}
 	fmt.Printf("%s runs on %s (namespace %s); output in %s\n", w.ID, h.Name, lab.Namespace, h.LogPath(w.ID))
+	if w.OwnAddress {
+		if a, err := h.Network().Address(c.Context, lab.Namespace, w.ID); err == nil && a != nil {
+			fmt.Printf("its own address: %s (MAC %s), which moves with it: its TCP connections survive a migration\n", a.IP, a.MAC)
+		}
+	}
 	return nil
 }
 
@@ -319,11 +334,35 @@ func startDetachedKfake(ctx context.Context, l *lab.Lab) error {
 func printLab(l *lab.Lab) error {
 	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(w, "lab %s\tbridge %s %s\tbroker %s %s\n", l.Name, l.Bridge, l.BridgeIP, l.BrokerKind, l.BrokerAddr)
-	fmt.Fprintln(w, "HOST\tADDRESS\tNETNS\tCONTAINERD")
+	fmt.Fprintln(w, "HOST\tADDRESS\tNETNS\tCLOCK (monotonic, boottime ahead of this machine's)\tCONTAINERD")
 	for _, h := range l.Hosts {
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", h.Name, h.IP, h.NetNS, h.Address())
+		clock := "the machine's"
+		if !h.Clock.IsZero() {
+			clock = fmt.Sprintf("+%v, +%v", h.Clock.Monotonic, h.Clock.Boottime)
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", h.Name, h.IP, h.NetNS, clock, h.Address())
 	}
 	return w.Flush()
+}
+
+func labExec(c *cli.Context) error {
+	if c.NArg() < 3 {
+		return fmt.Errorf("lab exec: want HOST ID -- COMMAND [ARGS...], got %d arguments", c.NArg())
+	}
+	l, err := lab.Load(c.String("base-dir"), c.String("name"))
+	if err != nil {
+		return err
+	}
+	h, err := l.Host(c.Args().Get(0))
+	if err != nil {
+		return err
+	}
+	out, err := h.Exec(c.Context, c.Args().Get(1), c.Args().Slice()[2:]...)
+	if err != nil {
+		return err // it carries the output
+	}
+	_, err = os.Stdout.Write(out)
+	return err
 }
 
 func labDown(c *cli.Context) error {

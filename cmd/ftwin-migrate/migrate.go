@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -23,6 +24,7 @@ import (
 	"github.com/ftwin-migrate/ftwin-migrate/hooksock"
 	"github.com/ftwin-migrate/ftwin-migrate/internal/agentserver"
 	"github.com/ftwin-migrate/ftwin-migrate/kafkahooks"
+	"github.com/ftwin-migrate/ftwin-migrate/lab"
 	"github.com/ftwin-migrate/ftwin-migrate/migrate"
 	"github.com/ftwin-migrate/ftwin-migrate/pki"
 	"github.com/ftwin-migrate/ftwin-migrate/restore"
@@ -75,6 +77,7 @@ func receiveCommand() *cli.Command {
 			&cli.StringSliceFlag{Name: "allow-bind-mount", Usage: "host path (and below) a restored container may bind-mount (repeatable)"},
 			&cli.StringSliceFlag{Name: "allow-capability", Usage: "capability beyond containerd's defaults a restored container may hold, e.g. CAP_NET_ADMIN (repeatable)"},
 			&cli.BoolFlag{Name: "allow-devices", Usage: "let restored containers have device nodes and device cgroup rules of their own"},
+			&cli.StringFlag{Name: "lab", Hidden: true, Usage: "the lab directory of this host (set by `lab up`): containers with addresses of their own get them here"},
 		}, pkiFlags...),
 		Action: func(c *cli.Context) error {
 			host := hostName(c)
@@ -93,6 +96,17 @@ func receiveCommand() *cli.Command {
 			}
 			cfg := agent.Config{Host: host, Client: client, WorkDir: c.String("work-dir"), SessionTimeout: c.Duration("session-timeout"),
 				Log: slog.New(slog.NewTextHandler(os.Stderr, nil)), Policy: policy, Namespaces: c.StringSlice("serve-namespace")}
+			if dir := c.String("lab"); dir != "" {
+				l, err := lab.Load(filepath.Dir(dir), filepath.Base(dir))
+				if err != nil {
+					return err
+				}
+				h, err := l.Host(host)
+				if err != nil {
+					return err
+				}
+				cfg.Network = h.Network()
+			}
 			if parent := c.String("cgroup-parent"); parent != "" {
 				cfg.RestoreOpts = func(r agent.SessionRequest) []restore.Opt {
 					return []restore.Opt{restore.WithCgroupsPath(path.Join(parent, r.Namespace, r.Container))}
@@ -130,7 +144,7 @@ func migrateCommand() *cli.Command {
 			&cli.StringFlag{Name: "to", Required: true, Usage: "target agent address, host:port"},
 			&cli.StringFlag{Name: "peer", Usage: "the target's host name in the PKI, checked against its certificate (default: the host of --to, a name or an address its certificate lists)"},
 			&cli.StringFlag{Name: "probe", Usage: "http:// URL the target checks before commit, e.g. http://127.0.0.1:8080/healthz"},
-			&cli.StringFlag{Name: "tcp", Value: string(restore.TCPClose), Usage: "established connections on the target: close (clients reconnect) or established (same address)"},
+			&cli.StringFlag{Name: "tcp", Usage: "established connections on the target: close (clients reconnect) or established (same address); default: established for a container whose address moves with it (a lab container run with --own-address), close otherwise"},
 			&cli.DurationFlag{Name: "phase-timeout", Value: 2 * time.Minute, Usage: "roll back if a phase takes longer"},
 			&cli.DurationFlag{Name: "settle", Value: 2 * time.Second, Usage: "the restored copy must stay alive (and pass --probe) this long before the commit; 0: no wait"},
 			&cli.BoolFlag{Name: "json", Usage: "print the report as JSON"},
@@ -153,9 +167,11 @@ func migrateCommand() *cli.Command {
 			if c.Int64("max-lag") < 0 || c.Duration("catch-up-timeout") <= 0 {
 				return fmt.Errorf("--max-lag %d, --catch-up-timeout %v: want a lag of 0 or more records and a positive timeout", c.Int64("max-lag"), c.Duration("catch-up-timeout"))
 			}
-			tcp, err := restore.ParseTCPMode(c.String("tcp"))
-			if err != nil {
-				return fmt.Errorf("--tcp: %w", err)
+			var tcp restore.TCPMode // "": the library decides (see migrate.Options.TCP)
+			if s := c.String("tcp"); s != "" {
+				if tcp, err = restore.ParseTCPMode(s); err != nil {
+					return fmt.Errorf("--tcp: %w", err)
+				}
 			}
 			hookMode, err := hookFlags(c)
 			if err != nil {
@@ -179,6 +195,10 @@ func migrateCommand() *cli.Command {
 			}
 			if o.MaxLag == 0 {
 				o.MaxLag = -1 // the library's default is 500; the flag's 0 means caught up exactly
+			}
+			// A lab host's containerd: its containers' own addresses move with them.
+			if h := labHostOf(c.String("address")); h != nil {
+				o.Network = h.Network()
 			}
 			if !c.Bool("json") && term.IsTerminal(int(os.Stderr.Fd())) {
 				var bar *progressbar.ProgressBar
@@ -212,6 +232,25 @@ func migrateCommand() *cli.Command {
 			return err
 		},
 	}
+}
+
+// labHostOf returns the lab host whose containerd listens at address (LAB/hosts/HOST/containerd.sock
+// of a lab that is up), or nil.
+func labHostOf(address string) *lab.Host {
+	hostDir := filepath.Dir(address)
+	if filepath.Base(address) != "containerd.sock" || filepath.Base(filepath.Dir(hostDir)) != "hosts" {
+		return nil
+	}
+	labDir := filepath.Dir(filepath.Dir(hostDir))
+	l, err := lab.Load(filepath.Dir(labDir), filepath.Base(labDir))
+	if err != nil {
+		return nil
+	}
+	h, err := l.Host(filepath.Base(hostDir))
+	if err != nil || h.Address() != address {
+		return nil
+	}
+	return h
 }
 
 // settle maps --settle 0 (no wait) to the library's "none".

@@ -33,6 +33,43 @@ func labName(t *testing.T) string {
 	return "t" + hex.EncodeToString(b[:])
 }
 
+// testLab is a lab of the test's own: hosts cloud and fog, no broker.
+type testLab struct {
+	*lab.Lab
+	base, name string
+	downed     bool
+}
+
+// upTwoHosts brings up a testLab on subnet ("": the default). It is taken down at the end of
+// the test unless the test does it itself with downClean.
+func upTwoHosts(t *testing.T, ctx context.Context, subnet string) *testLab {
+	t.Helper()
+	tl := &testLab{base: t.TempDir(), name: labName(t)}
+	l, err := lab.Up(ctx, lab.Config{Name: tl.name, BaseDir: tl.base, Hosts: []string{"cloud", "fog"}, Subnet: subnet})
+	if err != nil {
+		t.Fatalf("lab up: %v", err)
+	}
+	tl.Lab = l
+	t.Cleanup(func() {
+		if !tl.downed {
+			_ = l.Down(context.Background())
+		}
+	})
+	return tl
+}
+
+// downClean takes the lab down and fails the test if anything of it is left.
+func (tl *testLab) downClean(t *testing.T, ctx context.Context) {
+	t.Helper()
+	if err := tl.Down(ctx); err != nil {
+		t.Fatalf("lab down: %v", err)
+	}
+	tl.downed = true
+	if left := lab.Find(tl.base, tl.name); !left.Empty() {
+		t.Fatalf("lab down left %s", left)
+	}
+}
+
 // waitState polls a workload log until ok accepts its last state.
 func waitState(t *testing.T, path string, ok func(state.State) bool) state.State {
 	t.Helper()
@@ -71,18 +108,7 @@ func TestCheckpointRestoreAcrossHosts(t *testing.T) {
 	bin := buildCounter(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	base := t.TempDir()
-	name := labName(t)
-	l, err := lab.Up(ctx, lab.Config{Name: name, BaseDir: base, Hosts: []string{"cloud", "fog"}})
-	if err != nil {
-		t.Fatalf("lab up: %v", err)
-	}
-	downed := false
-	t.Cleanup(func() {
-		if !downed {
-			_ = l.Down(context.Background())
-		}
-	})
+	l := upTwoHosts(t, ctx, "")
 	cloud, fog := l.Hosts[0], l.Hosts[1]
 
 	const id = "counter"
@@ -138,13 +164,7 @@ func TestCheckpointRestoreAcrossHosts(t *testing.T) {
 		}
 	}
 
-	if err := l.Down(ctx); err != nil {
-		t.Fatalf("lab down: %v", err)
-	}
-	downed = true
-	if left := lab.Find(base, name); !left.Empty() {
-		t.Fatalf("lab down left %s", left)
-	}
+	l.downClean(t, ctx)
 }
 
 func containers(t *testing.T, h *lab.Host) []string {

@@ -17,9 +17,10 @@ import (
 
 // lineServer collects the state lines workloads send it, with the address they came from.
 type lineServer struct {
-	ln    net.Listener
-	mu    sync.Mutex
-	lines []sentLine
+	ln      net.Listener
+	mu      sync.Mutex
+	lines   []sentLine
+	accepts int // connections accepted
 }
 
 type sentLine struct {
@@ -40,6 +41,9 @@ func newLineServer(t *testing.T, addr string) *lineServer {
 			if err != nil {
 				return
 			}
+			ls.mu.Lock()
+			ls.accepts++
+			ls.mu.Unlock()
 			go func() {
 				defer c.Close()
 				ip, _, _ := net.SplitHostPort(c.RemoteAddr().String())
@@ -56,6 +60,26 @@ func newLineServer(t *testing.T, addr string) *lineServer {
 		}
 	}()
 	return ls
+}
+
+// oneConnectionInOrder fails the test unless the server accepted exactly one connection and
+// received every tick on it once, in order; it returns the first and last tick.
+func (ls *lineServer) oneConnectionInOrder(t *testing.T) (first, last uint64) {
+	t.Helper()
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	if ls.accepts != 1 {
+		t.Errorf("the peer accepted %d connections, want 1: the workload reconnected", ls.accepts)
+	}
+	for i := 1; i < len(ls.lines); i++ {
+		if ls.lines[i].s.Tick != ls.lines[i-1].s.Tick+1 {
+			t.Errorf("the peer received tick %d after tick %d: a line lost or repeated", ls.lines[i].s.Tick, ls.lines[i-1].s.Tick)
+		}
+	}
+	if len(ls.lines) == 0 {
+		t.Fatal("the peer received nothing")
+	}
+	return ls.lines[0].s.Tick, ls.lines[len(ls.lines)-1].s.Tick
 }
 
 func (ls *lineServer) waitFrom(t *testing.T, ip string, ok func(state.State) bool) state.State {

@@ -24,6 +24,9 @@ type State struct {
 	PID      int    `json:"pid"`      // as seen by the process (1 in its own PID namespace)
 	StartNS  int64  `json:"start_ns"` // Unix time in ns when the process started
 	NowNS    int64  `json:"now_ns"`   // Unix time in ns when the line was written
+	// MonoNS is CLOCK_MONOTONIC in ns when the line was written, as the process sees it (in a
+	// time namespace: the namespace's clock, which CRIU carries across a restore).
+	MonoNS int64 `json:"mono_ns,omitempty"`
 	// Reconnects counts redials of the -connect peer; PeerLocal is the current connection's
 	// local address (empty without -connect or while disconnected).
 	Reconnects uint64 `json:"reconnects,omitempty"`

@@ -27,6 +27,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/ftwin-migrate/ftwin-migrate/internal/counter/state"
 	"github.com/ftwin-migrate/ftwin-migrate/test/workloads/counter/memstate"
 )
@@ -45,7 +47,13 @@ func main() {
 	listen := flag.String("listen", "", "serve GET /state and GET /healthz on this address (e.g. :8080)")
 	seed := flag.Uint64("seed", 1, "seed of the buffer content and of the mutations")
 	connect := flag.String("connect", "", "also send each state line over a TCP connection to this address, reconnecting when it breaks")
+	printClock := flag.Bool("print-clock", false, "print one line {\"mono_ns\":…,\"now_ns\":…} (CLOCK_MONOTONIC and the Unix time, as this process sees them) and exit")
 	flag.Parse()
+	if *printClock {
+		line, _ := json.Marshal(state.State{MonoNS: monotonicNS(), NowNS: time.Now().UnixNano()})
+		fmt.Println(string(line))
+		return
+	}
 	if *memMiB < 1 || *interval <= 0 || flag.NArg() > 0 {
 		flag.Usage()
 		os.Exit(2)
@@ -57,6 +65,15 @@ func main() {
 		fmt.Fprintln(os.Stderr, "counter:", err)
 		os.Exit(1)
 	}
+}
+
+// monotonicNS reads CLOCK_MONOTONIC: in a time namespace, the namespace's clock.
+func monotonicNS() int64 {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		return 0
+	}
+	return ts.Nano()
 }
 
 // latest is the most recent state, shared with the HTTP handlers.
@@ -103,6 +120,7 @@ func run(ctx context.Context, memMiB int, seed uint64, interval time.Duration, l
 			PID:      os.Getpid(),
 			StartNS:  start.UnixNano(),
 			NowNS:    time.Now().UnixNano(),
+			MonoNS:   monotonicNS(),
 		}
 		s.Reconnects, s.PeerLocal = out.reconnects, out.local
 		cur.set(s)

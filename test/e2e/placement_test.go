@@ -52,8 +52,15 @@ func startFleet(t *testing.T, subnet string, twins []placestate.Twin) *fleet.Run
 	requireLabTools(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
+	kind := broker.Embedded
+	if k := os.Getenv("FTWIN_PLACEMENT_BROKER"); k != "" { // apache: the same tests on a real Kafka
+		var err error
+		if kind, err = broker.ParseKind(k); err != nil {
+			t.Fatal(err)
+		}
+	}
 	cfg := fleet.UpConfig{
-		Lab:   lab.Config{Name: "q" + labName(t)[1:], BaseDir: t.TempDir(), Hosts: []string{"cloud", "fog1", "fog2"}, Subnet: subnet, Broker: broker.Embedded},
+		Lab:   lab.Config{Name: "q" + labName(t)[1:], BaseDir: t.TempDir(), Hosts: []string{"cloud", "fog1", "fog2"}, Subnet: subnet, Broker: kind},
 		Twins: twins, Twin: fleet.TwinConfig{Binary: testbin.Build(t, twinPkg), StateMiB: 16, Devices: 8}, Rate: 40,
 		// A quiesce that does not reach a boundary (seen on this shared machine: the twin's
 		// prepare waiting minutes) rolls back within 45 s and is retried after the cooldown.

@@ -33,7 +33,8 @@ type DrainResult struct {
 }
 
 // Drain cordons host in the store (nothing is placed there meanwhile), then live-migrates
-// every twin the store knows that runs there to targets the policy chooses (Policy.PlanDrain,
+// every twin that runs there (those the store knows, and any other running container, taken
+// for a twin whose home is host) to targets the policy chooses (Policy.PlanDrain,
 // its headroom judged on signals measured now), at most o.Concurrency at once, recording
 // each migration in the store. A twin that cannot move stays where it is and is reported.
 // The host stays cordoned: Uncordon it when it may take twins again.
@@ -51,6 +52,17 @@ func (f *Fleet) Drain(ctx context.Context, store *placestate.Store, p *placement
 	st, err := store.Load(ctx)
 	if err != nil {
 		return res, err
+	}
+	// Containers the state does not know (started by hand: `lab run`) are drained too, as
+	// twins at home there, with no topics to measure.
+	ids, err := f.Containers(ctx, host)
+	if err != nil {
+		return res, err
+	}
+	for _, id := range ids {
+		if _, ok := st.Twins[id]; !ok {
+			st.Twins[id] = placestate.Twin{ID: id, Home: host, Host: host}
+		}
 	}
 	where, err := f.Locate(ctx, st.TwinIDs())
 	if err != nil {

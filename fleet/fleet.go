@@ -197,6 +197,36 @@ func (f *Fleet) Inspect(ctx context.Context, ids []string) (map[string][]Instanc
 	return out, nil
 }
 
+// Containers lists the ids of the containers with a running task on host.
+func (f *Fleet) Containers(ctx context.Context, host string) ([]string, error) {
+	h, err := f.Lab.Host(host)
+	if err != nil {
+		return nil, err
+	}
+	client, err := h.Client()
+	if err != nil {
+		return nil, err
+	}
+	defer client.Close()
+	ctx = lab.Context(ctx)
+	cs, err := client.Containers(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("fleet: list the containers of host %s: %w", host, err)
+	}
+	var ids []string
+	for _, c := range cs {
+		task, err := c.Task(ctx, nil)
+		if err != nil {
+			continue
+		}
+		if st, err := task.Status(ctx); err == nil && st.Status == "running" {
+			ids = append(ids, c.ID())
+		}
+	}
+	sort.Strings(ids)
+	return ids, nil
+}
+
 // Locate says where each of the twins runs: the host of its container with a task that is not
 // a migration's uncommitted copy (a source frozen mid-migration counts where it is). A twin
 // found nowhere is absent from the map.
@@ -393,8 +423,8 @@ func (f *Fleet) StreamGaps(ctx context.Context, twins map[string]placestate.Twin
 	cache := map[string][]verify.Event{}
 	for i := range results {
 		r := &results[i]
-		if r.Start.IsZero() {
-			continue
+		if r.Start.IsZero() || twins[r.Twin].Output == "" {
+			continue // not run, or no output topic to read
 		}
 		evs, ok := cache[r.Twin]
 		if !ok {

@@ -95,8 +95,10 @@ func (f *Fleet) NewMeasurer(twins map[string]placestate.Twin, cfg MeasureConfig)
 	var topics []string
 	for id, t := range twins {
 		m.twins[id] = t
-		m.byTopic[t.Output] = id
-		topics = append(topics, t.Output)
+		if t.Output != "" {
+			m.byTopic[t.Output] = id
+			topics = append(topics, t.Output)
+		}
 	}
 	sort.Strings(topics)
 	m.tl, err = kgo.NewClient(kgo.SeedBrokers(f.Brokers...), kgo.ConsumeTopics(topics...),
@@ -203,11 +205,16 @@ func (m *Measurer) Sample(ctx context.Context, where map[string]string) (placeme
 	}
 	var groups []string
 	for _, t := range m.twins {
-		groups = append(groups, t.Group)
+		if t.Group != "" {
+			groups = append(groups, t.Group)
+		}
 	}
-	lags, err := m.adm.Lag(ctx, groups...)
-	if err != nil {
-		return s, fmt.Errorf("fleet: consumer lag: %w", err)
+	lags := kadm.DescribedGroupLags{}
+	if len(groups) > 0 {
+		var err error
+		if lags, err = m.adm.Lag(ctx, groups...); err != nil {
+			return s, fmt.Errorf("fleet: consumer lag: %w", err)
+		}
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()

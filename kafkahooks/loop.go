@@ -567,10 +567,6 @@ func (l *Loop) prepare(ctx context.Context) ctlResp {
 	cl, g := l.cl, l.gate
 	l.mu.Unlock()
 	cl.PauseFetchTopics(l.cfg.Topics...)
-	// From the boundary on the client opens no connection: a copy restored from a dump taken
-	// now (its connections restored closed) reaches no broker until it is resumed, released
-	// or made a shadow.
-	g.close()
 	fail := func(err error) ctlResp {
 		g.open()
 		cl.ResumeFetchTopics(l.cfg.Topics...)
@@ -590,6 +586,13 @@ func (l *Loop) prepare(ctx context.Context) ctlResp {
 	if err != nil {
 		return fail(err)
 	}
+	// From the boundary on the client opens no connection: a copy restored from a dump taken
+	// now (its connections restored closed) reaches no broker until it is resumed, released
+	// or made a shadow. The gate closes only here, after the settle: its admin requests may
+	// need a connection the client must dial again (one idle past ConnIdleTimeout was closed),
+	// and with the gate closed first they waited until the prepare's context ended (seen on
+	// the lab: twins running longer than 20 s quiesced only after minutes, or never).
+	g.close()
 	member, gen := cl.GroupMetadata()
 	b := Boundary{
 		Protocol:         Version,

@@ -36,6 +36,9 @@ type MeasureConfig struct {
 	HostCores float64
 	// HostMemMiB is each host's memory for the memory signal. Default 4096.
 	HostMemMiB float64
+	// CPUWindow is what the CPU figures average over (CPU time used in the last CPUWindow):
+	// one second of a busy loop on a loaded machine says little. Default 5s.
+	CPUWindow time.Duration
 }
 
 // Measurer measures the signals the policy reads, per twin and per host of a fleet:
@@ -64,10 +67,15 @@ type Measurer struct {
 	rate    map[string]int64      // twin → outputs seen since the last sample
 
 	last   time.Time
-	cpu    map[string]int64 // cgroup path → cpuacct.usage at last
+	cpu    map[string][]cpuPoint // cgroup path → cpuacct.usage over the last CPUWindow
 	net    map[string]int64 // host → link bytes at last
 	cancel context.CancelFunc
 	done   chan struct{}
+}
+
+type cpuPoint struct {
+	at    time.Time
+	usage int64
 }
 
 type latPoint struct {
@@ -86,12 +94,15 @@ func (f *Fleet) NewMeasurer(twins map[string]placestate.Twin, cfg MeasureConfig)
 	if cfg.HostMemMiB == 0 {
 		cfg.HostMemMiB = 4096
 	}
+	if cfg.CPUWindow == 0 {
+		cfg.CPUWindow = 5 * time.Second
+	}
 	cl, err := kgo.NewClient(kgo.SeedBrokers(f.Brokers...))
 	if err != nil {
 		return nil, err
 	}
 	m := &Measurer{f: f, cfg: cfg, cl: cl, adm: kadm.NewClient(cl), twins: map[string]placestate.Twin{}, byTopic: map[string]string{},
-		lat: map[string][]latPoint{}, rate: map[string]int64{}, cpu: map[string]int64{}, net: map[string]int64{}, done: make(chan struct{})}
+		lat: map[string][]latPoint{}, rate: map[string]int64{}, cpu: map[string][]cpuPoint{}, net: map[string]int64{}, done: make(chan struct{})}
 	var topics []string
 	for id, t := range twins {
 		m.twins[id] = t
@@ -172,16 +183,24 @@ func (m *Measurer) Sample(ctx context.Context, where map[string]string) (placeme
 	m.last = now
 	cpuFrac := func(path string) float64 {
 		u, err := readInt(filepath.Join(CgroupRoot, "cpuacct", path, "cpuacct.usage"))
-		prev, seen := m.cpu[path]
 		if err != nil {
 			delete(m.cpu, path)
 			return 0
 		}
-		m.cpu[path] = u
-		if first || !seen || dt <= 0 || u < prev {
+		ps := m.cpu[path]
+		if n := len(ps); n > 0 && u < ps[n-1].usage {
+			ps = nil // the cgroup was made anew
+		}
+		ps = append(ps, cpuPoint{now, u})
+		for len(ps) > 2 && now.Sub(ps[1].at) >= m.cfg.CPUWindow {
+			ps = ps[1:]
+		}
+		m.cpu[path] = ps
+		if len(ps) < 2 {
 			return 0
 		}
-		return float64(u-prev) / 1e9 / dt / m.cfg.HostCores
+		d := now.Sub(ps[0].at).Seconds()
+		return float64(u-ps[0].usage) / 1e9 / d / m.cfg.HostCores
 	}
 	memFrac := func(path string) (float64, float64) {
 		b, err := readInt(filepath.Join(CgroupRoot, "memory", path, "memory.usage_in_bytes"))

@@ -69,9 +69,9 @@ func runFogDemo(c *cli.Context) error {
 func printFog(r fog.Result) {
 	fmt.Println()
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "TWIN\tFROM\tTO\tBY\tRULE\tRESULT\tSTREAM GAP\tTOOK")
+	fmt.Fprintln(tw, "TWIN\tFROM\tTO\tBY\tRULE\tRESULT\tSTREAM GAP\tTOOK\tERROR")
 	for _, m := range r.Moves {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%v\t%v\n", m.Twin, m.From, m.To, m.By, m.Rule, m.Result, m.StreamGap.Round(time.Millisecond), m.End.Sub(m.Start).Round(time.Millisecond))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%v\t%v\t%s\n", m.Twin, m.From, m.To, m.By, m.Rule, m.Result, m.StreamGap.Round(time.Millisecond), m.End.Sub(m.Start).Round(time.Millisecond), m.Err)
 	}
 	tw.Flush()
 	fmt.Println()

@@ -17,6 +17,7 @@ import (
 
 	"github.com/ftwin-migrate/ftwin-migrate/fleet"
 	"github.com/ftwin-migrate/ftwin-migrate/lab"
+	"github.com/ftwin-migrate/ftwin-migrate/migrate"
 	"github.com/ftwin-migrate/ftwin-migrate/placement"
 	"github.com/ftwin-migrate/ftwin-migrate/placestate"
 )
@@ -91,7 +92,8 @@ type Result struct {
 	Flaps []string
 }
 
-// OK says every twin was exactly once and nothing flapped.
+// OK says every twin was exactly once, nothing flapped and every migration committed or
+// rolled back cleanly.
 func (r Result) OK() bool {
 	if len(r.Verdicts) == 0 || len(r.Flaps) > 0 {
 		return false
@@ -102,7 +104,9 @@ func (r Result) OK() bool {
 		}
 	}
 	for _, m := range r.Moves {
-		if m.Err != "" {
+		// A rollback leaves the twin where it was, exactly once, and the rule tries again
+		// after the cooldown; anything else needs a look.
+		if m.Result != migrate.Committed && m.Result != migrate.CommittedUnverified && m.Result != migrate.RolledBack {
 			return false
 		}
 	}

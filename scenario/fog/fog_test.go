@@ -7,7 +7,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ftwin-migrate/ftwin-migrate/fleet"
 	"github.com/ftwin-migrate/ftwin-migrate/placement"
+	"github.com/ftwin-migrate/ftwin-migrate/verify"
 )
 
 func TestDefaultPolicyParses(t *testing.T) {
@@ -70,5 +72,23 @@ func TestPicture(t *testing.T) {
 	}
 	if !strings.Contains(svg, "&lt;loaded&gt;") {
 		t.Error("the timeline's text is not escaped")
+	}
+}
+
+func TestOK(t *testing.T) {
+	ok := Result{Verdicts: []fleet.TwinVerdict{{Twin: "a", In: 1, Complete: true, Report: verify.Report{EventsOut: 1}}},
+		Moves: []Move{{Result: "committed"}, {Result: "rolled back", Err: "quiesce: ..."}}}
+	if !ok.OK() {
+		t.Error("a clean rollback fails the run")
+	}
+	bad := ok
+	bad.Moves = append(append([]Move{}, ok.Moves...), Move{Result: "rollback failed"})
+	if bad.OK() {
+		t.Error("a failed rollback passes")
+	}
+	bad = ok
+	bad.Flaps = []string{"a moved 3 times"}
+	if bad.OK() {
+		t.Error("flapping passes")
 	}
 }

@@ -68,7 +68,7 @@ type Measurer struct {
 
 	last   time.Time
 	cpu    map[string][]cpuPoint // cgroup path → cpuacct.usage over the last CPUWindow
-	net    map[string]int64 // host → link bytes at last
+	net    map[string]int64      // host → link bytes at last
 	cancel context.CancelFunc
 	done   chan struct{}
 }

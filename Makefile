@@ -8,7 +8,7 @@ GO ?= go
 BIN := bin
 export GOFLAGS ?= -mod=mod
 
-.PHONY: all install build demo test unit vet check fuzz soak bench bench-short clean lab-down
+.PHONY: all install build demo test unit vet check fuzz soak bench bench-short clean lab-down protos
 
 all: build
 
@@ -37,6 +37,27 @@ check: vet $(STATICCHECK)
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './bin/*')); \
 	if [ -n "$$unformatted" ]; then echo "gofmt: run gofmt -w on:"; echo "$$unformatted"; exit 1; fi
 	$(STATICCHECK) ./...
+
+# The gRPC API (api/services/migrate/v1): the generated Go code is checked in; `make protos`
+# regenerates it with pinned generators built from their modules into bin/tools (not
+# committed): buf compiles the .proto files itself (no protoc to install, the same compiler on
+# every machine), protoc-gen-go and protoc-gen-go-grpc write the Go code.
+BUF_VERSION := v1.75.0
+PROTOC_GEN_GO_VERSION := v1.36.12
+PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
+BUF := $(BIN)/tools/buf-$(BUF_VERSION)/buf
+PROTOC_GEN_GO := $(BIN)/tools/protoc-gen-go-$(PROTOC_GEN_GO_VERSION)/protoc-gen-go
+PROTOC_GEN_GO_GRPC := $(BIN)/tools/protoc-gen-go-grpc-$(PROTOC_GEN_GO_GRPC_VERSION)/protoc-gen-go-grpc
+
+$(BUF):
+	GOBIN=$(abspath $(dir $@)) GOFLAGS= $(GO) install github.com/bufbuild/buf/cmd/buf@$(BUF_VERSION)
+$(PROTOC_GEN_GO):
+	GOBIN=$(abspath $(dir $@)) GOFLAGS= $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
+$(PROTOC_GEN_GO_GRPC):
+	GOBIN=$(abspath $(dir $@)) GOFLAGS= $(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
+
+protos: $(BUF) $(PROTOC_GEN_GO) $(PROTOC_GEN_GO_GRPC)
+	$(BUF) generate api --template '{"version":"v2","plugins":[{"local":"$(abspath $(PROTOC_GEN_GO))","out":"api","opt":"paths=source_relative"},{"local":"$(abspath $(PROTOC_GEN_GO_GRPC))","out":"api","opt":"paths=source_relative"}]}'
 
 unit:
 	$(GO) test -short -count=1 ./...

@@ -42,6 +42,12 @@ type Config struct {
 	Env []string
 	// StartTimeout bounds the wait for the socket to answer. Default 20s.
 	StartTimeout time.Duration
+	// Binary is the daemon to run: a name looked up on PATH or a path. Default "containerd";
+	// containerd-ftwin is containerd with the ftwin-migrate plugin (cmd/containerd-ftwin).
+	Binary string
+	// ExtraConfig is TOML appended to the daemon's config.toml, e.g. a plugin's section
+	// ([plugins."io.containerd.grpc.v1.ftwin-migrate"]).
+	ExtraConfig string
 	// Clock, when not zero, runs the daemon (and so its shims, runc, CRIU and every container
 	// it starts) in a time namespace of its own whose CLOCK_MONOTONIC and CLOCK_BOOTTIME are
 	// ahead of the machine's by these offsets, as two machines' uptimes differ. The zero value
@@ -123,12 +129,15 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 	if cfg.StartTimeout == 0 {
 		cfg.StartTimeout = 20 * time.Second
 	}
+	if cfg.Binary == "" {
+		cfg.Binary = "containerd"
+	}
 	if err := cfg.Clock.validate(); err != nil {
 		return nil, err
 	}
-	for _, tool := range []string{"containerd", "unshare", "nsenter"} {
+	for _, tool := range []string{cfg.Binary, "unshare", "nsenter"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			return nil, fmt.Errorf("ctrd: %s not found on PATH (run `make install`): %w", tool, err)
+			return nil, fmt.Errorf("ctrd: %s not found (run `make install`): %w", tool, err)
 		}
 	}
 	for _, d := range []string{"root", "run", "tmp"} {
@@ -140,7 +149,7 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 		return nil, fmt.Errorf("ctrd: create mount point /run/containerd: %w", err)
 	}
 	confPath := filepath.Join(cfg.Dir, "config.toml")
-	if err := os.WriteFile(confPath, []byte(configTOML(cfg.Dir)), 0o644); err != nil {
+	if err := os.WriteFile(confPath, []byte(configTOML(cfg.Dir)+cfg.ExtraConfig), 0o644); err != nil {
 		return nil, fmt.Errorf("ctrd: write %s: %w", confPath, err)
 	}
 	logf, err := os.OpenFile(filepath.Join(cfg.Dir, "containerd.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
@@ -149,8 +158,9 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 	}
 	defer logf.Close()
 
-	script := fmt.Sprintf("mount --bind %s /run/containerd && exec containerd --config %s",
-		shellQuote(filepath.Join(cfg.Dir, "run")), shellQuote(confPath))
+	bin, _ := exec.LookPath(cfg.Binary)
+	script := fmt.Sprintf("mount --bind %s /run/containerd && exec %s --config %s",
+		shellQuote(filepath.Join(cfg.Dir, "run")), shellQuote(bin), shellQuote(confPath))
 	args := []string{"unshare", "--mount", "--propagation", "private"}
 	if !cfg.Clock.IsZero() {
 		// The time namespace takes effect at the exec of sh, before anything reads a clock.

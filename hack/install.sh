@@ -121,6 +121,26 @@ if [ "$(containerd_version || true)" != "$CONTAINERD_VERSION" ] || [ "$(shim_ver
   install -m 0755 "$gobin/containerd" "$gobin/containerd-shim-runc-v2" "$CONTAINERD_BIN/"
   rm -rf "$gobin"
 fi
+# containerd-ftwin: the same containerd server (at the version go.mod requires for the client)
+# with the ftwin-migrate plugin compiled in (cmd/containerd-ftwin, docs/PLUGIN.md), built from
+# this source tree beside containerd. Built into a temporary directory (Go's build cache makes a
+# rerun quick) and installed only when it differs from the one in place.
+REPO="$(cd "$HERE/.." && pwd)"
+if [ -f "$REPO/cmd/containerd-ftwin/main.go" ]; then
+  command -v go >/dev/null || die "go is needed to build containerd-ftwin (install Go 1.26, see README)"
+  gobin="$(mktemp -d)"
+  if ! (cd "$REPO" && CGO_ENABLED=0 GOFLAGS="-mod=mod -buildvcs=false" GOTOOLCHAIN=local go build -trimpath -tags no_btrfs -o "$gobin/containerd-ftwin" ./cmd/containerd-ftwin) >"$gobin/build.log" 2>&1; then
+    cat "$gobin/build.log" >&2
+    rm -rf "$gobin"
+    die "could not build containerd-ftwin from $REPO/cmd/containerd-ftwin (log above)"
+  fi
+  if ! cmp -s "$gobin/containerd-ftwin" "$CONTAINERD_BIN/containerd-ftwin"; then
+    log "installing containerd-ftwin (containerd with the ftwin-migrate plugin) into $CONTAINERD_BIN"
+    mkdir -p "$CONTAINERD_BIN"
+    install -m 0755 "$gobin/containerd-ftwin" "$CONTAINERD_BIN/"
+  fi
+  rm -rf "$gobin"
+fi
 # The Debian package may start a system containerd; the lab runs its own daemons and needs none.
 if [ -n "${FTWIN_STOP_SYSTEM_CONTAINERD:-1}" ] && [ -S /run/containerd/containerd.sock ]; then
   if command -v systemctl >/dev/null && systemctl is-active -q containerd 2>/dev/null; then
@@ -151,6 +171,9 @@ v="$(containerd_version || true)"
 check "containerd $CONTAINERD_VERSION in $CONTAINERD_BIN (have ${v:-none})" '[ "$v" = "$CONTAINERD_VERSION" ]'
 check "containerd on PATH is $CONTAINERD_BIN/containerd (have $(command -v containerd || echo none))" '[ "$(command -v containerd)" = "$CONTAINERD_BIN/containerd" ]'
 check "containerd-shim-runc-v2 $CONTAINERD_VERSION on PATH (have $(command -v containerd-shim-runc-v2 || echo none))" '[ "$(command -v containerd-shim-runc-v2)" = "$CONTAINERD_BIN/containerd-shim-runc-v2" ] && [ "$(shim_version)" = "$CONTAINERD_VERSION" ]'
+if [ -f "$REPO/cmd/containerd-ftwin/main.go" ]; then
+  check "containerd-ftwin in $CONTAINERD_BIN" '"$CONTAINERD_BIN/containerd-ftwin" --version >/dev/null 2>&1'
+fi
 v="$(runc_version || true)"
 check "runc >= $RUNC_MIN (have ${v:-none})" '[ -n "$v" ] && version_ge "$v" "$RUNC_MIN"'
 check "iptables-restore" 'command -v iptables-restore >/dev/null'

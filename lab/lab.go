@@ -17,6 +17,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -31,6 +32,8 @@ import (
 	"github.com/ftwin-migrate/ftwin-migrate/broker"
 	"github.com/ftwin-migrate/ftwin-migrate/ctrd"
 	"github.com/ftwin-migrate/ftwin-migrate/doctor"
+	"github.com/ftwin-migrate/ftwin-migrate/pki"
+	"github.com/ftwin-migrate/ftwin-migrate/plugin"
 )
 
 // DefaultBaseDir holds one directory per lab.
@@ -64,6 +67,17 @@ type Config struct {
 	// DaemonEnv is added to every containerd's environment. When nil the lab probes hardware
 	// breakpoints and adds CRIU_FAULT=130 where they do not work (see doctor.CRIUFaultEnv).
 	DaemonEnv []string
+	// Plugin runs every host's containerd as PluginDaemon, containerd with the ftwin-migrate
+	// plugin (package plugin): migration is then served on each host's containerd socket, and
+	// the host's receive endpoint by its daemon on HOSTIP:AgentPort (Host.PluginConfig), so no
+	// in-process agent is started for it. Up creates the lab's PKI in DIR/pki for the daemons.
+	Plugin bool
+	// Daemon is the daemon to run, a name on PATH or a path. Default "containerd", or
+	// PluginDaemon when Plugin is set.
+	Daemon string
+	// PluginEdit changes a host's plugin configuration before its daemon starts (Plugin only;
+	// tests make one restrictive, or bad).
+	PluginEdit func(host string, c *plugin.Config)
 }
 
 // Lab is a running lab.
@@ -77,6 +91,9 @@ type Lab struct {
 	BrokerKind broker.Kind `json:"broker_kind"`
 	BrokerAddr string      `json:"broker_addr,omitempty"`
 	DaemonEnv  []string    `json:"daemon_env,omitempty"`
+	// Plugin: the hosts run PluginDaemon, with the PKI in PKIDir (Config.Plugin).
+	Plugin bool   `json:"plugin,omitempty"`
+	PKIDir string `json:"pki_dir,omitempty"`
 
 	broker broker.Broker
 }
@@ -128,6 +145,15 @@ func (c *Config) withDefaults() error {
 	if c.Broker == "" {
 		c.Broker = broker.None
 	}
+	if c.Daemon == "" {
+		c.Daemon = "containerd"
+		if c.Plugin {
+			c.Daemon = PluginDaemon
+		}
+	}
+	if c.PluginEdit != nil && !c.Plugin {
+		return errors.New("lab: PluginEdit without Plugin: the hosts run no plugin")
+	}
 	if c.UplinkMbit < 0 {
 		return fmt.Errorf("lab: uplink rate %d Mbit/s: must be positive (or 0 for unthrottled)", c.UplinkMbit)
 	}
@@ -158,7 +184,7 @@ func Up(ctx context.Context, cfg Config) (l *Lab, err error) {
 	if left := Find(cfg.BaseDir, cfg.Name); !left.Empty() {
 		return nil, fmt.Errorf("lab: leftovers of an earlier %q lab exist (%s): run `ftwin-migrate lab down --name %s` first", cfg.Name, left, cfg.Name)
 	}
-	for _, tool := range []string{"ip", "tc", "containerd", "nsenter", "unshare"} {
+	for _, tool := range []string{"ip", "tc", cfg.Daemon, "nsenter", "unshare"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			return nil, fmt.Errorf("lab: %s not found (run `make install`): %w", tool, err)
 		}
@@ -173,7 +199,7 @@ func Up(ctx context.Context, cfg Config) (l *Lab, err error) {
 	ip := func(last byte) string { b := base; b[3] = last; return netip.AddrFrom4(b).String() }
 	l = &Lab{
 		Name: cfg.Name, Dir: dir, Bridge: "ftb-" + cfg.Name, BridgeIP: ip(1),
-		BrokerKind: cfg.Broker, DaemonEnv: cfg.DaemonEnv,
+		BrokerKind: cfg.Broker, DaemonEnv: cfg.DaemonEnv, Plugin: cfg.Plugin,
 	}
 	defer func() {
 		if err != nil {
@@ -214,9 +240,33 @@ func Up(ctx context.Context, cfg Config) (l *Lab, err error) {
 	if err := l.save(); err != nil {
 		return l, err
 	}
+	if cfg.Plugin {
+		// The daemons read their certificates as they start.
+		l.PKIDir = filepath.Join(dir, "pki")
+		var hosts []pki.Host
+		for _, h := range l.Hosts {
+			hosts = append(hosts, pki.Host{Name: h.Name, IPs: []net.IP{net.ParseIP(h.IP)}})
+		}
+		if err := pki.Init(l.PKIDir, hosts); err != nil {
+			return l, fmt.Errorf("lab: %w", err)
+		}
+		if err := l.save(); err != nil {
+			return l, err
+		}
+	}
 	// Start the daemons one after the other: each takes a second or two of CPU to come up.
 	for _, h := range l.Hosts {
-		if _, err := ctrd.Start(ctx, ctrd.Config{Dir: h.Dir, NetNS: h.NetNSPath(), Env: cfg.DaemonEnv, Clock: h.Clock}); err != nil {
+		dc := ctrd.Config{Dir: h.Dir, NetNS: h.NetNSPath(), Env: cfg.DaemonEnv, Binary: cfg.Daemon, Clock: h.Clock}
+		if cfg.Plugin {
+			pc := h.PluginConfig(l.PKIDir)
+			if cfg.PluginEdit != nil {
+				cfg.PluginEdit(h.Name, &pc)
+			}
+			if dc.ExtraConfig, err = pc.SectionTOML(); err != nil {
+				return l, fmt.Errorf("lab: host %s: %w", h.Name, err)
+			}
+		}
+		if _, err := ctrd.Start(ctx, dc); err != nil {
 			return l, fmt.Errorf("lab: host %s: %w", h.Name, err)
 		}
 	}

@@ -133,6 +133,11 @@ type Options struct {
 	RemoteUndoTimeout time.Duration
 	// Progress receives transfer progress (optional).
 	Progress transfer.Progress
+	// PhaseProgress, when set, is told of each phase as it starts (done false: only Name and
+	// Start are set) and as it ends (done true: the PhaseReport the report records, rollback
+	// included). It is called on the goroutine that runs the pipeline, so it must not block
+	// (the containerd plugin streams these to its client).
+	PhaseProgress func(p PhaseReport, done bool)
 	// AgentOpts configure the agent client (tests cut or corrupt the traffic here).
 	AgentOpts []agent.ClientOpt
 	// WorkDir is where the CRIU work directory of the dump is kept for its statistics. It must
@@ -311,6 +316,9 @@ func (m *run) phase(ctx context.Context, p Phase, fn func(context.Context) error
 	pctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	start := time.Now()
+	if m.o.PhaseProgress != nil {
+		m.o.PhaseProgress(PhaseReport{Name: p, Start: start.Sub(m.rep.Started)}, false)
+	}
 	err := fn(pctx)
 	if err != nil && pctx.Err() != nil && ctx.Err() == nil && p != CatchUp {
 		err = fmt.Errorf("%w (phase timeout %s)", err, timeout)
@@ -320,13 +328,24 @@ func (m *run) phase(ctx context.Context, p Phase, fn func(context.Context) error
 		pr.Error = err.Error()
 		err = &PhaseError{Phase: p, Err: err}
 	}
-	m.rep.Phases = append(m.rep.Phases, pr)
+	m.recordPhase(pr)
 	return err
+}
+
+// recordPhase adds a finished phase to the report and tells Options.PhaseProgress.
+func (m *run) recordPhase(pr PhaseReport) {
+	m.rep.Phases = append(m.rep.Phases, pr)
+	if m.o.PhaseProgress != nil {
+		m.o.PhaseProgress(pr, true)
+	}
 }
 
 // rollback pops the undo stack after the failure cause and says how it went.
 func (m *run) rollback(ctx context.Context, cause error) error {
 	start := time.Now()
+	if m.o.PhaseProgress != nil {
+		m.o.PhaseProgress(PhaseReport{Name: Rollback, Start: start.Sub(m.rep.Started)}, false)
+	}
 	m.rep.Undo = m.undo.unwind(ctx, m.o.LocalUndoTimeout, m.o.RemoteUndoTimeout)
 	m.undo = nil
 	pr := PhaseReport{Name: Rollback, Start: start.Sub(m.rep.Started), Duration: time.Since(start)}
@@ -342,13 +361,13 @@ func (m *run) rollback(ctx context.Context, cause error) error {
 	}
 	if len(failed) == 0 {
 		m.rep.Result = RolledBack
-		m.rep.Phases = append(m.rep.Phases, pr)
+		m.recordPhase(pr)
 		return cause
 	}
 	m.rep.Result = RollbackFailed
 	rerr := fmt.Errorf("rollback failed (%w): run `ftwin-migrate recover %s` to settle the container", errors.Join(failed...), m.o.Container)
 	pr.Error = rerr.Error()
-	m.rep.Phases = append(m.rep.Phases, pr)
+	m.recordPhase(pr)
 	return fmt.Errorf("%w; %w", cause, rerr)
 }
 

@@ -607,3 +607,42 @@ func TestCommittedUnverified(t *testing.T) {
 		t.Fatalf("result %q, evidence %q, err %v: want committed on the probe's evidence", rep.Result, rep.Evidence, err)
 	}
 }
+
+// TestPhaseProgress: Options.PhaseProgress hears each phase start and end, in order, the
+// rollback included, with the ends equal to what the report records.
+func TestPhaseProgress(t *testing.T) {
+	for _, tc := range []struct {
+		fail string
+		want []Phase
+	}{
+		{"", []Phase{Preflight, Quiesce, Checkpoint, Transfer, Restore, Resume, Verify, Commit}},
+		{"target.Restore", []Phase{Preflight, Quiesce, Checkpoint, Transfer, Restore, Rollback}},
+	} {
+		t.Run("fail "+tc.fail, func(t *testing.T) {
+			w := newWorld(t)
+			if tc.fail != "" {
+				w.fail[tc.fail] = errInjected
+			}
+			var heard []string
+			var ends []PhaseReport
+			rep, _ := w.run(t, Options{PhaseProgress: func(p PhaseReport, done bool) {
+				if done {
+					ends = append(ends, p)
+					heard = append(heard, string(p.Name)+" done")
+				} else {
+					heard = append(heard, string(p.Name)+" start")
+				}
+			}})
+			var want []string
+			for _, p := range tc.want {
+				want = append(want, string(p)+" start", string(p)+" done")
+			}
+			if !slices.Equal(heard, want) {
+				t.Errorf("heard\n %v\nwant\n %v", heard, want)
+			}
+			if !slices.Equal(ends, rep.Phases) {
+				t.Errorf("ends %+v, report %+v", ends, rep.Phases)
+			}
+		})
+	}
+}

@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
@@ -22,6 +23,7 @@ import (
 	"github.com/ftwin-migrate/ftwin-migrate/lab"
 	"github.com/ftwin-migrate/ftwin-migrate/migrate"
 	"github.com/ftwin-migrate/ftwin-migrate/pki"
+	"github.com/ftwin-migrate/ftwin-migrate/plugin"
 	"github.com/ftwin-migrate/ftwin-migrate/sensors"
 	"github.com/ftwin-migrate/ftwin-migrate/verify"
 )
@@ -59,12 +61,29 @@ type Config struct {
 	Partitions int32
 	// TwinArgs are added to the twin's command line.
 	TwinArgs []string
-	// AgentEdit changes a host's agent configuration (tests inject failures).
+	// AgentEdit changes a host's agent configuration (tests inject failures). Not on a lab
+	// whose hosts run the plugin (Lab.Plugin: the daemons serve the receive role; use
+	// Lab.PluginEdit).
 	AgentEdit map[string]func(*agent.Config)
 	// OwnAddress runs the twin with an address of its own on the lab network, which moves with
 	// it (lab.Workload.OwnAddress): its broker connections are restored established and carry
 	// on. Default: the host's network, connections restored closed (the client reconnects).
 	OwnAddress bool
+	// Migrator runs a migration the scenario asks for (Migrate, MigrateWith) from host from.
+	// Default: migrate.Migrate in this process on from's containerd; on a lab whose hosts run
+	// the plugin (Lab.Plugin), the plugin on from's containerd socket (ViaPlugin).
+	Migrator func(ctx context.Context, from *lab.Host, o migrate.Options) (*migrate.Report, error)
+}
+
+// ViaPlugin is the Migrator of a lab on the plugin daemon: the migration runs in the source
+// host's containerd, asked for over its socket (plugin.Migrate, plugin.Request).
+func ViaPlugin(ctx context.Context, from *lab.Host, o migrate.Options) (*migrate.Report, error) {
+	conn, err := plugin.Dial(from.Address())
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	return plugin.Migrate(namespaces.WithNamespace(ctx, o.Namespace), conn, plugin.Request(o, ""), nil)
 }
 
 // Scenario is a running scenario.
@@ -178,12 +197,17 @@ func Start(ctx context.Context, cfg Config) (s *Scenario, err error) {
 		"-brokers", strings.Join(s.Brokers, ","), "-group", Group, "-in", InputTopic, "-out", OutputTopic,
 		"-state-mib", fmt.Sprint(cfg.StateMiB), "-instance-id", "twin-1", "-devices", fmt.Sprint(cfg.Devices),
 	}, cfg.TwinArgs...), OwnAddress: cfg.OwnAddress}
+	if l.Plugin && len(cfg.AgentEdit) > 0 {
+		return s, errors.New("scenario: AgentEdit on a lab of the plugin daemon: its hosts' daemons receive (edit them with Lab.PluginEdit)")
+	}
 	for _, h := range l.Hosts {
-		a, err := h.StartAgent(ctx, s.pkiDir, cfg.AgentEdit[h.Name])
-		if err != nil {
-			return s, err
+		if !l.Plugin {
+			a, err := h.StartAgent(ctx, s.pkiDir, cfg.AgentEdit[h.Name])
+			if err != nil {
+				return s, err
+			}
+			s.agents[h.Name] = a
 		}
-		s.agents[h.Name] = a
 		if _, err := h.ImportImage(ctx, twin); err != nil {
 			return s, err
 		}
@@ -313,13 +337,8 @@ func (s *Scenario) MigrateWith(ctx context.Context, to string, edits ...func(*mi
 		if err != nil {
 			return err
 		}
-		client, err := from.Client()
-		if err != nil {
-			return err
-		}
-		defer client.Close()
 		o := migrate.Options{
-			Namespace: lab.Namespace, Container: ContainerID, Target: s.agents[to].Addr, TLS: tlsCfg,
+			Namespace: lab.Namespace, Container: ContainerID, Target: s.agentAddr(to), TLS: tlsCfg,
 			SourceHost: from.Name, Brokers: s.Brokers, PhaseTimeout: 2 * time.Minute,
 			Network: from.Network(),
 		}
@@ -329,7 +348,15 @@ func (s *Scenario) MigrateWith(ctx context.Context, to string, edits ...func(*mi
 		if o.Mode == migrate.ModeReplay {
 			m.Method = MethodReplay
 		}
-		m.Report, err = migrate.Migrate(ctx, client, o)
+		migrator := s.cfg.Migrator
+		switch {
+		case migrator != nil:
+		case s.Lab.Plugin:
+			migrator = ViaPlugin
+		default:
+			migrator = inProcess
+		}
+		m.Report, err = migrator(ctx, from, o)
 		return err
 	}()
 	if r := m.Report; r != nil {
@@ -343,6 +370,24 @@ func (s *Scenario) MigrateWith(ctx context.Context, to string, edits ...func(*mi
 		}
 	}
 	return s.record(m, cpu)
+}
+
+// inProcess is the default Migrator: migrate.Migrate in this process.
+func inProcess(ctx context.Context, from *lab.Host, o migrate.Options) (*migrate.Report, error) {
+	client, err := from.Client()
+	if err != nil {
+		return nil, err
+	}
+	defer client.Close()
+	return migrate.Migrate(ctx, client, o)
+}
+
+// agentAddr is the receive endpoint of host name: its in-process agent's, or its daemon's.
+func (s *Scenario) agentAddr(name string) string {
+	if a := s.agents[name]; a != nil {
+		return a.Addr
+	}
+	return s.host(name).AgentAddr()
 }
 
 // Result is what a scenario run shows. Its JSON is the demo's --json output.

@@ -62,3 +62,24 @@ func TestGlobalFlags(t *testing.T) {
 		t.Errorf("--address after the command: %v; want it refused (it is a global flag)", err)
 	}
 }
+
+// TestViaContainerdFlags: --via-containerd migrates with the plugin's own PKI, so --pki and
+// --host are refused with it; a socket where no containerd answers is named.
+func TestViaContainerdFlags(t *testing.T) {
+	run := func(args ...string) error {
+		app := newApp()
+		app.Writer, app.ErrWriter = io.Discard, io.Discard
+		return app.Run(append([]string{"ftwin-migrate"}, args...))
+	}
+	sock := filepath.Join(t.TempDir(), "none.sock")
+	for _, extra := range [][]string{{"--pki", "/x"}, {"--host", "cloud"}} {
+		err := run(append(append([]string{"--address", sock, "migrate", "--via-containerd", "--to", "10.0.0.2:7443"}, extra...), "twin")...)
+		if err == nil || !strings.Contains(err.Error(), "--pki and --host do not apply") {
+			t.Errorf("%v: %v", extra, err)
+		}
+	}
+	err := run("--address", sock, "migrate", "--via-containerd", "--to", "10.0.0.2:7443", "twin")
+	if err == nil || !strings.Contains(err.Error(), "through containerd's plugin io.containerd.grpc.v1.ftwin-migrate") || !strings.Contains(err.Error(), sock) {
+		t.Errorf("no containerd at %s: %v", sock, err)
+	}
+}

@@ -41,6 +41,7 @@ func labCommand() *cli.Command {
 					&cli.StringFlag{Name: "broker", Value: "kfake", Usage: "Kafka broker on the lab bridge: none, kfake (embedded) or apache (real Kafka 4.x)"},
 					&cli.IntFlag{Name: "uplink-mbit", Usage: "throttle every host's link to this rate (0: unthrottled)"},
 					&cli.StringFlag{Name: "subnet", Value: "10.231.0.0/24", Usage: "the lab's IPv4 /24"},
+					&cli.BoolFlag{Name: "plugin", Usage: "run the hosts on containerd-ftwin (containerd with the ftwin-migrate plugin): each daemon serves migration on its socket and receives on HOST:7443; no agent processes"},
 					&cli.BoolFlag{Name: "shared-clock", Usage: "put every host on this machine's clocks (default: a time namespace each, its monotonic clock an hour from the next host's, as real hosts' uptimes differ)"},
 				}, labFlags...),
 				Action: labUp,
@@ -122,7 +123,7 @@ func labUp(c *cli.Context) error {
 	}
 	cfg := lab.Config{
 		Name: c.String("name"), BaseDir: c.String("base-dir"), Hosts: c.StringSlice("hosts"),
-		Subnet: c.String("subnet"), UplinkMbit: c.Int("uplink-mbit"), Broker: kind,
+		Subnet: c.String("subnet"), UplinkMbit: c.Int("uplink-mbit"), Broker: kind, Plugin: c.Bool("plugin"),
 		SharedClock: c.Bool("shared-clock"),
 	}
 	if kind == broker.Embedded {
@@ -138,14 +139,21 @@ func labUp(c *cli.Context) error {
 			return err
 		}
 	}
-	if err := startAgents(c.Context, l); err != nil {
-		_ = l.Down(context.WithoutCancel(c.Context))
-		return err
+	if !l.Plugin {
+		if err := startAgents(c.Context, l); err != nil {
+			_ = l.Down(context.WithoutCancel(c.Context))
+			return err
+		}
 	}
 	if err := printLab(l); err != nil {
 		return err
 	}
 	a, b := l.Hosts[0], l.Hosts[len(l.Hosts)-1]
+	if l.Plugin {
+		fmt.Printf("\nthe hosts run %s: each receives on HOST:%d; certificates in %s. To move a container %s→%s:\n", lab.PluginDaemon, lab.AgentPort, l.PKIDir, a.Name, b.Name)
+		fmt.Printf("  ftwin-migrate --address %s --namespace %s migrate --via-containerd --to %s:%d ID\n", a.Address(), lab.Namespace, b.IP, lab.AgentPort)
+		return nil
+	}
 	fmt.Printf("\nagents listen on HOST:%d; certificates in %s. To move a container %s→%s:\n", lab.AgentPort, labPKI(l), a.Name, b.Name)
 	fmt.Printf("  ftwin-migrate --address %s --namespace %s migrate --to %s:%d --pki %s --host %s ID\n",
 		a.Address(), lab.Namespace, b.IP, lab.AgentPort, labPKI(l), a.Name)

@@ -21,12 +21,14 @@ import (
 	"golang.org/x/term"
 
 	"github.com/ftwin-migrate/ftwin-migrate/agent"
+	migrateapi "github.com/ftwin-migrate/ftwin-migrate/api/services/migrate/v1"
 	"github.com/ftwin-migrate/ftwin-migrate/hooksock"
 	"github.com/ftwin-migrate/ftwin-migrate/internal/agentserver"
 	"github.com/ftwin-migrate/ftwin-migrate/kafkahooks"
 	"github.com/ftwin-migrate/ftwin-migrate/lab"
 	"github.com/ftwin-migrate/ftwin-migrate/migrate"
 	"github.com/ftwin-migrate/ftwin-migrate/pki"
+	"github.com/ftwin-migrate/ftwin-migrate/plugin"
 	"github.com/ftwin-migrate/ftwin-migrate/restore"
 )
 
@@ -155,10 +157,14 @@ func migrateCommand() *cli.Command {
 			&cli.StringFlag{Name: "mode", Value: "stop-and-copy", Usage: "stop-and-copy (freeze, copy, restore: any application) or replay (snapshot while it runs, catch up from the Kafka log, cut over: a hook of protocol 2 with capability replay)"},
 			&cli.Int64Flag{Name: "max-lag", Value: 500, Usage: "replay: cut over once the shadow is this many records behind the source"},
 			&cli.DurationFlag{Name: "catch-up-timeout", Value: 2 * time.Minute, Usage: "replay: drop the shadow (the source carries on) if it has not caught up by then"},
+			&cli.BoolFlag{Name: "via-containerd", Usage: "ask the ftwin-migrate plugin of the containerd at --address (containerd-ftwin) to run the migration, with its own PKI and host name, instead of running it in this process"},
 		}, pkiFlags...),
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
 				return fmt.Errorf("migrate takes one argument, the container id (got %d)", c.NArg())
+			}
+			if c.Bool("via-containerd") && (c.IsSet("pki") || c.IsSet("host")) {
+				return errors.New("--via-containerd: the plugin migrates with the PKI and host name of its own configuration; --pki and --host do not apply")
 			}
 			mode, err := migrate.ParseMode(c.String("mode"))
 			if err != nil {
@@ -178,17 +184,8 @@ func migrateCommand() *cli.Command {
 				return err
 			}
 			host := hostName(c)
-			tlsCfg, err := pki.ClientConfig(c.String("pki"), host, peerName(c))
-			if err != nil {
-				return err
-			}
-			client, _, err := connect(c)
-			if err != nil {
-				return err
-			}
-			defer client.Close()
 			o := migrate.Options{
-				Namespace: c.String("namespace"), Container: c.Args().First(), Target: c.String("to"), TLS: tlsCfg,
+				Namespace: c.String("namespace"), Container: c.Args().First(), Target: c.String("to"),
 				SourceHost: host, TCP: tcp, Probe: c.String("probe"), PhaseTimeout: c.Duration("phase-timeout"), Settle: settle(c.Duration("settle")),
 				HookMode: hookMode, HookSocket: c.String("hook-socket"), Brokers: c.StringSlice("brokers"), SessionTimeout: c.Duration("session-timeout"),
 				Mode: mode, MaxLag: c.Int64("max-lag"), CatchUpTimeout: c.Duration("catch-up-timeout"),
@@ -221,7 +218,23 @@ func migrateCommand() *cli.Command {
 					lagBar.Describe(fmt.Sprintf("catch-up: %d records (%v) behind the source, %d replayed", s.Lag, s.LagTime.Round(time.Millisecond), s.Replayed))
 				}
 			}
-			rep, err := migrate.Migrate(c.Context, client, o)
+			var rep *migrate.Report
+			if c.Bool("via-containerd") {
+				rep, err = migrateViaContainerd(c, o)
+			} else {
+				if o.TLS, err = pki.ClientConfig(c.String("pki"), host, peerName(c)); err != nil {
+					return err
+				}
+				client, _, cerr := connect(c)
+				if cerr != nil {
+					return cerr
+				}
+				defer client.Close()
+				rep, err = migrate.Migrate(c.Context, client, o)
+			}
+			if rep == nil {
+				return err
+			}
 			if c.Bool("json") {
 				enc := json.NewEncoder(os.Stdout)
 				enc.SetIndent("", "  ")
@@ -232,6 +245,26 @@ func migrateCommand() *cli.Command {
 			return err
 		},
 	}
+}
+
+// migrateViaContainerd asks the plugin on the containerd socket at --address to run the
+// migration o describes, with the same progress bars, and returns the report it sent.
+func migrateViaContainerd(c *cli.Context, o migrate.Options) (*migrate.Report, error) {
+	conn, err := plugin.Dial(c.String("address"))
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	ctx := namespaces.WithNamespace(c.Context, o.Namespace)
+	return plugin.Migrate(ctx, conn, plugin.Request(o, c.String("peer")), func(ev *migrateapi.MigrateEvent) {
+		switch {
+		case ev.GetTransfer() != nil && o.Progress != nil:
+			o.Progress(ev.GetTransfer().GetDone(), ev.GetTransfer().GetTotal())
+		case ev.GetCatchUp() != nil && o.CatchUpProgress != nil:
+			cu := ev.GetCatchUp()
+			o.CatchUpProgress(kafkahooks.Status{Lag: cu.GetLag(), LagTime: cu.GetLagTime().AsDuration(), Replayed: cu.GetReplayed()})
+		}
+	})
 }
 
 // labHostOf returns the lab host whose containerd listens at address (LAB/hosts/HOST/containerd.sock

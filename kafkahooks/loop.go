@@ -588,10 +588,10 @@ func (l *Loop) prepare(ctx context.Context) ctlResp {
 	}
 	// From the boundary on the client opens no connection: a copy restored from a dump taken
 	// now (its connections restored closed) reaches no broker until it is resumed, released
-	// or made a shadow. The gate closes only here, after the settle: its admin requests may
-	// need a connection the client must dial again (one idle past ConnIdleTimeout was closed),
-	// and with the gate closed first they waited until the prepare's context ended (seen on
-	// the lab: twins running longer than 20 s quiesced only after minutes, or never).
+	// or made a shadow. The gate closes only here, after the settle, whose admin requests may
+	// need a connection dialled anew: with the gate closed first, twins on the lab that had
+	// run for 20 s and more stalled in the prepare until its context ended (broker side all
+	// settled), and did not once the gate closed here.
 	g.close()
 	member, gen := cl.GroupMetadata()
 	b := Boundary{

@@ -1,14 +1,18 @@
 package e2e
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -426,4 +430,94 @@ func countOn(where map[string]string, host string) int {
 		}
 	}
 	return n
+}
+
+// TestPlacementControllerKilled: the controller runs as its own process (the CLI) and is
+// killed (SIGKILL) in the middle of its first migrations; a new controller finds them in
+// flight, recovers a source left frozen (migrate.Recover through the target's agent) or
+// resolves them from what the hosts show, and carries on: fog1's twins end on the cloud, never
+// migrated twice at once, every event exactly once.
+func TestPlacementControllerKilled(t *testing.T) {
+	twins := []placestate.Twin{fleet.Spec("tw0", "fog1"), fleet.Spec("tw1", "fog1"), fleet.Spec("tw2", "fog1")}
+	ids := []string{"tw0", "tw1", "tw2"}
+	r := startFleet(t, "10.240.13.0/24", twins)
+	cliBin := testbin.Build(t, "github.com/ftwin-migrate/ftwin-migrate/cmd/ftwin-migrate")
+	pol := filepath.Join(t.TempDir(), "policy.yaml")
+	if err := os.WriteFile(pol, []byte(placementPolicy), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(cliBin, "controller", "--name", r.Lab.Name, "--base-dir", filepath.Dir(r.Lab.Dir), "--policy", pol,
+		"--instance", "ctl-proc", "--host-cores", "0.25", "--resolve-after", "20s")
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	decided := make(chan struct{})
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		once := sync.Once{}
+		for sc.Scan() {
+			line := sc.Text()
+			if !strings.Contains(line, "msg=blocked") {
+				t.Log("ctl-proc: " + line)
+			}
+			if strings.Contains(line, "msg=decision") {
+				once.Do(func() { close(decided) })
+			}
+		}
+	}()
+	time.Sleep(4 * time.Second)
+	fog1, _ := r.Lab.Host("fog1")
+	load, err := fleet.StartLoad(fog1, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer load.Stop()
+	select {
+	case <-decided:
+	case <-time.After(2 * time.Minute):
+		t.Fatal("the controller process decided nothing in 2 min of load")
+	}
+	time.Sleep(3 * time.Second) // into the migrations: past the start record, before their end
+	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_ = cmd.Wait()
+	st, err := r.Store.Load(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	inflight := 0
+	for id, mv := range st.Moves {
+		if mv.InFlight() {
+			inflight++
+			t.Logf("left in flight by the killed controller: %s %s→%s", id, mv.From, mv.To)
+		}
+	}
+	if inflight == 0 {
+		t.Log("the killed controller had no migration in flight (it ended them within 3 s)")
+	}
+	var log moveLog
+	c := startController(t, r, "ctl-new", &log, nil)
+	waitPlaced(t, r, ids, "cloud", 4*time.Minute)
+	load.Stop()
+	time.Sleep(2 * time.Second)
+	if err := c.stop(); err != nil {
+		t.Errorf("controller: %v", err)
+	}
+	log.check(t)
+	st, err = r.Store.Load(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for id, mv := range st.Moves {
+		if mv.InFlight() {
+			t.Errorf("%s: move left in flight in the state: %+v", id, mv)
+		}
+	}
+	assertFleetExactlyOnce(t, r)
 }

@@ -521,3 +521,45 @@ func TestPlacementControllerKilled(t *testing.T) {
 	}
 	assertFleetExactlyOnce(t, r)
 }
+
+// TestPlacementDrainCommand: `ftwin-migrate drain HOST` (the CLI, its own process) moves two
+// twins under load off fog2 and prints its summary; `uncordon` lifts the cordon.
+func TestPlacementDrainCommand(t *testing.T) {
+	twins := []placestate.Twin{fleet.Spec("tw0", "fog2"), fleet.Spec("tw1", "fog2")}
+	r := startFleet(t, "10.240.14.0/24", twins)
+	cliBin := testbin.Build(t, "github.com/ftwin-migrate/ftwin-migrate/cmd/ftwin-migrate")
+	pol := filepath.Join(t.TempDir(), "policy.yaml")
+	if err := os.WriteFile(pol, []byte(placementPolicy), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	labArgs := []string{"--name", r.Lab.Name, "--base-dir", filepath.Dir(r.Lab.Dir)}
+	time.Sleep(2 * time.Second)
+	out, err := exec.Command(cliBin, append(append([]string{"drain"}, labArgs...), "--policy", pol, "--concurrency", "2", "fog2")...).CombinedOutput()
+	t.Logf("drain:\n%s", out)
+	if err != nil {
+		t.Fatalf("drain: %v", err)
+	}
+	for _, want := range []string{"TWIN", "STREAM GAP", "tw0", "tw1", "committed", "fog2 is cordoned and holds no twin"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("the drain's output lacks %q", want)
+		}
+	}
+	where, err := r.Locate(context.Background(), []string{"tw0", "tw1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if where["tw0"] != "cloud" || where["tw1"] != "cloud" {
+		t.Errorf("after the drain: %v", where)
+	}
+	if out, err := exec.Command(cliBin, append(append([]string{"uncordon"}, labArgs...), "fog2")...).CombinedOutput(); err != nil {
+		t.Fatalf("uncordon: %v\n%s", err, out)
+	}
+	st, err := r.Store.Load(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Cordons) != 0 {
+		t.Errorf("cordons after uncordon: %v", st.Cordons)
+	}
+	assertFleetExactlyOnce(t, r)
+}

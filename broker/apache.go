@@ -15,13 +15,17 @@ import (
 	"time"
 )
 
-// DefaultKafkaHome is where hack/install.sh assembles the broker's classpath.
-const DefaultKafkaHome = "/opt/ftwin-migrate/kafka-4.1.1"
+// KafkaVersion is the Apache Kafka version hack/install.sh assembles (hack/kafka/pom.xml).
+const KafkaVersion = "4.4.0"
+
+// DefaultKafkaHome is where hack/install.sh assembles the broker's classpath and tools.
+const DefaultKafkaHome = "/opt/ftwin-migrate/kafka-" + KafkaVersion
 
 // ApacheConfig describes a real Apache Kafka broker in KRaft combined mode (broker and
 // controller in one JVM), with replication factor 1 for its internal topics.
 type ApacheConfig struct {
-	// Home holds libs/ with the broker's jars. Default: $FTWIN_KAFKA_HOME or DefaultKafkaHome.
+	// Home holds libs/ with the broker's jars. Default: $FTWIN_KAFKA_HOME or DefaultKafkaHome
+	// (see KafkaHome).
 	Home string
 	// Dir holds server.properties, the log dirs and the broker's own log. Required.
 	Dir string
@@ -49,14 +53,13 @@ func StartApache(ctx context.Context, cfg ApacheConfig) (*ApacheBroker, error) {
 	if cfg.Dir == "" || cfg.Addr == "" {
 		return nil, errors.New("broker: ApacheConfig needs Dir and Addr")
 	}
-	if cfg.Home == "" {
-		cfg.Home = os.Getenv("FTWIN_KAFKA_HOME")
-	}
-	if cfg.Home == "" {
-		cfg.Home = DefaultKafkaHome
-	}
+	cfg.Home = KafkaHome(cfg.Home)
 	if _, err := os.Stat(filepath.Join(cfg.Home, "libs")); err != nil {
-		return nil, fmt.Errorf("broker: Apache Kafka jars not found in %s/libs (run `make install`): %w", cfg.Home, err)
+		older := ""
+		if others, _ := filepath.Glob(filepath.Join(filepath.Dir(cfg.Home), "kafka-*", "libs")); len(others) > 0 {
+			older = fmt.Sprintf("; %s holds another version", filepath.Dir(others[0]))
+		}
+		return nil, fmt.Errorf("broker: Apache Kafka %s jars not found in %s/libs%s (run `make install`): %w", KafkaVersion, cfg.Home, older, err)
 	}
 	java, err := exec.LookPath("java")
 	if err != nil {
@@ -214,6 +217,11 @@ func newClusterID() string {
 	return base64.RawURLEncoding.EncodeToString(b[:])
 }
 
+// log4jConfig logs warnings, the broker's start and, at INFO, its group coordinator: members
+// joining and leaving (static members replaced, with their group.instance.id), rebalances of
+// classic groups and the epochs and assignments of KIP-848 groups, and the transaction
+// coordinator's producer-id and epoch changes (a fenced copy shows there). Everything goes to
+// broker.log in the broker's directory (`ftwin-migrate lab logs broker`).
 const log4jConfig = `status = warn
 appender.console.type = Console
 appender.console.name = STDOUT
@@ -223,6 +231,10 @@ rootLogger.level = WARN
 rootLogger.appenderRef.stdout.ref = STDOUT
 logger.kafka.name = kafka.server.KafkaRaftServer
 logger.kafka.level = INFO
+logger.group.name = org.apache.kafka.coordinator.group
+logger.group.level = INFO
+logger.txn.name = kafka.coordinator.transaction
+logger.txn.level = INFO
 `
 
 // tailOf returns the last n bytes of the file at path, for error messages.

@@ -7,11 +7,13 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"slices"
 	"strconv"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/ftwin-migrate/ftwin-migrate/internal/wait"
 )
@@ -59,6 +61,14 @@ type EmbeddedBroker struct {
 
 // StartEmbedded serves a one-broker kfake cluster on addr (host:port; the host must be an
 // address of this network namespace, for example a lab bridge's address).
+//
+// To Apache Kafka's Java clients (ApiVersions from "apache-kafka-java": the command-line tools
+// of `lab kafka`) it advertises neither DescribeTopicPartitions nor CreateTopics above v4:
+// kfake answers the one with null eligible-leader-replica lists and the other with a null
+// config list where Kafka sends empty ones, and the Java admin client (4.4) dereferences both,
+// so that describing a topic or a group failed with a NullPointerException. Without them the
+// Java client describes topics through Metadata, as it does with brokers before 3.8. Other
+// clients (franz-go) see kfake's versions unchanged.
 func StartEmbedded(addr string, opts ...kfake.Opt) (*EmbeddedBroker, error) {
 	host, portStr, err := net.SplitHostPort(addr)
 	if err != nil {
@@ -77,7 +87,61 @@ func StartEmbedded(addr string, opts ...kfake.Opt) (*EmbeddedBroker, error) {
 	if err != nil {
 		return nil, fmt.Errorf("broker: start kfake on %s: %w", addr, err)
 	}
-	return &EmbeddedBroker{c: c, addr: c.ListenAddrs()[0]}, nil
+	b := &EmbeddedBroker{c: c, addr: c.ListenAddrs()[0]}
+	if err := b.adaptForJavaClients(); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("broker: kfake on %s: %w", addr, err)
+	}
+	return b, nil
+}
+
+// javaClientSoftware is the ClientSoftwareName of Apache Kafka's Java clients (KIP-511).
+const javaClientSoftware = "apache-kafka-java"
+
+// adaptForJavaClients answers the ApiVersions requests of Java clients with kfake's own answer
+// less DescribeTopicPartitions and with CreateTopics capped at v4 (see StartEmbedded).
+func (b *EmbeddedBroker) adaptForJavaClients() error {
+	cl, err := kgo.NewClient(kgo.SeedBrokers(b.addr))
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	own, err := kmsg.NewPtrApiVersionsRequest().RequestWith(ctx, cl)
+	if err != nil {
+		return fmt.Errorf("ask for its API versions: %w", err)
+	}
+	java := *own
+	java.ApiKeys = JavaAPIKeys(own.ApiKeys)
+	b.c.ControlKey(int16(kmsg.ApiVersions), func(kreq kmsg.Request) (kmsg.Response, error, bool) {
+		b.c.KeepControl()
+		req := kreq.(*kmsg.ApiVersionsRequest)
+		if req.ClientSoftwareName != javaClientSoftware || req.Version > own.Version {
+			return nil, nil, false
+		}
+		resp := java
+		resp.Version = req.Version
+		resp.ApiKeys = slices.Clone(java.ApiKeys)
+		return &resp, nil, true
+	})
+	return nil
+}
+
+// JavaAPIKeys returns keys without DescribeTopicPartitions and with CreateTopics at most v4:
+// what the embedded broker advertises to Java clients (see StartEmbedded).
+func JavaAPIKeys(keys []kmsg.ApiVersionsResponseApiKey) []kmsg.ApiVersionsResponseApiKey {
+	var out []kmsg.ApiVersionsResponseApiKey
+	for _, k := range keys {
+		switch kmsg.Key(k.ApiKey) {
+		case kmsg.DescribeTopicPartitions:
+			continue
+		case kmsg.CreateTopics:
+			k.MaxVersion = min(k.MaxVersion, 4)
+		}
+		out = append(out, k)
+	}
+	return out
 }
 
 func (b *EmbeddedBroker) Kind() Kind   { return Embedded }

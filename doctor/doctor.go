@@ -114,6 +114,7 @@ func Run(ctx context.Context, opts ...Opt) Report {
 		toolCheck("containerd-shim-runc-v2", "containerd runs containers through it"),
 		toolCheck("iptables-restore", "CRIU locks the network of a container being dumped with it"),
 		labToolsCheck(),
+		kafkaCheck(""),
 		diskCheck(cfg.checkpointDir),
 		rootCheck(),
 	)

@@ -16,6 +16,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/ftwin-migrate/ftwin-migrate/broker"
 	"github.com/ftwin-migrate/ftwin-migrate/internal/testutil"
 )
 
@@ -321,7 +322,7 @@ func TestReportTable(t *testing.T) {
 	table := buf.String()
 	t.Logf("\n%s", table)
 	names := []string{"kernel", "criu", "criu check", "hardware breakpoints", "containerd", "containerd daemon",
-		"runc", "clocks", "containerd-shim-runc-v2", "iptables-restore", "lab tools", "checkpoint dir space", "root"}
+		"runc", "clocks", "containerd-shim-runc-v2", "iptables-restore", "lab tools", "apache kafka", "checkpoint dir space", "root"}
 	for _, f := range criuFeatures {
 		names = append(names, "criu feature "+f.name)
 	}
@@ -532,4 +533,35 @@ func tail(log string) string {
 		lines = lines[len(lines)-25:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+// TestKafkaCheck: a home with the broker and tools jars of broker.KafkaVersion is OK; one with
+// only an older version is a warning that names what it found and how to fix it.
+func TestKafkaCheck(t *testing.T) {
+	base := t.TempDir()
+	cur := filepath.Join(base, "kafka-"+broker.KafkaVersion)
+	old := filepath.Join(base, "kafka-4.1.1")
+	for dir, jars := range map[string][]string{
+		cur: {"kafka_2.13-" + broker.KafkaVersion + ".jar", "kafka-tools-" + broker.KafkaVersion + ".jar"},
+		old: {"kafka_2.13-4.1.1.jar"},
+	} {
+		if err := os.MkdirAll(filepath.Join(dir, "libs"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		for _, j := range jars {
+			if err := os.WriteFile(filepath.Join(dir, "libs", j), nil, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if c := kafkaCheck(cur); c.Status != OK {
+		t.Errorf("current home: %+v; want OK", c)
+	}
+	if err := os.RemoveAll(cur); err != nil {
+		t.Fatal(err)
+	}
+	c := kafkaCheck(cur)
+	if c.Status != Warn || !strings.Contains(c.Detail, "found 4.1.1 in "+old) || !strings.Contains(c.Fix, "make install") {
+		t.Errorf("only 4.1.1 there: %+v; want WARN naming it, with the fix", c)
+	}
 }

@@ -6,7 +6,8 @@
 #   containerd 2.3 LTS (built from its Go module into /usr/local/bin; Debian has no 2.3),
 #   runc >= 1.2 (Debian forky's 1.3)
 #   iptables         (CRIU's network lock), iproute2 (lab networking), util-linux (nsenter/unshare)
-#   Apache Kafka 4.x (KRaft broker classpath assembled from Maven Central into $FTWIN_KAFKA_HOME)
+#   Apache Kafka 4.x (KRaft broker classpath and the command-line tools, assembled from Maven
+#                     Central into $FTWIN_KAFKA_HOME, default /opt/ftwin-migrate/kafka-VERSION)
 #
 # A rerun changes nothing and takes seconds: each step checks what is there first.
 # Exit status is non-zero, with a line naming what is missing, when a check fails after install.
@@ -148,19 +149,73 @@ if [ -n "${FTWIN_STOP_SYSTEM_CONTAINERD:-1}" ] && [ -S /run/containerd/container
   fi
 fi
 
-# 5. Apache Kafka broker classpath from Maven Central.
-if [ ! -f "$FTWIN_KAFKA_HOME/.complete" ]; then
+# 5. Apache Kafka broker classpath and its command-line tools from Maven Central.
+#    The home holds libs/ (every jar of the pom), bin/ (a script per line of
+#    broker/kafkatools.txt), config/tools-log4j2.properties and .complete: the Kafka version and
+#    the pom's hash it was assembled from. A home whose .complete says anything else (an older
+#    Kafka lingering there, a pom since changed, the version-only marker of older installers) is
+#    reassembled into libs.new and swapped in, so that no jar of the old set stays on the
+#    classpath. Other versions' homes beside the default one are left alone (a checkout of an
+#    older tree may still use them) and named.
+KAFKA_STAMP="$KAFKA_VERSION pom-sha256=$(sha256sum "$HERE/kafka/pom.xml" | cut -c1-16)"
+KAFKA_TOOLS="$HERE/../broker/kafkatools.txt"
+have_stamp="$(cat "$FTWIN_KAFKA_HOME/.complete" 2>/dev/null | tr '\n' ' ' | sed 's/ *$//' || true)"
+if [ "$have_stamp" != "$KAFKA_STAMP" ]; then
   command -v mvn >/dev/null || apt_install maven
   command -v java >/dev/null || apt_install openjdk-17-jre-headless
+  if [ -n "$have_stamp" ]; then
+    log "upgrading Apache Kafka in $FTWIN_KAFKA_HOME: found ${have_stamp}, want $KAFKA_STAMP"
+  fi
   log "assembling Apache Kafka $KAFKA_VERSION into $FTWIN_KAFKA_HOME (Maven Central)"
-  mkdir -p "$FTWIN_KAFKA_HOME/libs"
+  mkdir -p "$FTWIN_KAFKA_HOME"
+  rm -rf "$FTWIN_KAFKA_HOME/libs.new"
   if ! mvn -q -B -f "$HERE/kafka/pom.xml" dependency:copy-dependencies \
-      -DoutputDirectory="$FTWIN_KAFKA_HOME/libs" -DincludeScope=runtime >"$FTWIN_KAFKA_HOME/mvn.log" 2>&1; then
+      -DoutputDirectory="$FTWIN_KAFKA_HOME/libs.new" -DincludeScope=runtime >"$FTWIN_KAFKA_HOME/mvn.log" 2>&1; then
     cat "$FTWIN_KAFKA_HOME/mvn.log" >&2
+    rm -rf "$FTWIN_KAFKA_HOME/libs.new"
     die "could not fetch org.apache.kafka:kafka_2.13:$KAFKA_VERSION from Maven Central (log above)"
   fi
-  echo "$KAFKA_VERSION" >"$FTWIN_KAFKA_HOME/.complete"
+  rm -f "$FTWIN_KAFKA_HOME/.complete"
+  rm -rf "$FTWIN_KAFKA_HOME/libs"
+  mv "$FTWIN_KAFKA_HOME/libs.new" "$FTWIN_KAFKA_HOME/libs"
+  echo "$KAFKA_STAMP" >"$FTWIN_KAFKA_HOME/.complete"
 fi
+# write_if_changed FILE MODE: stdin becomes FILE unless FILE already holds exactly that.
+write_if_changed() {
+  local tmp; tmp="$(mktemp)"; cat >"$tmp"
+  if [ -f "$1" ] && cmp -s "$tmp" "$1"; then rm -f "$tmp"; return; fi
+  log "writing $1"
+  mkdir -p "$(dirname "$1")"; chmod "$2" "$tmp"; mv "$tmp" "$1"
+}
+if [ -d "$FTWIN_KAFKA_HOME/libs" ]; then
+  write_if_changed "$FTWIN_KAFKA_HOME/config/tools-log4j2.properties" 0644 <<'L4J'
+# The command-line tools log warnings and errors to stderr, as Kafka's tools-log4j2.yaml does.
+status = warn
+appender.stderr.type = Console
+appender.stderr.name = STDERR
+appender.stderr.target = SYSTEM_ERR
+appender.stderr.layout.type = PatternLayout
+appender.stderr.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = WARN
+rootLogger.appenderRef.stderr.ref = STDERR
+L4J
+  while read -r script class _; do
+    case "$script" in ''|'#'*) continue;; esac
+    write_if_changed "$FTWIN_KAFKA_HOME/bin/$script.sh" 0755 <<SH
+#!/bin/sh
+# $script.sh of Apache Kafka $KAFKA_VERSION, written by ftwin-migrate's hack/install.sh
+# (broker/kafkatools.txt). \`ftwin-migrate lab kafka $script ...\` runs it against a lab's broker.
+home="\$(cd "\$(dirname "\$0")/.." && pwd)"
+exec java \${KAFKA_HEAP_OPTS:--Xmx256m} -XX:+UseSerialGC -XX:TieredStopAtLevel=1 \\
+  -Dlog4j2.configurationFile="\$home/config/tools-log4j2.properties" -cp "\$home/libs/*" $class "\$@"
+SH
+  done <"$KAFKA_TOOLS"
+fi
+for other in "$(dirname "$FTWIN_KAFKA_HOME")"/kafka-*; do
+  if [ -f "$other/.complete" ] && [ "$other" != "$FTWIN_KAFKA_HOME" ]; then
+    log "note: $other ($(head -n1 "$other/.complete" | cut -d' ' -f1)) is not used by this tree; remove it once nothing else does"
+  fi
+done
 
 # 6. Check what is there now; name whatever is missing.
 fail=0
@@ -180,5 +235,8 @@ check "iptables-restore" 'command -v iptables-restore >/dev/null'
 check "tc, ip, nsenter, unshare" 'command -v tc >/dev/null && command -v ip >/dev/null && command -v nsenter >/dev/null && command -v unshare >/dev/null'
 check "java >= 17" 'java -version 2>&1 | grep -E "version \"(1[7-9]|[2-9][0-9])" >/dev/null'
 check "kafka_2.13-$KAFKA_VERSION.jar in $FTWIN_KAFKA_HOME/libs" '[ -f "$FTWIN_KAFKA_HOME/libs/kafka_2.13-$KAFKA_VERSION.jar" ]'
+check "kafka-tools-$KAFKA_VERSION.jar in $FTWIN_KAFKA_HOME/libs, no other Kafka version there" \
+  '[ -f "$FTWIN_KAFKA_HOME/libs/kafka-tools-$KAFKA_VERSION.jar" ] && [ -z "$(ls "$FTWIN_KAFKA_HOME/libs" | grep -E "^kafka(_2\.13|-[a-z-]+)-[0-9]" | grep -v -- "-$KAFKA_VERSION\.jar\$")" ]'
+check "the Kafka tools' scripts in $FTWIN_KAFKA_HOME/bin" '[ -x "$FTWIN_KAFKA_HOME/bin/kafka-consumer-groups.sh" ]'
 [ "$fail" = 0 ] || die "see MISSING lines above"
 log "all dependencies present"

@@ -12,6 +12,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/ftwin-migrate/ftwin-migrate/internal/wait"
 )
@@ -32,8 +33,21 @@ type LoopConfig struct {
 	// its output and its consumed offsets (kgo.GroupTransactSession), and fetches are
 	// read_committed. Empty means at-least-once: outputs are flushed, then offsets committed.
 	TransactionalID string
-	// SessionTimeout is the group session timeout. Default 45s (Kafka's default).
+	// SessionTimeout is the group session timeout. Default 45s (Kafka's default). It applies
+	// to the classic protocol only: a KIP-848 group's session timeout is the broker's
+	// (group.consumer.session.timeout.ms, default 45s).
 	SessionTimeout time.Duration
+	// GroupProtocol is the consumer-group protocol: GroupProtocolClassic (the default:
+	// JoinGroup/SyncGroup, assignment by the client) or GroupProtocolConsumer (KIP-848:
+	// ConsumerGroupHeartbeat, assignment by the broker's "uniform" assignor; franz-go's
+	// kgo.ServerSideBalancer with its cooperative-sticky balancer, Kafka 4.0+). franz-go falls
+	// back to the classic protocol, silently, when a broker lacks ConsumerGroupHeartbeat v1.
+	// Under KIP-848 a static member (InstanceID) is replaced only after it left with member
+	// epoch -2 or its session expired; franz-go v1.22.3's Close sends that leave without the
+	// instance id, which Apache Kafka refuses. The loop sends it itself when it replaces its
+	// client (resume, abort: see leaveStatic), not when Run ends: a process restarted with
+	// the same InstanceID after Run ended waits for the broker's session timeout.
+	GroupProtocol string
 	// TransactionTimeout is the producer's transaction.timeout.ms. Default: kgo's (40s).
 	TransactionTimeout time.Duration
 	// MaxPollRecords bounds a batch, and so a transaction. Default 500.
@@ -72,6 +86,12 @@ type LoopConfig struct {
 	// Logf logs what the loop does. Optional.
 	Logf func(format string, args ...any)
 }
+
+// The consumer-group protocols of LoopConfig.GroupProtocol, as Kafka's group.protocol names them.
+const (
+	GroupProtocolClassic  = "classic"
+	GroupProtocolConsumer = "consumer"
+)
 
 // Batch is what Handle processes: the records of one poll.
 type Batch struct {
@@ -184,6 +204,8 @@ func NewLoop(cfg LoopConfig) (*Loop, error) {
 		return nil, errors.New("kafkahooks: loop: no topics")
 	case cfg.Handle == nil:
 		return nil, errors.New("kafkahooks: loop: no Handle function")
+	case cfg.GroupProtocol != "" && cfg.GroupProtocol != GroupProtocolClassic && cfg.GroupProtocol != GroupProtocolConsumer:
+		return nil, fmt.Errorf("kafkahooks: loop: group protocol %q: want %q or %q", cfg.GroupProtocol, GroupProtocolClassic, GroupProtocolConsumer)
 	}
 	if cfg.SessionTimeout == 0 {
 		cfg.SessionTimeout = 45 * time.Second
@@ -366,6 +388,9 @@ func (l *Loop) connect(ctx context.Context, first bool, afterInit func(context.C
 	}
 	if l.cfg.InstanceID != "" {
 		opts = append(opts, kgo.InstanceID(l.cfg.InstanceID))
+	}
+	if l.cfg.GroupProtocol == GroupProtocolConsumer {
+		opts = append(opts, kgo.Balancers(kgo.CooperativeStickyBalancer()), kgo.ServerSideBalancer())
 	}
 	txn := l.cfg.TransactionalID != ""
 	if txn {
@@ -716,13 +741,33 @@ func (l *Loop) fetchStable(ctx context.Context, adm *kadm.Client) (Offsets, erro
 func (l *Loop) reinit(ctx context.Context, afterInit func(context.Context, *kgo.Client) error) (Offsets, error) {
 	start := time.Now()
 	l.mu.Lock()
-	old := l.cl
+	old, oldGate := l.cl, l.gate
+	var oldMember string
 	boundary := l.boundary
 	l.cl = nil
 	l.mu.Unlock()
 	if old != nil {
-		// A static member's Close sends no LeaveGroup: the group keeps our slot for the new
-		// client. Its connections may be dead (restored by CRIU closed): do not wait long.
+		// A classic static member's Close sends no LeaveGroup: the group keeps our slot, and
+		// the new client's JoinGroup with the same instance id takes it over. A KIP-848 group
+		// lets a new member take a static member's instance id only once that member has left
+		// with member epoch -2 (its Close sends that heartbeat) or its session has expired:
+		// without the leave the new client is refused (UNRELEASED_INSTANCE_ID) for the
+		// broker's session timeout, 45 s without consuming, and the group's epoch moves twice
+		// (measured on Kafka 4.4). franz-go's Close sends that leave without the instance id,
+		// which Kafka refuses (see leaveStatic): so under KIP-848 the new client sends the
+		// leave for the old member before it joins.
+		//
+		// The old client may dial again to close: this copy is now the one that runs (resumed
+		// or aborted), nothing else shares its identity, and its Close sends no records. Held
+		// at the gate, its Close waited 1 s for the fetch sessions' close (measured: "old
+		// client closed in 1.019s" of a 1.088s resume), and under KIP-848 3 s for its leave.
+		// Its connections may be dead (restored by CRIU closed): do not wait long.
+		if l.staticConsumerProtocol() {
+			oldMember, _ = old.GroupMetadata()
+		}
+		if oldGate != nil {
+			oldGate.open()
+		}
 		closed := make(chan struct{})
 		go func() { old.Close(); close(closed) }()
 		select {
@@ -733,7 +778,17 @@ func (l *Loop) reinit(ctx context.Context, afterInit func(context.Context, *kgo.
 		}
 	}
 	l.reinits.Add(1)
-	if err := l.connect(ctx, false, afterInit); err != nil {
+	init := afterInit
+	if oldMember != "" {
+		init = func(ctx context.Context, cl *kgo.Client) error {
+			l.leaveStatic(ctx, cl, oldMember)
+			if afterInit != nil {
+				return afterInit(ctx, cl)
+			}
+			return nil
+		}
+	}
+	if err := l.connect(ctx, false, init); err != nil {
 		return nil, err
 	}
 	var offs Offsets
@@ -752,6 +807,38 @@ func (l *Loop) reinit(ctx context.Context, afterInit func(context.Context, *kgo.
 	l.mu.Unlock()
 	l.logf("kafkahooks: fetching again from %v, %s after the call", offs, time.Since(start).Round(time.Millisecond))
 	return offs, nil
+}
+
+// staticConsumerProtocol: the loop is a static member of a KIP-848 group.
+func (l *Loop) staticConsumerProtocol() bool {
+	return l.cfg.GroupProtocol == GroupProtocolConsumer && l.cfg.InstanceID != ""
+}
+
+// leaveStatic sends, through cl, the leave of the KIP-848 static member member: a
+// ConsumerGroupHeartbeat with member epoch -2 and the instance id. The group then keeps the
+// member's assignment for a new member with the same instance id, which takes it over with no
+// new group epoch (no rebalance). franz-go v1.22.3 sends this leave on Close without the
+// instance id (kgo/consumer_group_848.go, leave848), and Apache Kafka refuses it
+// (GroupMetadataManager: InvalidRequestException "InstanceId can't be null."), so that the
+// member kept the instance id until its session expired. A failure is logged, not returned:
+// the session timeout still frees the instance id.
+func (l *Loop) leaveStatic(ctx context.Context, cl *kgo.Client, member string) {
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	req := kmsg.NewPtrConsumerGroupHeartbeatRequest()
+	req.Group, req.MemberID, req.MemberEpoch = l.cfg.Group, member, -2
+	id := l.cfg.InstanceID
+	req.InstanceID = &id
+	resp, err := req.RequestWith(ctx, cl)
+	if err == nil {
+		err = kerr.ErrorForCode(resp.ErrorCode)
+	}
+	if err != nil {
+		l.logf("kafkahooks: leave of the old static member %s (instance %s) failed: %v; the group frees the instance id when its session expires", member, id, err)
+		return
+	}
+	l.logf("kafkahooks: old static member %s (instance %s) left with epoch -2 in %s", member, id, time.Since(start).Round(time.Millisecond))
 }
 
 // do queues a control request for the loop goroutine and interrupts its poll.

@@ -279,7 +279,7 @@ func Up(ctx context.Context, cfg Config) (l *Lab, err error) {
 		}
 		l.broker, l.BrokerAddr = b, b.Addr()
 	case broker.Apache:
-		b, err := broker.StartApache(ctx, broker.ApacheConfig{Dir: filepath.Join(dir, "kafka"), Addr: addr})
+		b, err := broker.StartApache(ctx, broker.ApacheConfig{Dir: filepath.Join(dir, ApacheBrokerDir), Addr: addr})
 		if err != nil {
 			return l, fmt.Errorf("lab: %w", err)
 		}
@@ -416,6 +416,27 @@ func (l *Lab) Host(name string) (*Host, error) {
 		names[i] = h.Name
 	}
 	return nil, fmt.Errorf("lab %s has no host %q (hosts: %s)", l.Name, name, strings.Join(names, ", "))
+}
+
+// ApacheBrokerDir is the Apache Kafka broker's directory in the lab's directory: its
+// server.properties, log4j2.properties, data/ and broker.log.
+const ApacheBrokerDir = "kafka"
+
+// KfakeLog is the log of the embedded broker served by a process of its own (`lab up`), under
+// the lab's directory.
+const KfakeLog = "kfake/kfake.log"
+
+// BrokerLogPath is the log of the lab's broker: the Apache broker's broker.log (its group
+// coordinator at INFO: joins, static-member replacements, rebalances), or the log of an
+// embedded broker served by a process of its own. Empty when the lab has no broker.
+func (l *Lab) BrokerLogPath() string {
+	switch l.BrokerKind {
+	case broker.Apache:
+		return filepath.Join(l.Dir, ApacheBrokerDir, "broker.log")
+	case broker.Embedded:
+		return filepath.Join(l.Dir, KfakeLog)
+	}
+	return ""
 }
 
 // Broker returns the broker started in this process, or nil (no broker, or a lab loaded from disk).

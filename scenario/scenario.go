@@ -399,6 +399,9 @@ type Result struct {
 	Duplicated int64             `json:"duplicated"`
 	OutOfOrder int64             `json:"out_of_order"`
 	Rebalances int               `json:"rebalances"`
+	// GroupProtocol is the protocol the broker reports for the twin's group: "classic" or
+	// "consumer" (KIP-848).
+	GroupProtocol string `json:"group_protocol,omitempty"`
 	// StreamGapMs is the longest pause between consecutive outputs over the whole run.
 	StreamGapMs float64 `json:"stream_gap_ms"`
 	// IntervalMs is the median pause between consecutive output batches (the normal interval;
@@ -484,6 +487,7 @@ func (s *Scenario) Finish(ctx context.Context) (Result, error) {
 	res.Verify, res.Events = rep, events
 	res.EventsOut, res.Lost, res.Duplicated, res.OutOfOrder = rep.EventsOut, rep.Lost, rep.Duplicated, rep.OutOfOrder
 	res.Rebalances = s.watch.stop()
+	res.GroupProtocol = s.watch.protocol()
 	res.StreamGapMs = ms(rep.StreamGap)
 	normal := verify.NormalInterval(verify.Stamps(events))
 	res.IntervalMs = ms(normal)
@@ -587,14 +591,19 @@ func (s *Scenario) Close() error {
 	return s.Lab.Down(context.Background())
 }
 
-// groupWatch counts rebalances of a consumer group as the broker reports them: transitions out
-// of Stable (into PreparingRebalance or CompletingRebalance) after the group first became
-// Stable, sampled every 100 ms.
+// groupWatch counts rebalances of a consumer group as the broker reports them, sampled every
+// 100 ms. A classic group (DescribeGroups): transitions out of Stable (into
+// PreparingRebalance or CompletingRebalance) after the group first became Stable. A KIP-848
+// group (DescribeGroups answers GROUP_ID_NOT_FOUND for it; ConsumerGroupDescribe): bumps of
+// the group epoch after the group first became Stable — each is a new target assignment, the
+// protocol's rebalance (a member that joined, left for good or was fenced, a changed
+// subscription), which no sample can miss since the epoch only grows.
 type groupWatch struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 	mu     sync.Mutex
 	n      int
+	typ    string // "classic" or "consumer": the protocol the broker saw the group use
 	once   sync.Once
 }
 
@@ -609,7 +618,7 @@ func watchGroup(brokers []string, group string) *groupWatch {
 		}
 		defer cl.Close()
 		adm := kadm.NewClient(cl)
-		stable, seenStable := true, false
+		var c rebalanceCounter
 		t := time.NewTicker(100 * time.Millisecond)
 		defer t.Stop()
 		for {
@@ -619,26 +628,71 @@ func watchGroup(brokers []string, group string) *groupWatch {
 			case <-t.C:
 			}
 			qctx, qcancel := context.WithTimeout(ctx, time.Second)
-			gs, err := adm.DescribeGroups(qctx, group)
+			s, ok := describeGroupState(qctx, adm, group)
 			qcancel()
-			if err != nil {
+			if !ok {
 				continue
 			}
-			g, ok := gs[group]
-			if !ok || g.Err != nil {
-				continue
-			}
-			now := g.State == "Stable"
-			if seenStable && stable && !now && g.State != "Empty" && g.State != "Dead" {
-				w.mu.Lock()
-				w.n++
-				w.mu.Unlock()
-			}
-			seenStable = seenStable || now
-			stable = now
+			w.mu.Lock()
+			w.n += c.observe(s)
+			w.typ = s.typ
+			w.mu.Unlock()
 		}
 	}()
 	return w
+}
+
+// groupSample is one look at a group: its protocol ("classic" or "consumer"), its state as
+// the protocol names it, and for KIP-848 groups the group epoch.
+type groupSample struct {
+	typ   string
+	state string
+	epoch int32
+}
+
+// describeGroupState describes group with the classic API, or when the broker says it holds no
+// classic group of that name, with the KIP-848 one.
+func describeGroupState(ctx context.Context, adm *kadm.Client, group string) (groupSample, bool) {
+	gs, err := adm.DescribeGroups(ctx, group)
+	if err == nil {
+		if g, ok := gs[group]; ok && g.Err == nil && g.State != "Dead" {
+			return groupSample{typ: "classic", state: g.State}, true
+		}
+	}
+	cs, err := adm.DescribeConsumerGroups(ctx, group)
+	if err != nil {
+		return groupSample{}, false
+	}
+	g, ok := cs[group]
+	if !ok || g.Err != nil {
+		return groupSample{}, false
+	}
+	return groupSample{typ: "consumer", state: g.State, epoch: g.Epoch}, true
+}
+
+// rebalanceCounter turns samples into rebalances (see groupWatch).
+type rebalanceCounter struct {
+	seenStable, stable bool
+	epoch              int32
+}
+
+// observe returns the rebalances s shows since the previous sample.
+func (c *rebalanceCounter) observe(s groupSample) int {
+	n := 0
+	now := strings.EqualFold(s.state, "Stable")
+	if s.typ == "consumer" {
+		if c.seenStable && s.epoch > c.epoch {
+			n = int(s.epoch - c.epoch)
+		}
+		if now || c.seenStable {
+			c.epoch = max(c.epoch, s.epoch)
+		}
+	} else if c.seenStable && c.stable && !now && s.state != "Empty" && s.state != "Dead" {
+		n = 1
+	}
+	c.seenStable = c.seenStable || now
+	c.stable = now
+	return n
 }
 
 func (w *groupWatch) stop() int {
@@ -646,4 +700,11 @@ func (w *groupWatch) stop() int {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.n
+}
+
+// protocol is the group protocol the broker last reported for the group ("" if never seen).
+func (w *groupWatch) protocol() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.typ
 }

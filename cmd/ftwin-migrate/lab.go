@@ -58,11 +58,12 @@ func labCommand() *cli.Command {
 			},
 			{
 				Name:      "logs",
-				Usage:     "print the output of container ID on HOST (what it wrote since it started there, restored or not)",
-				ArgsUsage: "HOST ID",
+				Usage:     "print the output of container ID on HOST (what it wrote since it started there, restored or not), or with the single argument \"broker\" the lab broker's log",
+				ArgsUsage: "HOST ID | broker",
 				Flags:     append([]cli.Flag{&cli.IntFlag{Name: "tail", Usage: "only the last N lines (0: all)"}}, labFlags...),
 				Action:    labLogs,
 			},
+			labKafkaCommand(),
 			{
 				Name:      "exec",
 				Usage:     "run a command in the running container ID on HOST (its namespaces, clock included) and print its output",
@@ -231,6 +232,9 @@ func labHost(c *cli.Context) (*lab.Lab, *lab.Host, error) {
 }
 
 func labLogs(c *cli.Context) error {
+	if c.NArg() == 1 && c.Args().Get(0) == "broker" {
+		return labBrokerLog(c)
+	}
 	if c.NArg() != 2 {
 		return fmt.Errorf("lab logs takes HOST and ID (got %d arguments)", c.NArg())
 	}
@@ -243,15 +247,20 @@ func labLogs(c *cli.Context) error {
 	if err != nil {
 		return fmt.Errorf("no output of %s on %s (%w): is it running there? `ftwin-migrate lab status` lists the hosts", c.Args().Get(1), h.Name, err)
 	}
-	if n := c.Int("tail"); n > 0 {
-		lines := strings.SplitAfter(string(data), "\n")
-		if lines[len(lines)-1] == "" {
-			lines = lines[:len(lines)-1]
-		}
-		data = []byte(strings.Join(lines[max(0, len(lines)-n):], ""))
-	}
-	_, err = os.Stdout.Write(data)
+	_, err = os.Stdout.Write(tailLines(data, c.Int("tail")))
 	return err
+}
+
+// tailLines returns the last n lines of data (all of it when n <= 0).
+func tailLines(data []byte, n int) []byte {
+	if n <= 0 {
+		return data
+	}
+	lines := strings.SplitAfter(string(data), "\n")
+	if lines[len(lines)-1] == "" {
+		lines = lines[:len(lines)-1]
+	}
+	return []byte(strings.Join(lines[max(0, len(lines)-n):], ""))
 }
 
 func labRun(c *cli.Context) error {
@@ -315,11 +324,11 @@ func startDetachedKfake(ctx context.Context, l *lab.Lab) error {
 		return err
 	}
 	addr := fmt.Sprintf("%s:%d", l.BridgeIP, lab.BrokerPort)
-	dir := filepath.Join(l.Dir, "kfake")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	logPath := filepath.Join(l.Dir, lab.KfakeLog)
+	if err := os.MkdirAll(filepath.Dir(logPath), 0o755); err != nil {
 		return err
 	}
-	logf, err := os.Create(filepath.Join(dir, "kfake.log"))
+	logf, err := os.Create(logPath)
 	if err != nil {
 		return err
 	}

@@ -393,6 +393,9 @@ func TestLabBadInput(t *testing.T) {
 		{[]string{"lab", "smoke", "--name", l.name, "--base-dir", l.base, "--workload", "/nonexistent"}, "/nonexistent"},
 		{[]string{"lab", "logs", "--name", l.name, "--base-dir", l.base, "cloud"}, "takes HOST and ID"},
 		{[]string{"lab", "logs", "--name", l.name, "--base-dir", l.base, "cloud", "twin"}, l.name},
+		{[]string{"lab", "logs", "--name", l.name, "--base-dir", l.base, "broker"}, "is not up"},
+		{[]string{"lab", "kafka", "--name", l.name, "--base-dir", l.base, "nonesuch"}, `no Kafka tool "nonesuch"`},
+		{[]string{"lab", "kafka", "--name", l.name, "--base-dir", l.base, "topics", "--list"}, "is not up"},
 	}
 	for _, c := range cases {
 		r := l.run(c.args...)

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"time"
 
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/urfave/cli/v2"
@@ -24,6 +25,7 @@ func checkpointCommand() *cli.Command {
 			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Required: true, Usage: "directory to write (an OCI image layout); must not exist or be empty"},
 			&cli.BoolFlag{Name: "exit", Usage: "stop the task after the dump (default: it keeps running)"},
 			&cli.BoolFlag{Name: "tcp-established", Value: true, Usage: "dump established TCP connections (a Kafka client has some); --tcp-established=false refuses them"},
+			&cli.DurationFlag{Name: "hook-timeout", Value: 2 * time.Minute, Usage: "give up (and tell the application to carry on) if its hook has not quiesced it within this long"},
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
@@ -49,9 +51,15 @@ func checkpointCommand() *cli.Command {
 			}
 			var boundary []byte
 			if hook != nil {
-				b, err := hook.Prepare(ctx)
+				pctx, cancel := context.WithTimeout(ctx, c.Duration("hook-timeout"))
+				b, err := hook.Prepare(pctx)
+				cancel()
 				if err != nil {
-					return fmt.Errorf("quiesce %s through its hook: %w", id, err)
+					// A prepare given up may still complete in the application: undo it.
+					if aerr := hook.Abort(context.WithoutCancel(ctx)); aerr != nil {
+						err = fmt.Errorf("%w; and telling it to carry on failed too: %v", err, aerr)
+					}
+					return fmt.Errorf("quiesce %s through its hook (within --hook-timeout %v): %w", id, c.Duration("hook-timeout"), err)
 				}
 				boundary, _ = json.Marshal(b)
 				if !c.Bool("exit") {

@@ -6,6 +6,8 @@ package install
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"os"
 	"os/exec"
@@ -49,6 +51,18 @@ func kafkaVersion(t *testing.T, root string) string {
 		t.Fatal("hack/kafka/pom.xml has no <kafka.version>")
 	}
 	return strings.TrimSpace(string(m[1]))
+}
+
+// kafkaStamp is what the installer writes to a Kafka home's .complete: the version and the
+// first 16 hex digits of the pom's SHA-256.
+func kafkaStamp(t *testing.T, root string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(root, "hack", "kafka", "pom.xml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(b)
+	return kafkaVersion(t, root) + " pom-sha256=" + hex.EncodeToString(sum[:])[:16]
 }
 
 // defaultKafkaHome is where the installer puts Kafka when FTWIN_KAFKA_HOME is not set.
@@ -107,7 +121,8 @@ func assertNothingDone(t *testing.T, r result) {
 	}
 	for _, line := range strings.Split(r.stderr, "\n") {
 		if strings.HasPrefix(line, "install: installing") || strings.HasPrefix(line, "install: assembling") ||
-			strings.HasPrefix(line, "install: adding") || strings.HasPrefix(line, "install: apt-get update") {
+			strings.HasPrefix(line, "install: adding") || strings.HasPrefix(line, "install: apt-get update") ||
+			strings.HasPrefix(line, "install: upgrading") || strings.HasPrefix(line, "install: writing") {
 			t.Errorf("a rerun did work: %q\n%s", line, r)
 		}
 	}
@@ -203,6 +218,21 @@ func TestSecondRunChangesNothing(t *testing.T) {
 			t.Errorf("the second run changed %s:\n%s", k, diffLines(v, after[k]))
 		}
 	}
+	// Other Kafka versions' homes beside the default one (a 4.1.1 of an earlier install) are
+	// left alone and named.
+	others, _ := filepath.Glob(filepath.Join(filepath.Dir(home), "kafka-*", ".complete"))
+	for _, marker := range others {
+		other := filepath.Dir(marker)
+		if other == home {
+			continue
+		}
+		if !strings.Contains(r.stderr, "install: note: "+other+" (") {
+			t.Errorf("the installer does not name the other Kafka home %s:\n%s", other, r)
+		}
+		if _, err := os.Stat(filepath.Join(other, "libs")); err != nil {
+			t.Errorf("the other Kafka home %s lost its libs: %v", other, err)
+		}
+	}
 	// The files the installer writes say what the README promises.
 	if !strings.Contains(before[sourcesFile], "Suites: trixie forky") {
 		t.Errorf("%s lacks the trixie and forky suites:\n%s", sourcesFile, before[sourcesFile])
@@ -233,11 +263,12 @@ func TestKafkaAssembledIntoFreshHome(t *testing.T) {
 	} else if fi.Size() == 0 {
 		t.Fatalf("%s is empty", jar)
 	}
-	if b, err := os.ReadFile(filepath.Join(home, ".complete")); err != nil || strings.TrimSpace(string(b)) != version {
-		t.Errorf(".complete marker = %q, %v; want %q", b, err, version)
+	if b, err := os.ReadFile(filepath.Join(home, ".complete")); err != nil || strings.TrimSpace(string(b)) != kafkaStamp(t, root) {
+		t.Errorf(".complete marker = %q, %v; want %q", b, err, kafkaStamp(t, root))
 	}
-	// The broker needs more than the one jar: the Kafka modules it depends on come along.
-	for _, prefix := range []string{"kafka-server-", "kafka-clients-", "kafka-raft-", "kafka-metadata-", "log4j-core-"} {
+	// The broker needs more than the one jar: the Kafka modules it depends on come along, and
+	// the tools' module; the SLF4J API is the one the log4j binding serves (2.x).
+	for _, prefix := range []string{"kafka-server-", "kafka-clients-", "kafka-raft-", "kafka-metadata-", "log4j-core-", "kafka-tools-" + version, "slf4j-api-2."} {
 		found := false
 		for _, l := range libsListing(t, filepath.Join(home, "libs")) {
 			found = found || strings.HasPrefix(l, prefix)
@@ -255,15 +286,15 @@ func TestKafkaAssembledIntoFreshHome(t *testing.T) {
 	}
 }
 
-// TestFailedCheckNamesWhatIsMissing: a Kafka home marked complete but holding no jars is not
-// repaired (the marker says it is done), so the final check fails; the installer exits
-// non-zero and names the missing jar.
+// TestFailedCheckNamesWhatIsMissing: a Kafka home marked complete (the stamp of this pom) but
+// holding no jars is not repaired (the marker says it is done), so the final checks fail; the
+// installer exits non-zero and names the missing jars and scripts.
 func TestFailedCheckNamesWhatIsMissing(t *testing.T) {
 	testutil.RequireRoot(t) // runs hack/install.sh for real
 	root := repoRoot(t)
 	version := kafkaVersion(t, root)
 	home := t.TempDir()
-	if err := os.WriteFile(filepath.Join(home, ".complete"), []byte(version+"\n"), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(home, ".complete"), []byte(kafkaStamp(t, root)+"\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 
@@ -271,16 +302,21 @@ func TestFailedCheckNamesWhatIsMissing(t *testing.T) {
 	if r.err == nil {
 		t.Fatalf("installer succeeded with no Kafka jars in %s:\n%s", home, r)
 	}
-	want := "install: MISSING: kafka_2.13-" + version + ".jar in " + home + "/libs"
-	if !strings.Contains(r.stderr, want) {
-		t.Errorf("stderr does not contain %q:\n%s", want, r)
+	for _, want := range []string{
+		"install: MISSING: kafka_2.13-" + version + ".jar in " + home + "/libs",
+		"install: MISSING: kafka-tools-" + version + ".jar in " + home + "/libs",
+		"install: MISSING: the Kafka tools' scripts in " + home + "/bin",
+	} {
+		if !strings.Contains(r.stderr, want) {
+			t.Errorf("stderr does not contain %q:\n%s", want, r)
+		}
 	}
 	if got := lastLine(r.stderr); got != "install: FAILED: see MISSING lines above" {
 		t.Errorf("last line of stderr = %q, want the FAILED line", got)
 	}
-	// Only the Kafka check fails: every other dependency is reported present.
-	if n := strings.Count(r.stderr, "install: MISSING:"); n != 1 {
-		t.Errorf("%d MISSING lines, want 1:\n%s", n, r)
+	// Only the Kafka checks fail: every other dependency is reported present.
+	if n := strings.Count(r.stderr, "install: MISSING:"); n != 3 {
+		t.Errorf("%d MISSING lines, want the 3 of Kafka:\n%s", n, r)
 	}
 	if strings.Contains(r.stderr, "install: assembling") {
 		t.Errorf("the installer assembled Kafka despite the .complete marker:\n%s", r)
@@ -288,4 +324,86 @@ func TestFailedCheckNamesWhatIsMissing(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(home, "libs")); err == nil {
 		t.Errorf("the installer created %s/libs", home)
 	}
+}
+
+// TestKafkaUpgradesLingeringOlderInstall: a Kafka home that holds an older install (Apache
+// Kafka 4.1.1 as the installer of the time left it: its jars, a version-only .complete marker,
+// no tools), as a CI machine may keep from earlier runs, is upgraded in place: the current
+// version is assembled, none of the old jars stays on the classpath (libs/* would load both),
+// the tools' scripts are written and run; a rerun changes nothing. The real 4.1.1 jars are
+// used when /opt/ftwin-migrate/kafka-4.1.1 lingers on this machine, stand-ins named as they are
+// otherwise.
+func TestKafkaUpgradesLingeringOlderInstall(t *testing.T) {
+	testutil.RequireRoot(t) // runs hack/install.sh for real
+	root := repoRoot(t)
+	version := kafkaVersion(t, root)
+	const old = "4.1.1"
+	home := filepath.Join(t.TempDir(), "kafka")
+	libs := filepath.Join(home, "libs")
+	if err := os.MkdirAll(libs, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if src := "/opt/ftwin-migrate/kafka-" + old + "/libs"; fileExists(filepath.Join(src, "kafka_2.13-"+old+".jar")) {
+		if out, err := exec.Command("cp", "-a", src+"/.", libs).CombinedOutput(); err != nil {
+			t.Fatalf("copy %s: %v: %s", src, err, out)
+		}
+		t.Logf("the lingering install is a copy of %s", src)
+	} else {
+		for _, n := range []string{"kafka_2.13-" + old + ".jar", "kafka-clients-" + old + ".jar", "kafka-server-" + old + ".jar", "slf4j-api-1.7.36.jar", "log4j-core-2.24.3.jar"} {
+			if err := os.WriteFile(filepath.Join(libs, n), []byte("stand-in"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := os.WriteFile(filepath.Join(home, ".complete"), []byte(old+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	r := runInstaller(t, root, home)
+	if r.err != nil {
+		t.Fatalf("upgrade of %s:\n%s", home, r)
+	}
+	t.Logf("upgrade from %s to %s took %v", old, version, time.Since(start).Round(100*time.Millisecond))
+	for _, want := range []string{
+		"install: upgrading Apache Kafka in " + home + ": found " + old + ", want " + kafkaStamp(t, root),
+		"install: assembling Apache Kafka " + version + " into " + home,
+		"install: writing " + home + "/bin/kafka-consumer-groups.sh",
+	} {
+		if !strings.Contains(r.stderr, want) {
+			t.Errorf("the upgrade does not say %q:\n%s", want, r)
+		}
+	}
+	listing := libsListing(t, libs)
+	for _, l := range listing {
+		if strings.Contains(l, "-"+old+".jar") || strings.HasPrefix(l, "slf4j-api-1.") || l == "stand-in" {
+			t.Errorf("%s still holds %s after the upgrade", libs, l)
+		}
+	}
+	for _, want := range []string{"kafka_2.13-" + version + ".jar", "kafka-tools-" + version + ".jar"} {
+		if !fileExists(filepath.Join(libs, want)) {
+			t.Errorf("%s lacks %s after the upgrade", libs, want)
+		}
+	}
+	if fileExists(filepath.Join(home, "libs.new")) {
+		t.Errorf("the upgrade left %s/libs.new", home)
+	}
+	if b, _ := os.ReadFile(filepath.Join(home, ".complete")); strings.TrimSpace(string(b)) != kafkaStamp(t, root) {
+		t.Errorf(".complete = %q after the upgrade, want %q", b, kafkaStamp(t, root))
+	}
+	// The scripts run the new jars: kafka-topics.sh --version names the new version.
+	out, err := exec.Command(filepath.Join(home, "bin", "kafka-topics.sh"), "--version").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), version) {
+		t.Errorf("kafka-topics.sh --version: %v: %s; want %s", err, out, version)
+	}
+
+	r = runInstaller(t, root, home)
+	assertNothingDone(t, r)
+	if got := libsListing(t, libs); strings.Join(got, "\n") != strings.Join(listing, "\n") {
+		t.Errorf("the rerun changed %s:\n%s", libs, diffLines(strings.Join(listing, "\n"), strings.Join(got, "\n")))
+	}
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
 }

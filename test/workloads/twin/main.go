@@ -20,6 +20,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kgo"
+
 	"github.com/ftwin-migrate/ftwin-migrate/kafkahooks"
 	"github.com/ftwin-migrate/ftwin-migrate/test/workloads/twin/twin"
 )
@@ -41,9 +43,11 @@ func main() {
 	flag.BoolVar(&cfg.Digest, "digest", false, "compute the state digest after a rebuild or takeover and at exit (status line state_digest)")
 	flag.BoolVar(&cfg.NoReplay, "no-replay", false, "do not offer migration by replay (hook capability replay): stop-and-copy only")
 	flag.BoolVar(&cfg.Nondeterministic, "nondeterministic", false, "test knob: processes non-deterministically (the processing time goes into the state), so that a replayed copy's state differs: for testing replay migration's digest check")
-	flag.DurationVar(&cfg.SessionTimeout, "session-timeout", 45*time.Second, "group session timeout")
+	flag.DurationVar(&cfg.SessionTimeout, "session-timeout", 45*time.Second, "group session timeout (classic protocol; a KIP-848 group's is the broker's)")
+	flag.StringVar(&cfg.GroupProtocol, "group-protocol", "classic", "consumer-group protocol: classic, or consumer (KIP-848, Kafka 4.0+: the broker assigns)")
 	flag.DurationVar(&cfg.TransactionTimeout, "transaction-timeout", 40*time.Second, "producer transaction timeout (a move without hooks must finish within it)")
 	hookSocket := flag.String("hook-socket", kafkahooks.SocketPath(), "kafkahooks socket (empty: no hooks)")
+	kafkaLog := flag.String("kafka-log", "none", "log franz-go's client at this level to stderr: none, error, warn, info or debug")
 	gogc := flag.Int("gogc", 25, "Go GC target percentage unless $GOGC is set: the state is one pointer-free arena, cheap to scan, and a low target keeps the heap (what CRIU dumps) near the state")
 	flag.Parse()
 	if os.Getenv("GOGC") == "" {
@@ -54,6 +58,15 @@ func main() {
 		os.Exit(2)
 	}
 	cfg.Brokers = strings.Split(*brokers, ",")
+	level, ok := map[string]kgo.LogLevel{"none": kgo.LogLevelNone, "error": kgo.LogLevelError, "warn": kgo.LogLevelWarn,
+		"info": kgo.LogLevelInfo, "debug": kgo.LogLevelDebug}[*kafkaLog]
+	if !ok {
+		fmt.Fprintf(os.Stderr, "twin: -kafka-log %q: want none, error, warn, info or debug\n", *kafkaLog)
+		os.Exit(2)
+	}
+	if level != kgo.LogLevelNone {
+		cfg.KgoOpts = append(cfg.KgoOpts, kgo.WithLogger(kgo.BasicLogger(os.Stderr, level, func() string { return time.Now().Format("15:04:05.000000 kgo ") })))
+	}
 	logger := log.New(os.Stderr, "", log.LstdFlags|log.Lmicroseconds)
 	cfg.Logf = logger.Printf
 

@@ -80,6 +80,9 @@ type Config struct {
 	NoReplay bool
 	// SessionTimeout is the group session timeout. Default 45s.
 	SessionTimeout time.Duration
+	// GroupProtocol is the consumer-group protocol, "classic" (default) or "consumer"
+	// (KIP-848); see kafkahooks.LoopConfig.GroupProtocol.
+	GroupProtocol string
 	// TransactionTimeout is the producer's transaction timeout. Default: kgo's (40s). A move
 	// without the hooks (frozen with a transaction open) must finish within it, or the
 	// coordinator aborts the transaction and the restored twin is fenced.
@@ -190,6 +193,7 @@ func New(cfg Config) (*Twin, error) {
 		Topics:             []string{cfg.In},
 		InstanceID:         cfg.InstanceID,
 		SessionTimeout:     cfg.SessionTimeout,
+		GroupProtocol:      cfg.GroupProtocol,
 		TransactionTimeout: cfg.TransactionTimeout,
 		MaxPollRecords:     cfg.MaxPollRecords,
 		Dialer:             cfg.Dialer,

@@ -8,17 +8,33 @@ GO ?= go
 BIN := bin
 export GOFLAGS ?= -mod=mod
 
-.PHONY: all install build demo test unit vet check fuzz soak bench bench-short clean lab-down protos
+.PHONY: all install build java demo test unit vet check fuzz soak bench bench-short clean lab-down protos
 
 all: build
 
 install:
 	bash hack/install.sh
 
-build:
+build: java
 	$(GO) build -o $(BIN)/ftwin-migrate ./cmd/ftwin-migrate
 	CGO_ENABLED=0 $(GO) build -o $(BIN)/counter ./test/workloads/counter
 	CGO_ENABLED=0 $(GO) build -o $(BIN)/twin ./test/workloads/twin
+
+# The Kafka Streams twin and the Java hook library (twins/streams): Maven, from Maven Central
+# (hack/install.sh fetches what it needs once), with their unit tests (Surefire). The app lands
+# in twins/streams/twin/target/app (its jar and lib/), which the streams image is made of.
+# MAVEN_REPO=DIR uses DIR as Maven's local repository (CI caches it); MVN_FLAGS=-o builds offline.
+# It runs again only when a source, pom or resource changed since the last good build.
+MVN ?= mvn
+MVN_ARGS := -B -q -f twins/streams/pom.xml $(if $(MAVEN_REPO),-Dmaven.repo.local=$(MAVEN_REPO)) $(MVN_FLAGS)
+# (the stamp is written only after the tests passed; install.sh's pre-fetch leaves none).
+STREAMS_STAMP := twins/streams/target/.built-and-tested
+STREAMS_SRC := $(shell find twins/streams -path '*/target' -prune -o -type f -print 2>/dev/null)
+java: $(STREAMS_STAMP)
+
+$(STREAMS_STAMP): $(STREAMS_SRC)
+	$(MVN) $(MVN_ARGS) clean install
+	mkdir -p $(@D) && touch $@
 
 demo: install build
 	$(BIN)/ftwin-migrate demo

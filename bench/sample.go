@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -13,25 +14,41 @@ import (
 	"time"
 )
 
-// CPU accounting by cgroup (v1 cpuacct here; the unified hierarchy's cpu.stat where there is
-// no v1 cpuacct). Every process a move involves is in one of two groups: the benchmark's own
-// (this process — migrator, agents, the kfake broker, sensors, verifier — and its children:
-// the containerd daemons, shims, runc, CRIU, an Apache broker), which Measure joins before any
-// lab starts, and the lab's containers (ftwin-lab/NAME: the twins, a rebuild included).
+// CPU accounting by cgroup: v1 cpuacct where it is mounted (this project's test machine), the
+// unified hierarchy's cpu.stat on a cgroup v2 host. Every process a move involves is in one of
+// two groups: the benchmark's own (this process — migrator, agents, the kfake broker, sensors,
+// verifier — and its children: the containerd daemons, shims, runc, CRIU, an Apache broker),
+// which Measure joins before any lab starts, and the lab's containers (ftwin-lab/NAME: the
+// twins, a rebuild included).
 
 const cgroupRoot = "/sys/fs/cgroup"
+
+// unified says whether CPU is accounted in the cgroup v2 hierarchy: no v1 cpuacct is mounted
+// and /sys/fs/cgroup is the unified tree.
+func unified() bool {
+	if _, err := os.Stat(filepath.Join(cgroupRoot, "cpuacct", "cpuacct.usage")); err == nil {
+		return false
+	}
+	_, err := os.Stat(filepath.Join(cgroupRoot, "cgroup.controllers"))
+	return err == nil
+}
 
 // cpuGroup is the benchmark's own cgroup.
 type cpuGroup struct {
 	dir string // "" when accounting is unavailable
+	v2  bool
 }
 
-// joinCPUGroup moves this process into a cgroup of its own, cpuacct/ftwin-bench/NAME, so that
-// it and every child it starts from now on are accounted together.
+// joinCPUGroup moves this process into a cgroup of its own, cpuacct/ftwin-bench/NAME (v1) or
+// ftwin-bench/NAME (v2), so that it and every child it starts from now on are accounted
+// together.
 func joinCPUGroup(name string) (*cpuGroup, error) {
+	v2 := unified()
 	base := filepath.Join(cgroupRoot, "cpuacct")
-	if _, err := os.Stat(filepath.Join(base, "cpuacct.usage")); err != nil {
-		return &cpuGroup{}, fmt.Errorf("bench: no cgroup v1 cpuacct hierarchy at %s: CPU is not accounted: %w", base, err)
+	if v2 {
+		base = cgroupRoot
+	} else if _, err := os.Stat(filepath.Join(base, "cpuacct.usage")); err != nil {
+		return &cpuGroup{}, fmt.Errorf("bench: neither a cgroup v1 cpuacct hierarchy at %s nor a cgroup v2 one at %s: CPU is not accounted: %w", base, cgroupRoot, err)
 	}
 	dir := filepath.Join(base, "ftwin-bench", name)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -40,7 +57,7 @@ func joinCPUGroup(name string) (*cpuGroup, error) {
 	if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
 		return &cpuGroup{}, fmt.Errorf("bench: join cgroup %s: %w", dir, err)
 	}
-	return &cpuGroup{dir: dir}, nil
+	return &cpuGroup{dir: dir, v2: v2}, nil
 }
 
 // leave moves this process back to the root group and removes its own (children still in it
@@ -49,7 +66,7 @@ func (g *cpuGroup) leave() {
 	if g.dir == "" {
 		return
 	}
-	_ = os.WriteFile(filepath.Join(cgroupRoot, "cpuacct", "cgroup.procs"), []byte(strconv.Itoa(os.Getpid())), 0o644)
+	_ = os.WriteFile(filepath.Join(filepath.Dir(filepath.Dir(g.dir)), "cgroup.procs"), []byte(strconv.Itoa(os.Getpid())), 0o644)
 	_ = os.Remove(g.dir)
 }
 
@@ -58,8 +75,7 @@ func (g *cpuGroup) usage(lab string) time.Duration {
 	if g.dir == "" {
 		return 0
 	}
-	return readNanos(filepath.Join(g.dir, "cpuacct.usage")) +
-		readNanos(filepath.Join(cgroupRoot, "cpuacct", "ftwin-lab", lab, "cpuacct.usage"))
+	return groupCPU(g.dir) + cgroupCPU(path.Join("ftwin-lab", lab))
 }
 
 func readNanos(path string) time.Duration {
@@ -71,22 +87,48 @@ func readNanos(path string) time.Duration {
 	return time.Duration(n)
 }
 
-// containerCPU is the CPU time of one container (cgroups path as the lab gives it).
-func containerCPU(cgroupsPath string) time.Duration {
-	return readNanos(filepath.Join(cgroupRoot, "cpuacct", cgroupsPath, "cpuacct.usage"))
+// groupCPU is the CPU time of the cgroup directory dir: cpuacct.usage (v1, nanoseconds) or
+// cpu.stat's usage_usec (v2).
+func groupCPU(dir string) time.Duration {
+	if _, err := os.Stat(filepath.Join(dir, "cpuacct.usage")); err == nil {
+		return readNanos(filepath.Join(dir, "cpuacct.usage"))
+	}
+	return time.Duration(statValue(filepath.Join(dir, "cpu.stat"), "usage_usec")) * time.Microsecond
 }
 
-// containerRSS is the resident anonymous memory of one container (memory.stat total_rss).
+// cgroupCPU is the CPU time of the cgroup at cgroupsPath (as the lab gives it) in whichever
+// hierarchy accounts it.
+func cgroupCPU(cgroupsPath string) time.Duration {
+	if unified() {
+		return groupCPU(filepath.Join(cgroupRoot, cgroupsPath))
+	}
+	return groupCPU(filepath.Join(cgroupRoot, "cpuacct", cgroupsPath))
+}
+
+// containerCPU is the CPU time of one container (cgroups path as the lab gives it).
+func containerCPU(cgroupsPath string) time.Duration { return cgroupCPU(cgroupsPath) }
+
+// containerRSS is the resident anonymous memory of one container: memory.stat's total_rss (v1)
+// or anon (v2, where the memory controller is enabled for it).
 func containerRSS(cgroupsPath string) int64 {
-	f, err := os.Open(filepath.Join(cgroupRoot, "memory", cgroupsPath, "memory.stat"))
+	if unified() {
+		return statValue(filepath.Join(cgroupRoot, cgroupsPath, "memory.stat"), "anon")
+	}
+	return statValue(filepath.Join(cgroupRoot, "memory", cgroupsPath, "memory.stat"), "total_rss")
+}
+
+// statValue reads the value of key in a cgroup file of "KEY VALUE" lines (cpu.stat,
+// memory.stat); 0 when the file or the key is missing.
+func statValue(path, key string) int64 {
+	f, err := os.Open(path)
 	if err != nil {
 		return 0
 	}
 	defer f.Close()
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "total_rss "); ok {
-			n, _ := strconv.ParseInt(v, 10, 64)
+		if v, ok := strings.CutPrefix(sc.Text(), key+" "); ok {
+			n, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
 			return n
 		}
 	}

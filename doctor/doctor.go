@@ -111,6 +111,7 @@ func Run(ctx context.Context, opts ...Opt) Report {
 		containerdDaemonCheck(ctx, cfg.containerdAddress, cfg.addressRequested),
 		runcCheck(ctx),
 		Clocks(ctx),
+		Cgroups(),
 		toolCheck("containerd-shim-runc-v2", "containerd runs containers through it"),
 		toolCheck("iptables-restore", "CRIU locks the network of a container being dumped with it"),
 		labToolsCheck(),

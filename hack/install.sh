@@ -85,6 +85,7 @@ command -v ip >/dev/null       || need+=(iproute2)
 command -v tc >/dev/null       || need+=(iproute2)
 command -v nsenter >/dev/null  || need+=(util-linux)
 command -v zstd >/dev/null     || need+=(zstd)
+command -v kcat >/dev/null     || need+=(kcat)    # a dynamically linked Kafka consumer (librdkafka) for test/e2e/image_test.go
 if [ ${#need[@]} -gt 0 ]; then log "installing ${need[*]}"; apt_install "${need[@]}"; fi
 
 # 3. CRIU >= 4.2: trixie first (brings libc6 2.41 that forky's criu needs), then forky.
@@ -217,6 +218,25 @@ for other in "$(dirname "$FTWIN_KAFKA_HOME")"/kafka-*; do
   fi
 done
 
+# 5b. What the Kafka Streams twin (twins/streams) builds with, from Maven Central, into Maven's
+# local repository (MAVEN_REPO if set), so that `make java` and CI build it without fetching.
+STREAMS_POM="$HERE/../twins/streams/pom.xml"
+MVN_REPO_FLAG=()
+[ -n "${MAVEN_REPO:-}" ] && MVN_REPO_FLAG=(-Dmaven.repo.local="$MAVEN_REPO")
+STREAMS_MARK="${MAVEN_REPO:-$HOME/.m2/repository}/.ftwin-streams-$(sha256sum "$STREAMS_POM" "$HERE/../twins/streams/hook/pom.xml" "$HERE/../twins/streams/twin/pom.xml" | sha256sum | cut -c1-16)"
+if [ -f "$STREAMS_POM" ] && [ ! -f "$STREAMS_MARK" ]; then
+  command -v mvn >/dev/null || apt_install maven
+  dpkg -s openjdk-17-jdk-headless >/dev/null 2>&1 || apt_install openjdk-17-jdk-headless
+  log "fetching the Kafka Streams twin's build from Maven Central"
+  # install builds the hook jar the twin depends on; the plugins and test dependencies come too.
+  if ! mvn -q -B "${MVN_REPO_FLAG[@]}" -f "$STREAMS_POM" -DskipTests install >/tmp/ftwin-streams-mvn.log 2>&1 \
+     || ! mvn -q -B "${MVN_REPO_FLAG[@]}" -f "$STREAMS_POM" dependency:go-offline >>/tmp/ftwin-streams-mvn.log 2>&1; then
+    cat /tmp/ftwin-streams-mvn.log >&2
+    die "could not fetch the Kafka Streams twin's dependencies from Maven Central (log above)"
+  fi
+  mkdir -p "$(dirname "$STREAMS_MARK")" && touch "$STREAMS_MARK"
+fi
+
 # 6. Check what is there now; name whatever is missing.
 fail=0
 check() { if eval "$2"; then log "ok: $1"; else printf 'install: MISSING: %s\n' "$1" >&2; fail=1; fi; }
@@ -233,6 +253,7 @@ v="$(runc_version || true)"
 check "runc >= $RUNC_MIN (have ${v:-none})" '[ -n "$v" ] && version_ge "$v" "$RUNC_MIN"'
 check "iptables-restore" 'command -v iptables-restore >/dev/null'
 check "tc, ip, nsenter, unshare" 'command -v tc >/dev/null && command -v ip >/dev/null && command -v nsenter >/dev/null && command -v unshare >/dev/null'
+check "jlink (a JDK, for the streams twin's image)" 'ls /usr/lib/jvm/*17*/bin/jlink >/dev/null 2>&1 || [ -x "${JAVA_HOME:-/nonexistent}/bin/jlink" ]'
 check "java >= 17" 'java -version 2>&1 | grep -E "version \"(1[7-9]|[2-9][0-9])" >/dev/null'
 check "kafka_2.13-$KAFKA_VERSION.jar in $FTWIN_KAFKA_HOME/libs" '[ -f "$FTWIN_KAFKA_HOME/libs/kafka_2.13-$KAFKA_VERSION.jar" ]'
 check "kafka-tools-$KAFKA_VERSION.jar in $FTWIN_KAFKA_HOME/libs, no other Kafka version there" \

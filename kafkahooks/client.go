@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"github.com/ftwin-migrate/ftwin-migrate/hooksock"
 )
@@ -36,15 +37,16 @@ func NewClient(rt http.RoundTripper, where string) *Client {
 	return &Client{rt: rt, where: where}
 }
 
-// Each call speaks the oldest version that has it: the calls of version 1 reach any server,
-// and a version 1 server answers a version 2 call 400 (errors.Is(err, ErrNoReplay) holds for
-// that answer as for a 501 from a version 2 application that cannot replay).
+// The calls of version 1 speak the newest version (3: the answers' version 3 fields, the strict
+// resume of CapHold), said again in the server's version when an older server answers 400; the
+// replay calls speak version 2, and a version 1 server answers them 400 (errors.Is(err,
+// ErrNoReplay) holds for that answer as for a 501 from an application that cannot replay).
 
 // Prepare asks the application to stop at a boundary and hold, and returns the boundary (with
 // the state's digest when the application speaks version 2 and can replay).
 func (c *Client) Prepare(ctx context.Context) (Boundary, error) {
 	var b Boundary
-	_, err := c.call(ctx, "prepare", http.MethodPost, "/v1/prepare", 2, nil, &b)
+	_, err := c.call(ctx, "prepare", http.MethodPost, "/v1/prepare", Version, nil, &b)
 	if err == nil {
 		err = spokenIn("prepare", b.Protocol)
 	}
@@ -64,7 +66,7 @@ func spokenIn(op string, v int) error {
 // boundary and returns the offsets it resumed fetching from.
 func (c *Client) Resume(ctx context.Context) (Offsets, error) {
 	var r resumeResponse
-	_, err := c.call(ctx, "resume", http.MethodPost, "/v1/resume", 1, nil, &r)
+	_, err := c.call(ctx, "resume", http.MethodPost, "/v1/resume", Version, nil, &r)
 	if err == nil {
 		err = spokenIn("resume", r.Protocol)
 	}
@@ -73,7 +75,7 @@ func (c *Client) Resume(ctx context.Context) (Offsets, error) {
 
 // Abort tells the application (the source, after a rollback) to carry on.
 func (c *Client) Abort(ctx context.Context) error {
-	_, err := c.call(ctx, "abort", http.MethodPost, "/v1/abort", 1, nil, nil)
+	_, err := c.call(ctx, "abort", http.MethodPost, "/v1/abort", Version, nil, nil)
 	return err
 }
 
@@ -81,7 +83,7 @@ func (c *Client) Abort(ctx context.Context) error {
 // server's version.
 func (c *Client) Status(ctx context.Context) (Status, error) {
 	var s Status
-	server, err := c.call(ctx, "status", http.MethodGet, "/v1/status", 2, nil, &s)
+	server, err := c.call(ctx, "status", http.MethodGet, "/v1/status", Version, nil, &s)
 	if err == nil {
 		err = spokenIn("status", s.Protocol)
 	}
@@ -144,6 +146,9 @@ func (c *Client) call(ctx context.Context, op, method, path string, v int, in []
 		v = int(known)
 	}
 	req.Header.Set(HeaderVersion, strconv.Itoa(v))
+	if dl, ok := ctx.Deadline(); ok && v >= 3 {
+		req.Header.Set(HeaderTimeout, strconv.FormatInt(max(0, time.Until(dl).Milliseconds()), 10))
+	}
 	resp, err := c.rt.RoundTrip(req)
 	if err != nil {
 		return 0, fmt.Errorf("kafkahooks: %s via %s: %w", op, c.where, err)

@@ -1,5 +1,5 @@
 // Package kafkahooks lets a Kafka consumer running in a container take part in its own live
-// migration. The application serves a small HTTP/1.1 + JSON protocol (version 2, specified in
+// migration. The application serves a small HTTP/1.1 + JSON protocol (version 3, specified in
 // PROTOCOL.md next to this file) on a Unix socket inside its container, by default
 // /run/ftwin-migrate/hook.sock (environment FTWIN_HOOK_SOCKET overrides it). The migrator reaches
 // that socket from the host through /proc/<container init pid>/root/run/ftwin-migrate/hook.sock;
@@ -24,7 +24,14 @@
 // outside the group and emits nothing; POST /v2/advance brings it to the cutover boundary and
 // answers its state digest; resume then makes it take over. See shadow.go and PROTOCOL.md.
 //
-// Every request carries the header Ftwin-Hook-Protocol with the version it speaks (1 or 2). One request per connection: the server
+// Version 3 adds no call: it settles what versions 1 and 2 left open (optional generation, the
+// boundary as the broker's stable offsets, deadlines and cancellation, no remembered answers; a
+// request may bound the server's wait with HeaderTimeout), and defines capability CapHold — an
+// application whose restored copy stays inert until resumed, as a Kafka Streams application with
+// ftwin-hook (twins/streams/hook) is — for which the migrator never thaws the source once the copy
+// was told to resume.
+//
+// Every request carries the header Ftwin-Hook-Protocol with the version it speaks (1 to 3). One request per connection: the server
 // closes the connection after each response and the Client reads to end of file, so that no
 // socket connected to the outside of the container is left for CRIU to dump.
 //

@@ -562,8 +562,13 @@ func (l *Loop) handleCtl(r *ctlReq) ctlResp {
 			if r.op == "abort" {
 				return ctlResp{}
 			}
+			if resumed != nil && spoken(r.ctx) < 3 {
+				return ctlResp{offs: resumed} // a retried resume, in versions 1 and 2
+			}
 			if resumed != nil {
-				return ctlResp{offs: resumed} // a retried resume
+				// Version 3 answers no resume from memory: the copy runs, and what it resumed
+				// from is past; the broker's committed offsets say where it is now.
+				return ctlResp{err: fmt.Errorf("%w: running since a resume; a resume is answered once (version 3)", ErrState)}
 			}
 			return ctlResp{err: ErrNotPrepared}
 		}

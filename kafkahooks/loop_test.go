@@ -111,9 +111,12 @@ func testLoop(t *testing.T, txnID string) {
 	if !offs.Equal(b.Offsets) {
 		t.Fatalf("resumed from %v, boundary %v", offs, b.Offsets)
 	}
-	again, err := loop.Resume(ctx) // a retried resume answers the same
+	again, err := loop.Resume(ctx) // a retried resume answers the same (versions 1 and 2)
 	if err != nil || !again.Equal(offs) {
 		t.Fatalf("retried resume: %v, %v", again, err)
+	}
+	if _, err := loop.Resume(context.WithValue(ctx, spokenKey{}, 3)); !errors.Is(err, ErrState) {
+		t.Fatalf("a retried resume of version 3: %v, want ErrState (409, never a remembered answer)", err)
 	}
 	processed(70)
 

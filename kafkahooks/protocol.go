@@ -10,9 +10,12 @@ import (
 )
 
 // Version is the protocol version this package speaks. A server of this version also answers
-// version 1 requests (the calls of version 1 are unchanged), and says in each answer's
-// "protocol" field the version the request spoke.
-const Version = 2
+// version 1 and 2 requests (their calls are unchanged), and says in each answer's "protocol"
+// field the version the request spoke. Version 3 adds no call: it settles what versions 1 and 2
+// left to the implementer (PROTOCOL.md, "Version 3"), lets a request bound the server's wait
+// (HeaderTimeout), and adds capability CapHold and the fields Boundary.Capabilities,
+// Status.OffsetsSource and Status.CommitInterval.
+const Version = 3
 
 // MinVersion is the oldest version a server of this package answers.
 const MinVersion = 1
@@ -22,8 +25,23 @@ const MinVersion = 1
 // and it answers /v2/release, /v2/shadow and /v2/advance and reports a digest of its state.
 const CapReplay = "replay"
 
+// CapHold is the capability (version 3, Boundary.Capabilities and Status.Capabilities) of an
+// application whose copy restored from a dump of it while prepared holds as the source did — no
+// fetch, no processing, no transaction, no produce; at most its consumer's heartbeats — until it
+// is resumed or aborted; which answers a resume only from the prepared state (a running copy
+// answers 409, never a remembered answer), after fencing every other copy, with the committed
+// offsets read from the broker then, and stays held (409) when they are not the boundary. For
+// such an application the migrator never thaws the source once it has told the copy to resume:
+// a failure after that keeps the copy, not the source (see migrate).
+const CapHold = "hold"
+
 // HeaderVersion is the request (and response) header carrying the protocol version.
 const HeaderVersion = "Ftwin-Hook-Protocol"
+
+// HeaderTimeout is the request header (version 3) with the milliseconds the client waits for
+// the answer: the server gives the call no longer than that (or its own deadline, if shorter)
+// and answers 504 when it runs out. The Client sets it from its context's deadline.
+const HeaderTimeout = "Ftwin-Hook-Timeout-Ms"
 
 // DefaultSocketPath is where the application serves the protocol, inside its container.
 const DefaultSocketPath = "/run/ftwin-migrate/hook.sock"
@@ -70,7 +88,13 @@ type Boundary struct {
 	// Digest is a digest of the application's state at the boundary (version 2, applications
 	// with CapReplay): two copies that processed the same records have the same digest.
 	Digest string `json:"digest,omitempty"`
+	// Capabilities are those of the application (version 3: CapHold, CapReplay), so that the
+	// migrator knows them without a status call.
+	Capabilities []string `json:"capabilities,omitempty"`
 }
+
+// Can reports whether the boundary names capability c.
+func (b Boundary) Can(c string) bool { return slices.Contains(b.Capabilities, c) }
 
 // Status is the answer to status.
 type Status struct {
@@ -91,6 +115,13 @@ type Status struct {
 	Lag      int64         `json:"lag_records,omitempty"`
 	LagTime  time.Duration `json:"lag_ns,omitempty"`
 	Replayed int64         `json:"replayed,omitempty"`
+	// OffsetsSource says where Offsets come from (version 3): "broker" (read from the broker
+	// for this answer) or "local" (what the application last committed, as it knows it).
+	OffsetsSource string `json:"offsets_source,omitempty"`
+	// CommitInterval is the longest a running application may take between commits (version
+	// 3; a Kafka Streams application's commit.interval.ms): the migrator gives a resumed copy at
+	// least that long to commit before it calls it stuck.
+	CommitInterval time.Duration `json:"commit_interval_ns,omitempty"`
 }
 
 // Can reports whether the status names capability c.
@@ -178,10 +209,13 @@ func (e *Error) Error() string {
 	return "kafkahooks: " + e.Op + ": " + strconv.Itoa(e.StatusCode) + " " + e.Message
 }
 
-// Is makes errors.Is(err, ErrNotPrepared) and errors.Is(err, ErrState) hold for a 409 answer
-// and errors.Is(err, ErrNoReplay) for a 501.
+// Is makes errors.Is(err, ErrNotPrepared) and errors.Is(err, ErrState) hold for a 409 answer,
+// errors.Is(err, ErrNoReplay) for a 501, and errors.Is(err, context.DeadlineExceeded) for a 504
+// (the server ran out of the time the request gave it, HeaderTimeout, or of its own).
 func (e *Error) Is(target error) bool {
 	switch target {
+	case context.DeadlineExceeded:
+		return e.StatusCode == 504
 	case ErrNotPrepared, ErrState:
 		return e.StatusCode == 409
 	case ErrNoReplay:

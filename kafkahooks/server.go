@@ -144,6 +144,9 @@ func newHandler(p Participant, logf func(string, ...any)) http.Handler {
 		if b.Protocol < 2 {
 			b.Digest = ""
 		}
+		if b.Protocol < 3 {
+			b.Capabilities = nil
+		}
 		return b, err
 	}))
 	mux.HandleFunc("POST /v1/resume", h.serialised("resume", func(ctx context.Context, _ []byte) (any, error) {
@@ -156,6 +159,9 @@ func newHandler(p Participant, logf func(string, ...any)) http.Handler {
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
 		s := h.p.Status()
 		s.Protocol = spoken(r.Context())
+		if s.Protocol < 3 {
+			s.OffsetsSource, s.CommitInterval = "", 0
+		}
 		if s.Protocol < 2 {
 			s = Status{Protocol: s.Protocol, State: s.State, Offsets: s.Offsets}
 			if s.State == StateShadow {
@@ -175,11 +181,11 @@ func newHandler(p Participant, logf func(string, ...any)) http.Handler {
 	}
 	mux.HandleFunc("POST /v2/release", replay("release", func(ctx context.Context, r Replayer, _ []byte) (any, error) {
 		offs, err := r.Release(ctx)
-		return resumeResponse{Protocol: Version, Offsets: offs}, err
+		return resumeResponse{Protocol: spoken(ctx), Offsets: offs}, err
 	}))
 	mux.HandleFunc("POST /v2/shadow", replay("shadow", func(ctx context.Context, r Replayer, _ []byte) (any, error) {
 		offs, err := r.Shadow(ctx)
-		return resumeResponse{Protocol: Version, Offsets: offs}, err
+		return resumeResponse{Protocol: spoken(ctx), Offsets: offs}, err
 	}))
 	mux.HandleFunc("POST /v2/advance", replay("advance", func(ctx context.Context, r Replayer, body []byte) (any, error) {
 		var req advanceRequest
@@ -187,7 +193,7 @@ func newHandler(p Participant, logf func(string, ...any)) http.Handler {
 			return nil, badRequest{fmt.Errorf("advance: want a body {\"offsets\":{TOPIC:{PARTITION:OFFSET}}} naming at least one partition (%v)", err)}
 		}
 		a, err := r.Advance(ctx, req.Offsets)
-		a.Protocol = Version
+		a.Protocol = spoken(ctx)
 		return a, err
 	}))
 	// The patterns above win over these for their method: what is left is a wrong method
@@ -224,7 +230,18 @@ func newHandler(p Participant, logf func(string, ...any)) http.Handler {
 				return
 			}
 		}
-		mux.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), spokenKey{}, v)))
+		ctx := context.WithValue(r.Context(), spokenKey{}, v)
+		if ms := r.Header.Get(HeaderTimeout); ms != "" && v >= 3 {
+			n, err := strconv.ParseInt(ms, 10, 64)
+			if err != nil || n < 0 {
+				writeError(w, http.StatusBadRequest, fmt.Sprintf("header %s %q: want milliseconds", HeaderTimeout, ms))
+				return
+			}
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, time.Duration(n)*time.Millisecond)
+			defer cancel()
+		}
+		mux.ServeHTTP(w, r.WithContext(ctx))
 	})
 }
 

@@ -119,8 +119,8 @@ func raw(t *testing.T, path, method, url, version string) (int, string) {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	if got := resp.Header.Get(HeaderVersion); got != "2" {
-		t.Errorf("response header %s = %q, want 2", HeaderVersion, got)
+	if got := resp.Header.Get(HeaderVersion); got != "3" {
+		t.Errorf("response header %s = %q, want 3", HeaderVersion, got)
 	}
 	var e errorResponse
 	_ = json.NewDecoder(resp.Body).Decode(&e)
@@ -129,9 +129,9 @@ func raw(t *testing.T, path, method, url, version string) (int, string) {
 
 func TestVersionMismatch(t *testing.T) {
 	path := serve(t, newFake())
-	code, msg := raw(t, path, "POST", "/v1/prepare", "3")
-	if code != http.StatusBadRequest || !strings.Contains(msg, `"3"`) || !strings.Contains(msg, "speaks 1 to 2") {
-		t.Errorf("protocol 3: got %d %q, want 400 naming the versions", code, msg)
+	code, msg := raw(t, path, "POST", "/v1/prepare", "4")
+	if code != http.StatusBadRequest || !strings.Contains(msg, `"4"`) || !strings.Contains(msg, "speaks 1 to 3") {
+		t.Errorf("protocol 4: got %d %q, want 400 naming the versions", code, msg)
 	}
 	if code, msg = raw(t, path, "POST", "/v2/shadow", "1"); code != http.StatusBadRequest || !strings.Contains(msg, "call of protocol 2") {
 		t.Errorf("a version 2 call spoken as version 1: got %d %q, want 400", code, msg)
@@ -169,7 +169,7 @@ func TestPrepareResumeAbort(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Boundary{Protocol: 2, Group: "g", MemberID: "twin-1-abc", InstanceID: "twin-1", Generation: 3,
+	want := Boundary{Protocol: 3, Group: "g", MemberID: "twin-1-abc", InstanceID: "twin-1", Generation: 3,
 		Transactional: true, Offsets: Offsets{"sensors": {0: 15, 1: 20}}, RecordsProcessed: 42}
 	if !reflect.DeepEqual(b1, want) {
 		t.Fatalf("boundary = %+v, want %+v", b1, want)
@@ -307,8 +307,8 @@ func TestErrorAnswers(t *testing.T) {
 		{"POST", "/v2/prepare", "1", http.StatusNotFound, "", []string{"no such call /v2/prepare", "/v1/status"}},
 		{"GET", "/", "1", http.StatusNotFound, "", []string{"no such call /"}},
 		{"GET", "/v1/status/x", "1", http.StatusNotFound, "", []string{"no such call /v1/status/x"}},
-		{"GET", "/v1/status", "", http.StatusBadRequest, "", []string{"missing header " + HeaderVersion, "speaks protocol 1 to 2"}},
-		{"POST", "/v1/prepare", "3", http.StatusBadRequest, "", []string{`client speaks Ftwin-Hook-Protocol "3"`, "this server speaks 1 to 2"}},
+		{"GET", "/v1/status", "", http.StatusBadRequest, "", []string{"missing header " + HeaderVersion, "speaks protocol 1 to 3"}},
+		{"POST", "/v1/prepare", "4", http.StatusBadRequest, "", []string{`client speaks Ftwin-Hook-Protocol "4"`, "this server speaks 1 to 3"}},
 		{"POST", "/v2/advance", "1", http.StatusBadRequest, "", []string{"/v2/advance is a call of protocol 2"}},
 		{"POST", "/v2/release", "2", http.StatusNotImplemented, "", []string{"release", "cannot be migrated by replay"}},
 		{"GET", "/v2/shadow", "2", http.StatusMethodNotAllowed, "POST", []string{"/v2/shadow takes POST"}},
@@ -327,8 +327,8 @@ func TestErrorAnswers(t *testing.T) {
 		if got := rec.Header().Get("Allow"); got != c.allow {
 			t.Errorf("%s: Allow %q, want %q", name, got, c.allow)
 		}
-		if got := rec.Header().Get(HeaderVersion); got != "2" {
-			t.Errorf("%s: %s %q, want 2", name, HeaderVersion, got)
+		if got := rec.Header().Get(HeaderVersion); got != "3" {
+			t.Errorf("%s: %s %q, want 3", name, HeaderVersion, got)
 		}
 		if got := rec.Header().Get("Content-Type"); got != "application/json" {
 			t.Errorf("%s: Content-Type %q", name, got)
@@ -345,5 +345,88 @@ func TestErrorAnswers(t *testing.T) {
 				t.Errorf("%s: error %q does not say %q", name, e.Error, m)
 			}
 		}
+	}
+}
+
+// capFake is a participant that reports version 3 fields, to check that older requests do
+// not see them.
+type capFake struct{ *fake }
+
+func (f capFake) Prepare(ctx context.Context) (Boundary, error) {
+	b, err := f.fake.Prepare(ctx)
+	b.Capabilities = []string{CapHold}
+	return b, err
+}
+
+func (f capFake) Status() Status {
+	s := f.fake.Status()
+	s.Capabilities, s.OffsetsSource, s.CommitInterval = []string{CapHold}, "local", 5*time.Second
+	return s
+}
+
+// TestVersion3FieldsOnlyInVersion3 checks that requests of versions 1 and 2 get the answers
+// they always got, and version 3 its fields.
+func TestVersion3FieldsOnlyInVersion3(t *testing.T) {
+	h := NewHandler(capFake{newFake()})
+	get := func(method, path, version string) map[string]any {
+		req := httptest.NewRequest(method, path, nil)
+		req.Header.Set(HeaderVersion, version)
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		var m map[string]any
+		if err := json.Unmarshal(rec.Body.Bytes(), &m); err != nil || rec.Code != 200 {
+			t.Fatalf("%s %s v%s: %d %s", method, path, version, rec.Code, rec.Body)
+		}
+		return m
+	}
+	for _, v := range []string{"1", "2"} {
+		b := get("POST", "/v1/prepare", v)
+		if _, ok := b["capabilities"]; ok || b["protocol"] != float64(v[0]-'0') {
+			t.Errorf("prepare v%s: %v", v, b)
+		}
+		s := get("GET", "/v1/status", v)
+		if _, ok := s["commit_interval_ns"]; ok {
+			t.Errorf("status v%s: %v", v, s)
+		}
+		if _, ok := s["offsets_source"]; ok {
+			t.Errorf("status v%s: %v", v, s)
+		}
+	}
+	b := get("POST", "/v1/prepare", "3")
+	if caps, _ := b["capabilities"].([]any); len(caps) != 1 || caps[0] != CapHold || b["protocol"] != float64(3) {
+		t.Errorf("prepare v3: %v", b)
+	}
+	s := get("GET", "/v1/status", "3")
+	if s["commit_interval_ns"] != float64(5*time.Second) || s["offsets_source"] != "local" {
+		t.Errorf("status v3: %v", s)
+	}
+}
+
+// TestTimeoutHeader: a version 3 request bounds the call by its Ftwin-Hook-Timeout-Ms; an
+// older one's header is ignored; a bad value is a 400.
+func TestTimeoutHeader(t *testing.T) {
+	f := newFake()
+	f.block = make(chan struct{})
+	defer close(f.block)
+	h := NewHandler(f)
+	call := func(version, ms string) (int, time.Duration) {
+		req := httptest.NewRequest("POST", "/v1/prepare", nil)
+		req.Header.Set(HeaderVersion, version)
+		req.Header.Set(HeaderTimeout, ms)
+		ctx, cancel := context.WithTimeout(req.Context(), 2*time.Second)
+		defer cancel()
+		rec := httptest.NewRecorder()
+		start := time.Now()
+		h.ServeHTTP(rec, req.WithContext(ctx))
+		return rec.Code, time.Since(start)
+	}
+	if code, took := call("3", "100"); code != http.StatusGatewayTimeout || took > time.Second {
+		t.Errorf("v3 with 100 ms: %d after %v, want 504 at once", code, took)
+	}
+	if code, took := call("2", "100"); took < 1500*time.Millisecond {
+		t.Errorf("v2 with the header: %d after %v, want it ignored (the request's own 2 s)", code, took)
+	}
+	if code, _ := call("3", "soon"); code != http.StatusBadRequest {
+		t.Errorf("a bad timeout: %d, want 400", code)
 	}
 }

@@ -274,9 +274,12 @@ type run struct {
 
 	// From the restore on: the last time the target answered, and whether a copy may run
 	// there although the rollback asked for it to go (the source must then stay frozen).
-	lastContact    atomic.Int64
-	copyMayRun     bool
-	copyOwnsWork   bool // the group's committed offsets moved past the boundary
+	lastContact  atomic.Int64
+	copyMayRun   bool
+	copyOwnsWork bool // the group's committed offsets moved past the boundary
+	// copyReleased: the copy of an application with capability hold was told to resume (and
+	// did not answer that it stays held): it may have run, so the source never thaws again.
+	copyReleased   bool
 	stopHeartbeats func()
 }
 
@@ -608,6 +611,9 @@ func (m *run) startHeartbeats(ctx context.Context) {
 // (after which it kills the copy itself, and an agent that restarts removes it) and asked
 // again; if it still cannot say the copy is gone, the source stays frozen for Recover.
 func (m *run) abortCopy(ctx context.Context) error {
+	if err := m.keepReleasedCopy(ctx); err != nil {
+		return err
+	}
 	if err := m.checkCopyDidNotCommit(ctx); err != nil {
 		return err
 	}
@@ -663,9 +669,29 @@ func (m *run) checkCopyDidNotCommit(ctx context.Context) error {
 	return nil
 }
 
+// keepReleasedCopy is the rule of an application with capability hold (protocol 3): its
+// restored copy did nothing until it was told to resume, and once told it may have run —
+// committed, or bumped its producer's epoch and fenced the source — so a failure after that
+// keeps the copy, as a commit would, and never thaws the source. (Before the resume, the held
+// copy is removed and the source thawed as for any application.) A copy that is not running
+// any more is not kept by the agent; the source then stays frozen for Recover.
+func (m *run) keepReleasedCopy(ctx context.Context) error {
+	if !m.copyReleased {
+		return nil
+	}
+	kept := "the target committed it"
+	if err := m.tgt.Commit(ctx); err != nil {
+		kept = fmt.Sprintf("the target did not commit it (%v) and removes it when the heartbeats stop", err)
+	}
+	return fmt.Errorf("the restored copy was told to resume and may have run (its application holds until resumed: capability %s), so it was not removed (%s) and the source is never thawed after that; run `ftwin-migrate recover %s`", kafkahooks.CapHold, kept, m.o.Container)
+}
+
 // sourceMayRun guards the source's undos: while a copy may run on the target, the source
 // stays frozen (and labelled, for Recover).
 func (m *run) sourceMayRun() error {
+	if m.copyReleased {
+		return errors.New("the source stays frozen: its copy was told to resume and may have run (capability " + kafkahooks.CapHold + ")")
+	}
 	if m.copyOwnsWork {
 		return errors.New("the source stays frozen: the restored copy committed past the boundary and owns the work")
 	}
@@ -728,8 +754,13 @@ func (m *run) resume(ctx context.Context) error {
 	if m.rep.BoundaryCheck == nil {
 		m.rep.BoundaryCheck = &BoundaryCheck{}
 	}
+	hold := m.boundary != nil && m.boundary.Can(kafkahooks.CapHold)
+	m.copyReleased = hold // from the call on, the copy may run (unless it says it stays held)
 	at, err := m.hook.Resume(ctx, m.tgt.HookTransport())
 	if err != nil {
+		if hold && errors.Is(err, kafkahooks.ErrState) {
+			m.copyReleased = false // a held copy answers 409 only when it did not let go
+		}
 		return fmt.Errorf("resume the restored application: %w", err)
 	}
 	c := m.rep.BoundaryCheck
@@ -765,16 +796,38 @@ func (m *run) verify(ctx context.Context) error {
 	if m.o.Settle <= 0 {
 		return nil
 	}
+	settle := m.settleWindow(ctx)
 	select {
-	case <-time.After(m.o.Settle):
+	case <-time.After(settle):
 	case <-ctx.Done():
 		return ctx.Err()
 	}
 	if err := check(); err != nil {
-		return fmt.Errorf("within the %v settle window after its restore: %w", m.o.Settle, err)
+		return fmt.Errorf("within the %v settle window after its restore: %w", settle, err)
 	}
-	m.rep.addEvidence(fmt.Sprintf("alive through a %v settle window", m.o.Settle))
+	m.rep.addEvidence(fmt.Sprintf("alive through a %v settle window", settle))
 	return m.checkProgress(ctx)
+}
+
+// settleWindow is Options.Settle, made long enough for the resumed copy to commit: an
+// application that reports its commit interval (protocol 3, a Kafka Streams application's
+// commit.interval.ms) gets that interval and a second, or checkProgress would call a copy that
+// has not committed yet stuck.
+func (m *run) settleWindow(ctx context.Context) time.Duration {
+	settle := m.o.Settle
+	cs, ok := m.hook.(copyStatus)
+	if !ok || m.rep.BoundaryCheck == nil || !m.rep.BoundaryCheck.Resumed {
+		return settle
+	}
+	st, err := cs.ShadowStatus(ctx, m.tgt.HookTransport())
+	if err != nil || st.CommitInterval <= 0 {
+		return settle
+	}
+	if need := st.CommitInterval + time.Second; need > settle {
+		m.rep.Warnings = append(m.rep.Warnings, fmt.Sprintf("the settle window is %v, not %v: the application commits every %v", need, settle, st.CommitInterval))
+		settle = need
+	}
+	return settle
 }
 
 // copyStatus is what a hook that can read the restored copy's status offers (SocketHook).

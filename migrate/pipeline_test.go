@@ -646,3 +646,67 @@ func TestPhaseProgress(t *testing.T) {
 		})
 	}
 }
+
+// holdHook is the hook of an application with capability hold (protocol 3); resumeErr is what
+// its resume answers.
+type holdHook struct {
+	fakeHook
+	resumeErr error
+}
+
+func (h holdHook) Prepare(ctx context.Context) (*kafkahooks.Boundary, error) {
+	b, err := h.fakeHook.Prepare(ctx)
+	if b != nil {
+		b.Capabilities = []string{kafkahooks.CapHold}
+	}
+	return b, err
+}
+
+func (h holdHook) Resume(ctx context.Context, rt http.RoundTripper) (kafkahooks.Offsets, error) {
+	if h.resumeErr != nil {
+		h.log = append(h.log, "hook.Resume")
+		return nil, h.resumeErr
+	}
+	return h.fakeHook.Resume(ctx, rt)
+}
+
+// TestHoldCopyIsKeptOnceResumed: for an application with capability hold, a failure after the
+// copy was told to resume keeps the copy (the target commits it) and never thaws the source;
+// a resume the copy answers 409 (it stays held) rolls back as before; a failure before the
+// resume too.
+func TestHoldCopyIsKeptOnceResumed(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		resumeErr error
+		fail      string
+		kept      bool
+	}{
+		{"resume answer lost", errors.New("connection reset"), "", true},
+		{"verify fails after the resume", nil, "target.Verify", true},
+		{"the copy stays held (409)", &kafkahooks.Error{Op: "resume", StatusCode: 409, Message: "moved past the boundary"}, "", false},
+		{"restore fails", nil, "target.Restore", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w := newWorld(t)
+			if tc.fail != "" {
+				w.fail[tc.fail] = errInjected
+			}
+			rep, err := w.run(t, Options{Hook: holdHook{fakeHook{w}, tc.resumeErr}})
+			if err == nil {
+				t.Fatal("the migration succeeded")
+			}
+			if tc.kept {
+				if rep.Result != RollbackFailed || !w.srcFrozen || !w.copyRunning || !w.committed || !strings.Contains(err.Error(), "never thawed") {
+					t.Errorf("result %q, source frozen %v, copy runs %v, committed %v, err %v: want the copy kept and committed, the source frozen", rep.Result, w.srcFrozen, w.copyRunning, w.committed, err)
+				}
+				if slices.Contains(w.log, "source.Thaw") || slices.Contains(w.log, "hook.Abort") {
+					t.Errorf("the source was thawed or told to carry on: %v", w.log)
+				}
+				return
+			}
+			if src, tgt := w.copies(); rep.Result != RolledBack || !src || tgt || w.committed {
+				t.Errorf("result %q, source runs %v, copy runs %v, committed %v: want a clean rollback", rep.Result, src, tgt, w.committed)
+			}
+		})
+	}
+}

@@ -110,3 +110,105 @@ func TestLayerTarErrors(t *testing.T) {
 		t.Error("directory as binary: no error")
 	}
 }
+
+// rootfs makes a small tree: a directory, a file, a symlink, a hard link and a socket.
+func rootfs(t *testing.T) string {
+	t.Helper()
+	root := t.TempDir()
+	for _, d := range []string{"usr/lib", "etc"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(root, "usr/lib/libx.so.1"), []byte("library"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("libx.so.1", filepath.Join(root, "usr/lib/libx.so")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Link(filepath.Join(root, "usr/lib/libx.so.1"), filepath.Join(root, "etc/hard")); err != nil {
+		t.Fatal(err)
+	}
+	return root
+}
+
+func dirLayer(t *testing.T, root string) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	if err := DirLayerTar(&buf, root); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+func TestDirLayerTar(t *testing.T) {
+	root := rootfs(t)
+	first := dirLayer(t, root)
+	if err := os.Chtimes(filepath.Join(root, "usr/lib/libx.so.1"), time.Now(), time.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if again := dirLayer(t, root); !bytes.Equal(first, again) {
+		t.Fatal("two layers of the same tree differ (mtime leaked into the layer)")
+	}
+
+	type entry struct {
+		name     string
+		typ      byte
+		mode     int64
+		linkname string
+		data     string
+	}
+	want := []entry{
+		{"etc/", tar.TypeDir, 0o755, "", ""},
+		{"etc/hard", tar.TypeReg, 0o644, "", "library"},
+		{"usr/", tar.TypeDir, 0o755, "", ""},
+		{"usr/lib/", tar.TypeDir, 0o755, "", ""},
+		{"usr/lib/libx.so", tar.TypeSymlink, 0o777, "libx.so.1", ""},
+		{"usr/lib/libx.so.1", tar.TypeLink, 0o644, "etc/hard", ""},
+	}
+	tr := tar.NewReader(bytes.NewReader(first))
+	var got []entry
+	for {
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !hdr.ModTime.Equal(time.Unix(0, 0)) || hdr.Uname != "" || hdr.Gname != "" {
+			t.Errorf("%s: mtime %v, uname %q, gname %q: want epoch and no names", hdr.Name, hdr.ModTime, hdr.Uname, hdr.Gname)
+		}
+		data, err := io.ReadAll(tr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, entry{hdr.Name, hdr.Typeflag, hdr.Mode & 0o7777, hdr.Linkname, string(data)})
+	}
+	if len(got) != len(want) {
+		t.Fatalf("got entries %+v, want %+v", got, want)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Errorf("entry %d: got %+v, want %+v", i, got[i], want[i])
+		}
+	}
+
+	if err := DirLayerTar(io.Discard, filepath.Join(root, "missing")); err == nil {
+		t.Error("missing root: no error")
+	}
+}
+
+func TestImageEnv(t *testing.T) {
+	o := newOptions([]Opt{WithEnv("A=1", "PATH=/opt/bin", "B=2"), WithEnv("A=3")})
+	got := o.imageEnv()
+	want := []string{"PATH=/opt/bin", "A=3", "B=2"}
+	if len(got) != len(want) {
+		t.Fatalf("env %q, want %q", got, want)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("env %q, want %q", got, want)
+		}
+	}
+}

@@ -9,6 +9,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -35,7 +37,8 @@ func TestBuild(t *testing.T) {
 	bin := buildCounter(t)
 	t.Cleanup(func() {
 		// runc removes a container's cgroup but not its namespace's parent directory.
-		dirs, _ := filepath.Glob("/sys/fs/cgroup/*/ociimage-test")
+		dirs, _ := filepath.Glob("/sys/fs/cgroup/*/ociimage-test") // v1; v2 below
+		dirs = append(dirs, "/sys/fs/cgroup/ociimage-test")
 		for _, d := range dirs {
 			_ = syscall.Rmdir(d)
 		}
@@ -175,6 +178,98 @@ func TestBuild(t *testing.T) {
 			t.Fatalf("delete container: %v", err)
 		}
 	})
+}
+
+// TestArchive writes an image archive of a root filesystem, imports it into a containerd and
+// runs a container from it: the entrypoint, Cmd, environment and working directory of the
+// archive's config reach the process.
+func TestArchive(t *testing.T) {
+	client := startContainerd(t)
+	ctx, cancel := context.WithTimeout(namespaces.WithNamespace(context.Background(), "ociimage-archive"), 2*time.Minute)
+	defer cancel()
+	t.Cleanup(func() {
+		dirs, _ := filepath.Glob("/sys/fs/cgroup/*/ociimage-archive") // v1; v2 below
+		dirs = append(dirs, "/sys/fs/cgroup/ociimage-archive")
+		for _, d := range dirs {
+			_ = syscall.Rmdir(d)
+		}
+	})
+	root := t.TempDir()
+	bin := buildCounter(t)
+	data, err := os.ReadFile(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{"app/bin", "work", "tmp"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(root, "app/bin/counter"), data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	addr := freeAddr(t)
+	const ref = "ftwin.local/archive/counter:1"
+	archivePath := filepath.Join(t.TempDir(), "counter.tar")
+	f, err := os.Create(archivePath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ociimage.WriteArchive(ctx, f, ref, root,
+		ociimage.WithEntrypoint("/app/bin/counter"), ociimage.WithCmd("-mem-mib", "4", "-interval", "50ms", "-listen", addr),
+		ociimage.WithEnv("FTWIN_TEST=1"), ociimage.WithWorkingDir("/work")); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	if _, err := ociimage.ImportArchive(ctx, client, archivePath, "ftwin.local/archive/other:1"); err == nil ||
+		!strings.Contains(err.Error(), "holds no image ftwin.local/archive/other:1 (it holds: "+ref+")") {
+		t.Fatalf("import naming an image the archive lacks: %v", err)
+	}
+	img, err := ociimage.ImportArchive(ctx, client, archivePath, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if img.Name() != ref {
+		t.Fatalf("imported image %q, want %q", img.Name(), ref)
+	}
+	again, err := ociimage.ImportArchive(ctx, client, archivePath, ref)
+	if err != nil || again.Target().Digest != img.Target().Digest {
+		t.Fatalf("second import: %v, target %v; want the same manifest %s", err, again, img.Target().Digest)
+	}
+	spec, err := img.Spec(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if spec.Config.WorkingDir != "/work" || !slices.Contains(spec.Config.Env, "FTWIN_TEST=1") || len(spec.Config.Entrypoint) != 1 {
+		t.Fatalf("image config %+v: want working dir /work, FTWIN_TEST=1 and the entrypoint", spec.Config)
+	}
+
+	logPath := filepath.Join(t.TempDir(), "counter.log")
+	id := "counter-archive"
+	container, err := client.NewContainer(ctx, id,
+		containerd.WithImage(img),
+		containerd.WithSnapshotter(ociimage.DefaultSnapshotter),
+		containerd.WithNewSnapshot(id, img),
+		containerd.WithNewSpec(oci.WithImageConfig(img), oci.WithHostNamespace(specs.NetworkNamespace)))
+	if err != nil {
+		t.Fatalf("create container: %v", err)
+	}
+	t.Cleanup(func() { container.Delete(context.WithoutCancel(ctx), containerd.WithSnapshotCleanup) })
+	task, err := container.NewTask(ctx, cio.LogFile(logPath))
+	if err != nil {
+		t.Fatalf("create task: %v", err)
+	}
+	t.Cleanup(func() { task.Delete(context.WithoutCancel(ctx), containerd.WithProcessKill) })
+	if err := task.Start(ctx); err != nil {
+		t.Fatalf("start task: %v", err)
+	}
+	s := waitState(t, logPath, func(s state.State) bool { return s.Tick >= 2 && s.MemOK })
+	if s.MemMiB != 4 {
+		t.Fatalf("state %+v: want mem_mib 4 (the archive's Cmd)", s)
+	}
 }
 
 // waitState polls the workload log at path until its last state satisfies ok.

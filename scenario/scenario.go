@@ -47,6 +47,11 @@ type Config struct {
 	Brokers []string
 	// TwinBinary is the static twin executable (test/workloads/twin).
 	TwinBinary string
+	// TwinImageArchive, in place of TwinBinary, is the image archive of a twin that takes the
+	// common arguments only (-brokers, -group, -in, -out, -instance-id; then TwinArgs): the Kafka
+	// Streams twin (twins/streams; BuildStreamsTwin writes its archive). StateMiB, Devices and
+	// Standby are the Go twin's and do not apply to it.
+	TwinImageArchive string
 	// StateMiB is the twin's state size. Default 16.
 	StateMiB int
 	// Rate is sensor events per second. Default 200.
@@ -197,6 +202,14 @@ func Start(ctx context.Context, cfg Config) (s *Scenario, err error) {
 		"-brokers", strings.Join(s.Brokers, ","), "-group", Group, "-in", InputTopic, "-out", OutputTopic,
 		"-state-mib", fmt.Sprint(cfg.StateMiB), "-instance-id", "twin-1", "-devices", fmt.Sprint(cfg.Devices),
 	}, cfg.TwinArgs...), OwnAddress: cfg.OwnAddress}
+	if cfg.TwinImageArchive != "" {
+		if cfg.Standby {
+			return s, errors.New("scenario: a standby twin is the Go twin's (TwinBinary), not an image's")
+		}
+		twin = lab.Workload{ID: ContainerID, ImageArchive: cfg.TwinImageArchive, Args: append([]string{
+			"-brokers", strings.Join(s.Brokers, ","), "-group", Group, "-in", InputTopic, "-out", OutputTopic, "-instance-id", "twin-1",
+		}, cfg.TwinArgs...), OwnAddress: cfg.OwnAddress}
+	}
 	if l.Plugin && len(cfg.AgentEdit) > 0 {
 		return s, errors.New("scenario: AgentEdit on a lab of the plugin daemon: its hosts' daemons receive (edit them with Lab.PluginEdit)")
 	}

@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"path/filepath"
+	"strconv"
 	"text/tabwriter"
 	"time"
 
@@ -19,12 +21,14 @@ func demoCommand() *cli.Command {
 		Name:  "demo",
 		Usage: "live-migrate a digital twin under sensor load cloud→fog→cloud and prove no event was lost or duplicated",
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "broker", Value: "kfake", Usage: "the lab's Kafka: kfake (embedded) or apache (real Kafka 4.x)"},
+			&cli.StringFlag{Name: "broker", Value: "kfake", Usage: "the lab's Kafka: kfake (embedded) or apache (real Kafka 4.x; the default with --twin streams)"},
 			&cli.StringSliceFlag{Name: "brokers", Usage: "use this existing Kafka cluster instead (reachable from the lab's hosts)"},
 			&cli.IntFlag{Name: "state-mib", Value: 64, Usage: "the twin's in-memory state (16 to 1024)"},
 			&cli.Float64Flag{Name: "rate", Value: 200, Usage: "sensor events per second"},
 			&cli.DurationFlag{Name: "dwell", Value: 3 * time.Second, Usage: "time the twin runs on each host between migrations"},
-			&cli.StringFlag{Name: "twin", Usage: "static twin binary (default: twin beside this executable)"},
+			&cli.StringFlag{Name: "twin", Usage: "static twin binary (default: twin beside this executable), or `streams` for the Kafka Streams twin (twins/streams, built by `make java`)"},
+			&cli.StringFlag{Name: "streams-app", Usage: "with --twin streams: the Streams twin's application directory (default: " + scenario.StreamsAppDir + " here or beside bin/)"},
+			&cli.IntFlag{Name: "commit-interval-ms", Usage: "with --twin streams: its commit.interval.ms (default: Kafka Streams' 100 for exactly-once)"},
 			&cli.StringFlag{Name: "name", Value: "demo", Usage: "lab name"},
 			&cli.StringFlag{Name: "subnet", Value: "10.231.50.0/24", Usage: "the lab's IPv4 /24"},
 			&cli.BoolFlag{Name: "json", Usage: "print the result as JSON"},
@@ -47,26 +51,52 @@ func demoCommand() *cli.Command {
 }
 
 func runDemo(c *cli.Context) error {
-	twin, err := besideExecutable(c, "twin", "twin")
-	if err != nil {
-		return err
-	}
-	kind, err := broker.ParseKind(c.String("broker"))
-	if err != nil {
-		return err
-	}
 	say := func(format string, a ...any) {
 		if !c.Bool("json") {
 			fmt.Printf(format+"\n", a...)
 		}
 	}
 	ctx := c.Context
+	cfg := scenario.Config{
+		Lab:     lab.Config{Name: c.String("name"), Hosts: []string{"cloud", "fog"}, Subnet: c.String("subnet")},
+		Brokers: c.StringSlice("brokers"), StateMiB: c.Int("state-mib"), Rate: c.Float64("rate"),
+	}
+	brokerKind := c.String("broker")
+	if c.String("twin") == "streams" {
+		app, err := scenario.FindStreamsApp(c.String("streams-app"))
+		if err != nil {
+			return err
+		}
+		if !c.IsSet("broker") {
+			brokerKind = "apache" // Kafka Streams' exactly-once wants a real broker
+		}
+		dir, err := os.MkdirTemp("", "ftwin-streams-image-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(dir)
+		say("building the Kafka Streams twin's image (a jlink'd JRE and %s) ...", app)
+		cfg.TwinImageArchive = filepath.Join(dir, "streams-twin.tar")
+		if err := scenario.BuildStreamsTwin(ctx, app, cfg.TwinImageArchive); err != nil {
+			return err
+		}
+		if ms := c.Int("commit-interval-ms"); ms > 0 {
+			cfg.TwinArgs = []string{"-commit-interval-ms", strconv.Itoa(ms)}
+		}
+	} else {
+		twin, err := besideExecutable(c, "twin", "twin")
+		if err != nil {
+			return err
+		}
+		cfg.TwinBinary = twin
+	}
+	kind, err := broker.ParseKind(brokerKind)
+	if err != nil {
+		return err
+	}
+	cfg.Lab.Broker = kind
 	say("bringing up a lab: hosts cloud and fog, Kafka (%s), the twin on cloud, sensors at %.0f events/s ...", kind, c.Float64("rate"))
-	s, err := scenario.Start(ctx, scenario.Config{
-		Lab:        lab.Config{Name: c.String("name"), Hosts: []string{"cloud", "fog"}, Subnet: c.String("subnet"), Broker: kind},
-		Brokers:    c.StringSlice("brokers"),
-		TwinBinary: twin, StateMiB: c.Int("state-mib"), Rate: c.Float64("rate"),
-	})
+	s, err := scenario.Start(ctx, cfg)
 	if err != nil {
 		return err
 	}

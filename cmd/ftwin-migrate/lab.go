@@ -41,17 +41,27 @@ func labCommand() *cli.Command {
 					&cli.StringFlag{Name: "broker", Value: "kfake", Usage: "Kafka broker on the lab bridge: none, kfake (embedded) or apache (real Kafka 4.x)"},
 					&cli.IntFlag{Name: "uplink-mbit", Usage: "throttle every host's link to this rate (0: unthrottled)"},
 					&cli.StringFlag{Name: "subnet", Value: "10.231.0.0/24", Usage: "the lab's IPv4 /24"},
+					&cli.StringSliceFlag{Name: "allow-bind-mount", Usage: "host path (and below) the agents let a migrated container bind-mount (repeatable; see lab run --mount)"},
 					&cli.BoolFlag{Name: "plugin", Usage: "run the hosts on containerd-ftwin (containerd with the ftwin-migrate plugin): each daemon serves migration on its socket and receives on HOST:7443; no agent processes"},
 					&cli.BoolFlag{Name: "shared-clock", Usage: "put every host on this machine's clocks (default: a time namespace each, its monotonic clock an hour from the next host's, as real hosts' uptimes differ)"},
 				}, labFlags...),
 				Action: labUp,
 			},
 			{
-				Name:      "run",
-				Usage:     "run a static binary (default: the counter workload) as container ID on HOST",
-				ArgsUsage: "HOST ID [ARGS...]",
+				Name: "run",
+				Usage: "run container ID on HOST, as `nerdctl run`: an OCI image (--image-archive, --image) or a static binary " +
+					"(--workload; default: the counter workload); every host gets the image, so the container can move",
+				ArgsUsage: "HOST ID [-- ARGS...]",
+				Description: "ARGS replace the image's Cmd (or follow the binary); --entrypoint replaces the image's entrypoint.\n" +
+					"   ftwin-migrate lab run --image-archive kcat.tar -e KAFKA=10.231.0.1:9092 -v /srv/data:/data:ro cloud c1 -- -b 10.231.0.1:9092 -C -t in",
 				Flags: append([]cli.Flag{
-					&cli.StringFlag{Name: "workload", Usage: "static binary (default: counter beside this executable)"},
+					&cli.StringFlag{Name: "workload", Usage: "static binary to run as the image's only file (default: counter beside this executable)"},
+					&cli.StringFlag{Name: "image-archive", Usage: "image archive to import into every host (OCI layout tar as `ctr images export`/`nerdctl save` write, or `docker save` tar)"},
+					&cli.StringFlag{Name: "image", Usage: "image to run: one of the archive's (default: its only one), or, without --image-archive, one already in HOST's containerd (namespace " + lab.Namespace + "), copied to the other hosts"},
+					&cli.StringFlag{Name: "entrypoint", Usage: "replace the image's entrypoint with this program (the image's Cmd is dropped; ARGS follow it)"},
+					&cli.StringSliceFlag{Name: "env", Aliases: []string{"e"}, Usage: "KEY=VALUE added to the environment (repeatable)"},
+					&cli.StringSliceFlag{Name: "mount", Aliases: []string{"v"}, Usage: "bind mount HOST-PATH:CONTAINER-PATH[:ro|rw] (repeatable; the agents allow only paths given to `lab up --allow-bind-mount`)"},
+					&cli.StringFlag{Name: "workdir", Aliases: []string{"w"}, Usage: "working directory in the container (absolute)"},
 					&cli.BoolFlag{Name: "own-address", Usage: "give the container a network namespace of its own with an address on the lab network that moves with it (TCP connections survive a migration); default: the host's network"},
 				}, labFlags...),
 				Action: labRun,
@@ -140,8 +150,19 @@ func labUp(c *cli.Context) error {
 			return err
 		}
 	}
+	binds := c.StringSlice("allow-bind-mount")
+	for _, p := range binds {
+		if !filepath.IsAbs(p) {
+			_ = l.Down(context.WithoutCancel(c.Context))
+			return fmt.Errorf("--allow-bind-mount %q: want an absolute host path", p)
+		}
+	}
+	if l.Plugin && len(binds) > 0 {
+		_ = l.Down(context.WithoutCancel(c.Context))
+		return fmt.Errorf("--allow-bind-mount sets the policy of the lab's agent processes; with --plugin there are none: leave it out")
+	}
 	if !l.Plugin {
-		if err := startAgents(c.Context, l); err != nil {
+		if err := startAgents(c.Context, l, binds...); err != nil {
 			_ = l.Down(context.WithoutCancel(c.Context))
 			return err
 		}
@@ -164,8 +185,9 @@ func labUp(c *cli.Context) error {
 func labPKI(l *lab.Lab) string { return filepath.Join(l.Dir, "pki") }
 
 // startAgents creates the lab's certificates and starts `ftwin-migrate receive` in each
-// host's network namespace, its command line naming the lab's directory (for teardown).
-func startAgents(ctx context.Context, l *lab.Lab) error {
+// host's network namespace, its command line naming the lab's directory (for teardown); the
+// agents let restored containers bind-mount the host paths binds (and below).
+func startAgents(ctx context.Context, l *lab.Lab, binds ...string) error {
 	exe, err := os.Executable()
 	if err != nil {
 		return err
@@ -183,9 +205,13 @@ func startAgents(ctx context.Context, l *lab.Lab) error {
 			return err
 		}
 		addr := net.JoinHostPort(h.IP, fmt.Sprint(lab.AgentPort))
-		cmd := h.Command(context.Background(), exe, "--address", h.Address(), "receive", "--listen", addr,
+		args := []string{"--address", h.Address(), "receive", "--listen", addr,
 			"--pki", labPKI(l), "--host", h.Name, "--work-dir", filepath.Join(h.Dir, "agent"), "--cgroup-parent", h.CgroupParent(),
-			"--serve-namespace", lab.Namespace, "--allow-host-namespace", "network", "--lab", l.Dir)
+			"--serve-namespace", lab.Namespace, "--allow-host-namespace", "network", "--lab", l.Dir}
+		for _, b := range binds {
+			args = append(args, "--allow-bind-mount", b)
+		}
+		cmd := h.Command(context.Background(), exe, args...)
 		cmd.Stdout, cmd.Stderr = logf, logf
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 		err = cmd.Start()
@@ -231,6 +257,19 @@ func labHost(c *cli.Context) (*lab.Lab, *lab.Host, error) {
 	return l, h, nil
 }
 
+// currentLog is the log of container id on h that was written last: LogPath (run there, or
+// restored by an in-process lab agent), or the log the host's `receive` agent gives a container
+// it restored (its --work-dir's logs/NAMESPACE-ID.log).
+func currentLog(h *lab.Host, id string) string {
+	best, bestTime := h.LogPath(id), time.Time{}
+	for _, p := range []string{h.LogPath(id), filepath.Join(h.Dir, "agent", "logs", lab.Namespace+"-"+id+".log")} {
+		if fi, err := os.Stat(p); err == nil && fi.ModTime().After(bestTime) {
+			best, bestTime = p, fi.ModTime()
+		}
+	}
+	return best
+}
+
 func labLogs(c *cli.Context) error {
 	if c.NArg() == 1 && c.Args().Get(0) == "broker" {
 		return labBrokerLog(c)
@@ -242,7 +281,7 @@ func labLogs(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	path := h.LogPath(c.Args().Get(1))
+	path := currentLog(h, c.Args().Get(1))
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return fmt.Errorf("no output of %s on %s (%w): is it running there? `ftwin-migrate lab status` lists the hosts", c.Args().Get(1), h.Name, err)
@@ -267,34 +306,95 @@ func labRun(c *cli.Context) error {
 	if c.NArg() < 2 {
 		return fmt.Errorf("lab run takes HOST and ID, then the workload's arguments (got %d arguments)", c.NArg())
 	}
+	w, err := workloadFromFlags(c)
+	if err != nil {
+		return err
+	}
 	l, h, err := labHost(c)
 	if err != nil {
 		return err
 	}
-	bin, err := workloadBinary(c)
+	// Every host holds the image, as hosts pulling from one registry would: a migration does
+	// not carry it. An image named alone must be on HOST; it is copied to the others.
+	ref, err := h.ImportImage(c.Context, w)
 	if err != nil {
 		return err
 	}
-	args := c.Args().Slice()[2:]
-	if len(args) > 0 && args[0] == "--" { // flag parsing stopped at HOST, so "--" arrives as an argument
-		args = args[1:]
-	}
-	w := lab.Workload{ID: c.Args().Get(1), Binary: bin, Args: args, OwnAddress: c.Bool("own-address")}
-	for _, other := range l.Hosts { // every host holds the base image, as from a registry
-		if _, err := other.ImportImage(c.Context, w); err != nil {
+	for _, other := range l.Hosts {
+		if other == h {
+			continue
+		}
+		if w.Binary == "" && w.ImageArchive == "" {
+			err = h.CopyImage(c.Context, ref, other)
+		} else {
+			_, err = other.ImportImage(c.Context, w)
+		}
+		if err != nil {
 			return err
 		}
 	}
 	if err := h.Run(c.Context, w); err != nil {
 		return err
 	}
-	fmt.Printf("%s runs on %s (namespace %s); output in %s\n", w.ID, h.Name, lab.Namespace, h.LogPath(w.ID))
+	fmt.Printf("%s runs on %s (image %s, namespace %s, cgroup %s); output in %s (`ftwin-migrate lab logs %s %s`)\n",
+		w.ID, h.Name, ref, lab.Namespace, h.CgroupsPath(lab.Namespace, w.ID), h.LogPath(w.ID), h.Name, w.ID)
 	if w.OwnAddress {
 		if a, err := h.Network().Address(c.Context, lab.Namespace, w.ID); err == nil && a != nil {
 			fmt.Printf("its own address: %s (MAC %s), which moves with it: its TCP connections survive a migration\n", a.IP, a.MAC)
 		}
 	}
 	return nil
+}
+
+// workloadFromFlags reads lab run's flags and arguments into a workload, checking them.
+func workloadFromFlags(c *cli.Context) (lab.Workload, error) {
+	args := c.Args().Slice()[2:]
+	if len(args) > 0 && args[0] == "--" { // flag parsing stopped at HOST, so "--" arrives as an argument
+		args = args[1:]
+	}
+	w := lab.Workload{
+		ID: c.Args().Get(1), ImageArchive: c.String("image-archive"), Image: c.String("image"),
+		Args: args, Env: c.StringSlice("env"), WorkingDir: c.String("workdir"), OwnAddress: c.Bool("own-address"),
+	}
+	if e := c.String("entrypoint"); e != "" {
+		w.Entrypoint = []string{e}
+	}
+	for _, kv := range w.Env {
+		if k, _, ok := strings.Cut(kv, "="); !ok || k == "" {
+			return w, fmt.Errorf("--env %q: want KEY=VALUE", kv)
+		}
+	}
+	for _, m := range c.StringSlice("mount") {
+		mount, err := lab.ParseMount(m)
+		if err != nil {
+			return w, fmt.Errorf("--mount: %w", err)
+		}
+		w.Mounts = append(w.Mounts, mount)
+	}
+	if w.WorkingDir != "" && !filepath.IsAbs(w.WorkingDir) {
+		return w, fmt.Errorf("--workdir %q: want an absolute path in the container", w.WorkingDir)
+	}
+	switch {
+	case c.IsSet("workload") && (w.ImageArchive != "" || w.Image != ""):
+		return w, fmt.Errorf("--workload runs a static binary; --image-archive and --image run an image: give one of them")
+	case w.ImageArchive != "":
+		if fi, err := os.Stat(w.ImageArchive); err != nil {
+			return w, fmt.Errorf("--image-archive: %w", err)
+		} else if !fi.Mode().IsRegular() {
+			return w, fmt.Errorf("--image-archive %s: not a file (want a tar as `ctr images export`, `nerdctl save` or `docker save` write)", w.ImageArchive)
+		}
+	case w.Image != "":
+	default:
+		if w.Entrypoint != nil {
+			return w, fmt.Errorf("--entrypoint replaces an image's entrypoint: give --image-archive or --image")
+		}
+		bin, err := workloadBinary(c)
+		if err != nil {
+			return w, err
+		}
+		w.Binary = bin
+	}
+	return w, nil
 }
 
 func workloadBinary(c *cli.Context) (string, error) {
@@ -374,7 +474,14 @@ func labExec(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	out, err := h.Exec(c.Context, c.Args().Get(1), c.Args().Slice()[2:]...)
+	args := c.Args().Slice()[2:]
+	if args[0] == "--" { // flag parsing stopped at HOST, so "--" arrives as an argument
+		args = args[1:]
+	}
+	if len(args) == 0 {
+		return fmt.Errorf("lab exec: want HOST ID -- COMMAND [ARGS...]: no command after --")
+	}
+	out, err := h.Exec(c.Context, c.Args().Get(1), args...)
 	if err != nil {
 		return err // it carries the output
 	}

@@ -28,6 +28,7 @@ func newApp() *cli.App {
 		Commands: []*cli.Command{
 			doctorCommand(),
 			labCommand(),
+			imageCommand(),
 			certsCommand(),
 			receiveCommand(),
 			migrateCommand(),

@@ -8,7 +8,7 @@ import (
 	"testing"
 )
 
-func runApp(t *testing.T, args ...string) error {
+func runPlacementApp(t *testing.T, args ...string) error {
 	t.Helper()
 	app := newApp()
 	app.Writer, app.ErrWriter = io.Discard, io.Discard
@@ -40,7 +40,7 @@ func TestPlacementCommandsBadInput(t *testing.T) {
 		{[]string{"controller", "--policy", bad}, "rule x: when"},
 		{[]string{"demo", "--scenario", "mars"}, "--scenario"},
 	} {
-		err := runApp(t, tc.args...)
+		err := runPlacementApp(t, tc.args...)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%v: %v, want an error containing %q", tc.args, err, tc.want)
 		}

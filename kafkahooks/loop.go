@@ -597,10 +597,6 @@ func (l *Loop) prepare(ctx context.Context) ctlResp {
 	cl, g := l.cl, l.gate
 	l.mu.Unlock()
 	cl.PauseFetchTopics(l.cfg.Topics...)
-	// From the boundary on the client opens no connection: a copy restored from a dump taken
-	// now (its connections restored closed) reaches no broker until it is resumed, released
-	// or made a shadow.
-	g.close()
 	fail := func(err error) ctlResp {
 		g.open()
 		cl.ResumeFetchTopics(l.cfg.Topics...)
@@ -620,6 +616,13 @@ func (l *Loop) prepare(ctx context.Context) ctlResp {
 	if err != nil {
 		return fail(err)
 	}
+	// From the boundary on the client opens no connection: a copy restored from a dump taken
+	// now (its connections restored closed) reaches no broker until it is resumed, released
+	// or made a shadow. The gate closes only here, after the settle, whose admin requests may
+	// need a connection dialled anew: with the gate closed first, twins on the lab that had
+	// run for 20 s and more stalled in the prepare until its context ended (broker side all
+	// settled), and did not once the gate closed here.
+	g.close()
 	member, gen := cl.GroupMetadata()
 	b := Boundary{
 		Protocol:         Version,

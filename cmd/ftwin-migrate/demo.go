@@ -32,8 +32,21 @@ func demoCommand() *cli.Command {
 			&cli.StringFlag{Name: "name", Value: "demo", Usage: "lab name"},
 			&cli.StringFlag{Name: "subnet", Value: "10.231.50.0/24", Usage: "the lab's IPv4 /24"},
 			&cli.BoolFlag{Name: "json", Usage: "print the result as JSON"},
+			&cli.StringFlag{Name: "scenario", Value: "twin", Usage: "twin (one twin cloud→fog→cloud) or fog (a dozen twins, a placement controller, fog1 loaded and relieved, fog2 drained)"},
+			&cli.StringFlag{Name: "policy", Usage: "fog: the placement policy (default: the scenario's own)"},
+			&cli.IntFlag{Name: "twins", Value: 12, Usage: "fog: the number of twins (half at each fog host)"},
+			&cli.StringFlag{Name: "picture", Value: "fog-demo.svg", Usage: "fog: where the SVG of placement and latency over time goes"},
+			&cli.Float64Flag{Name: "host-cores", Value: 0.5, Usage: "fog: CPU of each simulated host, in cores"},
 		},
-		Action: runDemo,
+		Action: func(c *cli.Context) error {
+			switch c.String("scenario") {
+			case "twin":
+				return runDemo(c)
+			case "fog":
+				return runFogDemo(c)
+			}
+			return fmt.Errorf("--scenario %q: want twin or fog", c.String("scenario"))
+		},
 	}
 }
 

@@ -21,7 +21,7 @@ func (e exitError) Error() string { return fmt.Sprintf("exit status %d", e.code)
 // newApp is the command line: global flags first, as ctr's (ftwin-migrate --address SOCK
 // --namespace NS migrate ...), then the command and its flags.
 func newApp() *cli.App {
-	return &cli.App{
+	app := &cli.App{
 		Name:  "ftwin-migrate",
 		Usage: "live-migrate stateful stream processors (containerd containers) between cloud and fog hosts",
 		Flags: containerdFlags,
@@ -39,8 +39,12 @@ func newApp() *cli.App {
 			inspectCommand(),
 			demoCommand(),
 			benchCommand(),
+			drainCommand(),
+			controllerCommand(),
 		},
 	}
+	app.Commands = append(app.Commands, cordonCommands()...)
+	return app
 }
 
 func main() {

@@ -37,6 +37,10 @@ func demoCommand() *cli.Command {
 			&cli.IntFlag{Name: "twins", Value: 12, Usage: "fog: the number of twins (half at each fog host)"},
 			&cli.StringFlag{Name: "picture", Value: "fog-demo.svg", Usage: "fog: where the SVG of placement and latency over time goes"},
 			&cli.Float64Flag{Name: "host-cores", Value: 0.5, Usage: "fog: CPU of each simulated host, in cores"},
+			&cli.DurationFlag{Name: "oscillate", Usage: "fog: instead of the story, switch real CPU load on fog1 on and off for this long with the controller running, and report migrations, firings and flapping"},
+			&cli.DurationFlag{Name: "fast-period", Value: 4 * time.Second, Usage: "fog --oscillate: the load's on/off time in the fast part"},
+			&cli.DurationFlag{Name: "fast-for", Usage: "fog --oscillate: how long the fast part lasts (default: a fifth of --oscillate)"},
+			&cli.DurationFlag{Name: "period", Value: 60 * time.Second, Usage: "fog --oscillate: the load's on/off time after the fast part"},
 		},
 		Action: func(c *cli.Context) error {
 			switch c.String("scenario") {

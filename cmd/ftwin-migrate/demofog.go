@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -32,6 +33,12 @@ func runFogDemo(c *cli.Context) error {
 		TwinBinary: twin, Twins: c.Int("twins"), Rate: c.Float64("rate"), HostCores: c.Float64("host-cores"),
 		Say: func(e fog.Event) { fmt.Printf("%s  %s\n", e.Time.Format("15:04:05.000"), e.What) },
 	}
+	if d := c.Duration("oscillate"); d > 0 {
+		cfg.Oscillate = fog.Oscillation{Total: d, Fast: c.Duration("fast-period"), FastFor: c.Duration("fast-for"), Slow: c.Duration("period")}
+		if cfg.Oscillate.Fast <= 0 || cfg.Oscillate.Slow <= 0 || cfg.Oscillate.FastFor < 0 || cfg.Oscillate.FastFor > d {
+			return fmt.Errorf("--oscillate %v: want --fast-period and --period above 0 and --fast-for between 0 and %v", d, d)
+		}
+	}
 	if !c.IsSet("rate") {
 		cfg.Rate = 20
 	}
@@ -59,6 +66,9 @@ func runFogDemo(c *cli.Context) error {
 		return err
 	}
 	printFog(res)
+	if res.Osc != nil {
+		printOscillation(res, cfg.Oscillate)
+	}
 	fmt.Printf("\npicture of placement and latency over time: %s\n", c.String("picture"))
 	if !res.OK() {
 		return exitError{code: 3}
@@ -81,7 +91,67 @@ func printFog(r fog.Result) {
 		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%v\n", v.Twin, v.In, v.Report.EventsOut, v.Report.Lost, v.Report.Duplicated, v.OK())
 	}
 	tw.Flush()
+	if r.Osc != nil {
+		return // printOscillation says the rest
+	}
 	fmt.Printf("\nrule firing → last fog1 twin on the cloud: %v; load gone → first return decision → last twin home: %v; fog2 drained in %v\n",
 		r.Reaction.Round(time.Millisecond), r.Return.Round(time.Millisecond), r.DrainTook.Round(time.Millisecond))
 	fmt.Printf("migrations: %d, at most %d ended within one minute; flapping: %d %v\n", len(r.Moves), r.PerMinute, len(r.Flaps), r.Flaps)
+}
+
+func printOscillation(r fog.Result, o fog.Oscillation) {
+	rep := r.Osc
+	fastFor := o.FastFor
+	if fastFor == 0 {
+		fastFor = o.Total / 5
+	}
+	fmt.Printf("\noscillation: load on fog1 for %v (on/off every %v for %v, then every %v), %d flips, %v from the first flip to the last migration\n",
+		o.Total, o.Fast, fastFor, o.Slow, rep.Flips, rep.End.Sub(rep.Start).Round(time.Second))
+	fmt.Println()
+	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "RULE FIRED\tRULE\tLOAD FLIP→FIRED\tTWINS\tMOVED\tFIRED→LAST TWIN MOVED")
+	for _, f := range rep.Firings {
+		flip := "-"
+		if !f.Flip.IsZero() {
+			flip = f.Fired.Sub(f.Flip).Round(time.Millisecond).String()
+		}
+		took := "-"
+		if len(f.Moved) > 0 {
+			took = f.Took().Round(time.Millisecond).String()
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\n", f.Fired.Format("15:04:05.000"), f.Rule, flip, len(f.Twins), len(f.Moved), took)
+	}
+	tw.Flush()
+	gaps := map[string][]time.Duration{}
+	for _, m := range r.Moves {
+		if m.By == "demo" && m.Err == "" {
+			gaps[m.Twin] = append(gaps[m.Twin], m.StreamGap)
+		}
+	}
+	fmt.Println()
+	tw = tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "TWIN\tMIGRATIONS\tSTREAM GAPS")
+	for _, v := range r.Verdicts {
+		var gs []string
+		for _, g := range gaps[v.Twin] {
+			gs = append(gs, g.Round(100*time.Millisecond).String())
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\n", v.Twin, rep.PerTwin[v.Twin], strings.Join(gs, " "))
+	}
+	tw.Flush()
+	fmt.Printf("\ncontroller migrations during the oscillation: %d committed, %d rolled back\n", rep.Migrations, rep.RolledBack)
+	fmt.Printf("migrations per minute: %.1f over the oscillation, %.1f while the rules' firings were busy, at most %d ending within one minute\n",
+		rep.PerMinute, rep.BusyPerMinute, rep.MaxPerMinute)
+	if len(rep.Flaps) == 0 {
+		fmt.Println("flapping: none (no twin moved again within the cooldown or out and back within a fast flip)")
+	} else {
+		fmt.Printf("flapping: %d\n  %s\n", len(rep.Flaps), strings.Join(rep.Flaps, "\n  "))
+	}
+	ok := 0
+	for _, v := range r.Verdicts {
+		if v.OK() {
+			ok++
+		}
+	}
+	fmt.Printf("twins exactly once (0 lost, 0 duplicated, every event out): %d of %d\n", ok, len(r.Verdicts))
 }

@@ -46,6 +46,8 @@ type Config struct {
 	// PhaseTimeout bounds each phase (the controller's reaction, the return, the drain).
 	// Default 4 minutes.
 	PhaseTimeout time.Duration
+	// Oscillate, when its Total is set, runs the oscillating load instead of the story.
+	Oscillate Oscillation
 	// Say receives the timeline as it happens (optional).
 	Say func(Event)
 	// Log receives the controller's log (optional).
@@ -90,6 +92,11 @@ type Result struct {
 	Verdicts []fleet.TwinVerdict
 	// Flaps are twins that moved again within the policy's cooldown, or more than out and back.
 	Flaps []string
+	// Decisions are the controller's decisions; Flips the load's switches (oscillation).
+	Decisions []placement.Decision
+	Flips     []Flip
+	// Osc is what the oscillation showed (nil when the story ran).
+	Osc *OscReport
 }
 
 // OK says every twin was exactly once, nothing flapped and every migration committed or
@@ -202,6 +209,7 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 			if _, ok := firstDecision[d.Rule]; !ok {
 				firstDecision[d.Rule] = d.Time
 			}
+			res.Decisions = append(res.Decisions, d)
 			mu.Unlock()
 			rec.event("decision %s", d)
 		},
@@ -231,6 +239,28 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 
 	time.Sleep(10 * time.Second)
 	fog1, _ := r.Lab.Host("fog1")
+	if o := cfg.Oscillate; o.Total > 0 {
+		o.defaults()
+		flips, err := oscillate(ctx, fog1, cfg.LoadProcs, o, rec)
+		res.Flips = flips
+		if err != nil {
+			return res, err
+		}
+		rec.event("waiting for fog1's twins to be home")
+		if err := waitPlaced(ctx, r.Fleet, fog1Twins, "fog1", cfg.PhaseTimeout); err != nil {
+			return res, err
+		}
+		time.Sleep(5 * time.Second)
+		if err := finish(ctx, r, &res, rec, stop, twins); err != nil {
+			return res, err
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		osc := Analyse(res.Moves, res.Decisions, res.Flips, cfg.Policy.Cooldown, o.Fast)
+		res.Osc = &osc
+		res.PerMinute, res.Flaps = osc.MaxPerMinute, osc.Flaps
+		return res, nil
+	}
 	load, err := fleet.StartLoad(fog1, cfg.LoadProcs)
 	if err != nil {
 		return res, err
@@ -273,12 +303,22 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 	}
 	rec.event("fog2 drained in %v: %d moved, %d stayed", res.DrainTook.Round(time.Millisecond), len(dr.Moves), len(dr.Stayed))
 	time.Sleep(5 * time.Second)
+	if err := finish(ctx, r, &res, rec, stop, twins); err != nil {
+		return res, err
+	}
+	res.PerMinute = perMinute(res.Moves)
+	res.Flaps = flaps(res.Moves, cfg.Policy.Cooldown)
+	return res, nil
+}
+
+// finish stops the controller, verifies every twin and measures the moves' stream gaps.
+func finish(ctx context.Context, r *fleet.Running, res *Result, rec *recorder, stop func() error, twins []placestate.Twin) (err error) {
 	if err := stop(); err != nil {
-		return res, fmt.Errorf("fog: controller: %w", err)
+		return fmt.Errorf("fog: controller: %w", err)
 	}
 	rec.event("stopping the sensors and verifying every twin (read_committed)")
 	if res.Verdicts, err = r.Finish(ctx); err != nil {
-		return res, err
+		return err
 	}
 	// Stream gaps of the controller's moves (the drain's have theirs).
 	var mrs []fleet.MoveResult
@@ -290,15 +330,13 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 		mrs = append(mrs, fleet.MoveResult{Twin: m.Twin, Start: m.Start, End: m.End})
 	}
 	if err := r.StreamGaps(ctx, twinsByID, mrs); err != nil {
-		return res, err
+		return err
 	}
 	for i := range res.Moves {
 		res.Moves[i].StreamGap = mrs[i].StreamGap
 	}
 	res.End = time.Now()
-	res.PerMinute = perMinute(res.Moves)
-	res.Flaps = flaps(res.Moves, cfg.Policy.Cooldown)
-	return res, nil
+	return nil
 }
 
 func move(m fleet.MoveResult, by string) Move {

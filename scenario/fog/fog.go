@@ -3,7 +3,9 @@
 // controller (package fleet) with the fog policy. Real CPU load on fog1 makes the controller
 // move fog1's twins to the cloud; when the load ends they come back; then fog2 is drained
 // live. It records a timeline and the per-twin placement and latency over time (Picture
-// draws them as SVG) and verifies every twin's output: 0 lost, 0 duplicated.
+// draws them as SVG) and verifies every twin's output: 0 lost, 0 duplicated. With
+// Config.Oscillate the load on fog1 instead switches on and off (fast, then slow) for a given
+// time, and Analyse reports the rules' firings, the migrations and any flapping.
 package fog
 
 import (

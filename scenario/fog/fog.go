@@ -99,12 +99,14 @@ type Result struct {
 	Flips     []Flip
 	// Osc is what the oscillation showed (nil when the story ran).
 	Osc *OscReport
+	// Unsettled says fog1's twins were not all home after the oscillation.
+	Unsettled string
 }
 
 // OK says every twin was exactly once, nothing flapped and every migration committed or
 // rolled back cleanly.
 func (r Result) OK() bool {
-	if len(r.Verdicts) == 0 || len(r.Flaps) > 0 {
+	if len(r.Verdicts) == 0 || len(r.Flaps) > 0 || r.Unsettled != "" {
 		return false
 	}
 	for _, v := range r.Verdicts {
@@ -250,7 +252,11 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 		}
 		rec.event("waiting for fog1's twins to be home")
 		if err := waitPlaced(ctx, r.Fleet, fog1Twins, "fog1", cfg.PhaseTimeout); err != nil {
-			return res, err
+			if ctx.Err() != nil {
+				return res, err
+			}
+			res.Unsettled = err.Error() // still verified and reported
+			rec.event("%v", err)
 		}
 		time.Sleep(5 * time.Second)
 		if err := finish(ctx, r, &res, rec, stop, twins); err != nil {

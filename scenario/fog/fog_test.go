@@ -91,4 +91,9 @@ func TestOK(t *testing.T) {
 	if bad.OK() {
 		t.Error("flapping passes")
 	}
+	bad = ok
+	bad.Unsettled = "fog: after 4m0s only 2 of [a b c] run on fog1"
+	if bad.OK() {
+		t.Error("twins not home after the oscillation pass")
+	}
 }

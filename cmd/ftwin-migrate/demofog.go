@@ -154,4 +154,7 @@ func printOscillation(r fog.Result, o fog.Oscillation) {
 		}
 	}
 	fmt.Printf("twins exactly once (0 lost, 0 duplicated, every event out): %d of %d\n", ok, len(r.Verdicts))
+	if r.Unsettled != "" {
+		fmt.Printf("after the oscillation: %s\n", r.Unsettled)
+	}
 }

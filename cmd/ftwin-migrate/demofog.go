@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -122,6 +123,21 @@ func printOscillation(r fog.Result, o fog.Oscillation) {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\n", f.Fired.Format("15:04:05.000"), f.Rule, flip, len(f.Twins), len(f.Moved), took)
 	}
 	tw.Flush()
+	took := map[string][]time.Duration{}
+	var rules []string
+	for _, f := range rep.Firings {
+		if len(f.Moved) > 0 {
+			if took[f.Rule] == nil {
+				rules = append(rules, f.Rule)
+			}
+			took[f.Rule] = append(took[f.Rule], f.Took())
+		}
+	}
+	for _, rule := range rules {
+		ts := took[rule]
+		slices.Sort(ts)
+		fmt.Printf("%s fired → last twin moved: %v to %v over %d firings (median %v)\n", rule, ts[0].Round(time.Second), ts[len(ts)-1].Round(time.Second), len(ts), ts[len(ts)/2].Round(time.Second))
+	}
 	gaps := map[string][]time.Duration{}
 	for _, m := range r.Moves {
 		if m.By == "demo" && m.Err == "" {

@@ -322,7 +322,7 @@ func TestReportTable(t *testing.T) {
 	table := buf.String()
 	t.Logf("\n%s", table)
 	names := []string{"kernel", "criu", "criu check", "hardware breakpoints", "containerd", "containerd daemon",
-		"runc", "clocks", "containerd-shim-runc-v2", "iptables-restore", "lab tools", "apache kafka", "checkpoint dir space", "root"}
+		"runc", "clocks", "cgroups", "containerd-shim-runc-v2", "iptables-restore", "lab tools", "apache kafka", "checkpoint dir space", "root"}
 	for _, f := range criuFeatures {
 		names = append(names, "criu feature "+f.name)
 	}

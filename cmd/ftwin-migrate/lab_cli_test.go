@@ -24,6 +24,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/ftwin-migrate/ftwin-migrate/internal/testutil"
+	"github.com/ftwin-migrate/ftwin-migrate/lab"
 )
 
 var (
@@ -225,7 +226,9 @@ func (l *cliLab) assertGone() {
 func (l *cliLab) hostLines(what, out, prefix string) {
 	l.t.Helper()
 	for i, h := range []string{"cloud", "fog"} {
+		clock := lab.HostClock(i) // each host's clocks are its own (CLOCK column)
 		want := []string{h, fmt.Sprintf("%s%d", prefix, 11+i), "ftl-" + l.name + "-" + h,
+			fmt.Sprintf("+%v,", clock.Monotonic), fmt.Sprintf("+%v", clock.Boottime),
 			filepath.Join(l.dir(), "hosts", h, "containerd.sock")}
 		found := false
 		for _, line := range strings.Split(out, "\n") {

@@ -2,12 +2,9 @@ package fleet
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"sync"
 	"time"
-
-	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/ftwin-migrate/ftwin-migrate/placestate"
 	"github.com/ftwin-migrate/ftwin-migrate/sensors"
@@ -102,20 +99,9 @@ func (f *Fleet) Verify(ctx context.Context, twins []placestate.Twin, produced ma
 }
 
 func readEvents(ctx context.Context, brokers []string, topic string) ([]verify.Event, error) {
-	cl, err := verify.NewReader(brokers)
-	if err != nil {
-		return nil, err
-	}
-	defer cl.Close()
-	var events []verify.Event
 	rctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
-	err = verify.ReadTopic(rctx, cl, topic, func(r *kgo.Record) {
-		var e verify.Event
-		if json.Unmarshal(r.Value, &e) == nil && e.Device != "" {
-			events = append(events, e)
-		}
-	})
+	events, _, err := verify.Events(rctx, brokers, topic)
 	if err != nil {
 		return nil, fmt.Errorf("fleet: read %s: %w", topic, err)
 	}

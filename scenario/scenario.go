@@ -7,7 +7,6 @@ package scenario
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -565,20 +564,9 @@ func (s *Scenario) kafkaStats(m *Migration) {
 
 // readOutput reads every committed output event.
 func (s *Scenario) readOutput(ctx context.Context, expected map[string]int64) ([]verify.Event, verify.Report, error) {
-	cl, err := verify.NewReader(s.Brokers)
-	if err != nil {
-		return nil, verify.Report{}, err
-	}
-	defer cl.Close()
-	var events []verify.Event
 	rctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
-	err = verify.ReadTopic(rctx, cl, OutputTopic, func(r *kgo.Record) {
-		var e verify.Event
-		if json.Unmarshal(r.Value, &e) == nil && e.Device != "" {
-			events = append(events, e)
-		}
-	})
+	events, _, err := verify.Events(rctx, s.Brokers, OutputTopic)
 	if err != nil {
 		return nil, verify.Report{}, fmt.Errorf("scenario: read %s: %w", OutputTopic, err)
 	}

@@ -126,22 +126,36 @@ func Output(ctx context.Context, brokers []string, topic string, opts ...Option)
 		}
 	}
 
-	var outs []Event
-	var malformed int64
-	err = ReadTopic(ctx, cl, topic, func(r *kgo.Record) {
-		var o Event
-		if err := json.Unmarshal(r.Value, &o); err != nil || o.Device == "" {
-			malformed++
-			return
-		}
-		outs = append(outs, o)
-	})
+	outs, malformed, err := readEvents(ctx, cl, topic)
 	if err != nil {
 		return Report{}, fmt.Errorf("verify: read the output: %w", err)
 	}
 	rep := Analyze(outs, expected)
 	rep.Topic, rep.Malformed = topic, malformed
 	return rep, nil
+}
+
+// Events reads every committed event of an output topic, as ReadTopic does, with a client of
+// its own; malformed counts the records that are not events.
+func Events(ctx context.Context, brokers []string, topic string) (events []Event, malformed int64, err error) {
+	cl, err := NewReader(brokers)
+	if err != nil {
+		return nil, 0, fmt.Errorf("verify: create a Kafka client: %w", err)
+	}
+	defer cl.Close()
+	return readEvents(ctx, cl, topic)
+}
+
+func readEvents(ctx context.Context, cl *kgo.Client, topic string) (events []Event, malformed int64, err error) {
+	err = ReadTopic(ctx, cl, topic, func(r *kgo.Record) {
+		var e Event
+		if err := json.Unmarshal(r.Value, &e); err != nil || e.Device == "" {
+			malformed++
+			return
+		}
+		events = append(events, e)
+	})
+	return events, malformed, err
 }
 
 // ReadTopic calls fn for every committed data record of topic, partition by partition in

@@ -229,6 +229,9 @@ func (a *Agent) removeLeftovers(ctx context.Context) error {
 			if err := c.Delete(nctx, containerd.WithSnapshotCleanup); err != nil && !errdefs.IsNotFound(err) {
 				return fmt.Errorf("agent: remove uncommitted restored container %s/%s: %w", ns, c.ID(), err)
 			}
+			if a.cfg.Network != nil { // its address of its own, if it had one (a no-op otherwise)
+				_ = a.cfg.Network.Remove(nctx, ns, c.ID())
+			}
 			a.cfg.Log.Info("removed an uncommitted restored copy left by an earlier agent", "namespace", ns, "container", c.ID(), "for", labels[RestoredForLabel])
 		}
 		imgs, err := a.cfg.Client.ImageService().List(nctx)
@@ -993,6 +996,9 @@ func (a *Agent) abortContainer(w http.ResponseWriter, r *http.Request) {
 	if err := c.Delete(ctx, containerd.WithSnapshotCleanup); err != nil {
 		writeError(w, http.StatusInternalServerError, fmt.Errorf("remove uncommitted %s: %w", id, err))
 		return
+	}
+	if a.cfg.Network != nil { // its address of its own, if it had one (a no-op otherwise)
+		_ = a.cfg.Network.Remove(ctx, ns, id)
 	}
 	w.WriteHeader(http.StatusNoContent)
 }

@@ -291,7 +291,9 @@ func (m *run) catchUp(ctx context.Context) error {
 		if m.sourceGone(ctx) {
 			return nil
 		}
-		if lastErr == nil && last.Limit.Len() > 0 && last.Lag <= m.o.MaxLag {
+		// A status read once the deadline has passed does not count: the shadow did not catch
+		// up within CatchUpTimeout.
+		if ctx.Err() == nil && lastErr == nil && last.Limit.Len() > 0 && last.Lag <= m.o.MaxLag {
 			m.rep.Replay.LagAtCutover, m.rep.Replay.Replayed = last.Lag, last.Replayed
 			m.rep.addEvidence(fmt.Sprintf("the shadow caught up from the log (%d records replayed, lag %d)", last.Replayed, last.Lag))
 			return nil

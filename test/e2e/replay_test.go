@@ -131,8 +131,12 @@ func TestReplayRollbacks(t *testing.T) {
 	})
 	ctx := context.Background()
 
-	// The catch-up cannot finish: a lag of 0 within a few milliseconds.
-	m := s.MigrateReplay(ctx, "fog", func(o *migrate.Options) { o.MaxLag, o.CatchUpTimeout = -1, 5*time.Millisecond })
+	// The catch-up cannot finish: its first status is read past a 5 ms deadline (the progress
+	// callback takes longer), and a status read after the deadline does not count.
+	m := s.MigrateReplay(ctx, "fog", func(o *migrate.Options) {
+		o.MaxLag, o.CatchUpTimeout = -1, 5*time.Millisecond
+		o.CatchUpProgress = func(kafkahooks.Status) { time.Sleep(20 * time.Millisecond) }
+	})
 	if m.Err == nil || m.Report.Result != migrate.RolledBack || !strings.Contains(m.Err.Error(), "did not catch up") || s.At() != "cloud" {
 		t.Fatalf("catch-up timeout: %v (result %q), twin at %s", m.Err, m.Report.Result, s.At())
 	}

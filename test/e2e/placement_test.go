@@ -360,18 +360,8 @@ func TestPlacementControllerFencing(t *testing.T) {
 	a := startController(t, r, "ctl-a", &log, func(c *fleet.ControllerConfig) {
 		c.OnStart = func(placement.Decision) { once.Do(func() { close(firstDecision) }) }
 	})
-	time.Sleep(4 * time.Second)
-	fog1, _ := r.Lab.Host("fog1")
-	load, err := fleet.StartLoad(fog1, 2)
-	if err != nil {
-		t.Fatal(err)
-	}
+	load := loadFog1UntilDecided(t, r, firstDecision, "controller A")
 	defer load.Stop()
-	select {
-	case <-firstDecision:
-	case <-time.After(2 * time.Minute):
-		t.Fatal("controller A decided nothing in 2 min of load")
-	}
 	// B starts while A's migrations run: A is fenced.
 	b := startController(t, r, "ctl-b", &log, nil)
 	select {
@@ -470,18 +460,8 @@ func TestPlacementControllerKilled(t *testing.T) {
 			}
 		}
 	}()
-	time.Sleep(4 * time.Second)
-	fog1, _ := r.Lab.Host("fog1")
-	load, err := fleet.StartLoad(fog1, 2)
-	if err != nil {
-		t.Fatal(err)
-	}
+	load := loadFog1UntilDecided(t, r, decided, "the controller process")
 	defer load.Stop()
-	select {
-	case <-decided:
-	case <-time.After(2 * time.Minute):
-		t.Fatal("the controller process decided nothing in 2 min of load")
-	}
 	time.Sleep(3 * time.Second) // into the migrations: past the start record, before their end
 	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
@@ -562,4 +542,23 @@ func TestPlacementDrainCommand(t *testing.T) {
 		t.Errorf("cordons after uncordon: %v", st.Cordons)
 	}
 	assertFleetExactlyOnce(t, r)
+}
+
+// loadFog1UntilDecided waits 4 s, puts CPU load on fog1 and waits for decided to close (the
+// controller's first decision), failing the test after 2 min. The load runs until Stop.
+func loadFog1UntilDecided(t *testing.T, r *fleet.Running, decided <-chan struct{}, who string) *fleet.Load {
+	t.Helper()
+	time.Sleep(4 * time.Second)
+	fog1, _ := r.Lab.Host("fog1")
+	load, err := fleet.StartLoad(fog1, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-decided:
+	case <-time.After(2 * time.Minute):
+		load.Stop()
+		t.Fatalf("%s decided nothing in 2 min of load", who)
+	}
+	return load
 }

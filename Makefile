@@ -8,7 +8,7 @@ GO ?= go
 BIN := bin
 export GOFLAGS ?= -mod=mod
 
-.PHONY: all install build java demo test unit vet check fuzz soak bench bench-short clean lab-down protos
+.PHONY: all install build java demo test unit vet check fuzz soak bench bench-short bench-streams clean lab-down protos
 
 all: build
 
@@ -105,6 +105,11 @@ bench: install build
 # The short version CI runs on every run: 16 MiB, both links; prints the table.
 bench-short: install build
 	$(BIN)/ftwin-migrate bench --short --out results-short $(BENCH_FLAGS)
+
+# The Kafka Streams twin: ftwin-migrate beside a restart from the changelog and a standby
+# replica, on Apache Kafka, unthrottled, three repeats.
+bench-streams: install build
+	$(BIN)/ftwin-migrate bench --streams --link-mbit 0 --repeats 3 --out results-streams $(BENCH_FLAGS)
 
 lab-down:
 	$(BIN)/ftwin-migrate lab down

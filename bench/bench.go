@@ -33,6 +33,14 @@ var Methods = []string{scenario.MethodFloor, scenario.MethodFtwin, scenario.Meth
 // AllMethods adds the plain containerd path (uncompressed, everything resent).
 var AllMethods = append(slices.Clone(Methods), scenario.MethodNaive)
 
+// StreamsMethods are the methods for the Kafka Streams twin (Config.StreamsArchive), in order:
+// the CRIU floor, ftwin-migrate's stop-and-copy, and the two Kafka-native ways a Streams user
+// has — a new instance on the target restoring its store from the changelog, and a standby
+// replica (num.standby.replicas=1, kept warm on the target) taking over. Replay is not offered
+// for Streams (see README), and the containerd path has no hooks: a frozen Streams
+// transaction is aborted and the copy fenced.
+var StreamsMethods = []string{scenario.MethodFloor, scenario.MethodFtwin, scenario.MethodRestart, scenario.MethodStandby}
+
 // Cell is one configuration of the grid.
 type Cell struct {
 	StateMiB int `json:"state_mib"`
@@ -88,6 +96,12 @@ type Config struct {
 	Name, Subnet string
 	// TwinBinary is the static twin executable.
 	TwinBinary string
+	// StreamsArchive, in place of TwinBinary, is the image archive of the Kafka Streams twin
+	// (scenario.BuildStreamsTwin): every run moves it instead, with StreamsMethods only. Its
+	// state is what its store holds for Devices devices (a Cell's StateMiB must be 0), and it
+	// needs Apache Kafka (Broker) for its changelog's compaction. Its changelog is configured
+	// as a careful Streams user would for fast restores (StreamsTwinArgs).
+	StreamsArchive string
 	// Broker is the Kafka the labs run. Default kfake.
 	Broker broker.Kind
 	// BaseDir holds the labs. Default lab.DefaultBaseDir.
@@ -161,6 +175,13 @@ type Run struct {
 	TargetDigest  string `json:"target_digest,omitempty"`
 	// Standby is the standby's cost while nothing moves (kafka-standby runs).
 	Standby *StandbyCost `json:"standby,omitempty"`
+	// The Kafka Streams twin's (Config.StreamsArchive): RestoredRecords and RestoreMs are what
+	// the target's store restored from the changelog before processing, as Streams' restore
+	// listener counted it (kafka methods: the whole store for a restart, the tail for a
+	// standby); JVM is the source twin's just before the move.
+	RestoredRecords int64     `json:"restored_records,omitempty"`
+	RestoreMs       float64   `json:"restore_ms,omitempty"`
+	JVM             *JVMStats `json:"jvm,omitempty"`
 	Error   string       `json:"error,omitempty"`
 }
 
@@ -173,6 +194,16 @@ type StandbyCost struct {
 	// RSSBytes is the standby container's resident memory; ActiveRSSBytes the active twin's.
 	RSSBytes       int64 `json:"rss_bytes"`
 	ActiveRSSBytes int64 `json:"active_rss_bytes"`
+}
+
+// JVMStats is the Kafka Streams twin's JVM, from its status line: resident set, live heap and
+// threads.
+type JVMStats struct {
+	RSSBytes     int64 `json:"rss_bytes"`
+	HeapUsedMiB  int64 `json:"heap_used_mib"`
+	Threads      int   `json:"threads"`
+	ActiveTasks  int   `json:"active_tasks"`
+	StandbyTasks int   `json:"standby_tasks"`
 }
 
 // OK reports whether the run completed with nothing lost or duplicated and, if checked, equal
@@ -198,6 +229,8 @@ type Results struct {
 	CapacityEPS      float64 `json:"capacity_eps,omitempty"`
 	CapacityStateMiB int     `json:"capacity_state_mib,omitempty"`
 	CapacityError    string  `json:"capacity_error,omitempty"`
+	// Twin is the twin moved: "" for the Go twin, "streams" for the Kafka Streams twin.
+	Twin string `json:"twin,omitempty"`
 	// CPUAccounting says whether cgroup CPU accounting worked (else CPU columns are 0).
 	CPUAccounting bool   `json:"cpu_accounting"`
 	Cells         []Cell `json:"cells"`
@@ -221,6 +254,9 @@ func (r *Results) OK() bool {
 func (c *Config) defaults() {
 	if len(c.Methods) == 0 {
 		c.Methods = Methods
+		if c.StreamsArchive != "" {
+			c.Methods = StreamsMethods
+		}
 	}
 	if c.Repeats == 0 {
 		c.Repeats = 5
@@ -261,9 +297,15 @@ func (c *Config) defaults() {
 // see Results.Write.
 func Measure(ctx context.Context, cfg Config) (*Results, error) {
 	cfg.defaults()
+	if err := cfg.check(); err != nil {
+		return nil, err
+	}
 	host, _ := os.Hostname()
 	res := &Results{Started: time.Now(), Host: host, CPUs: runtime.NumCPU(), Repeats: cfg.Repeats, Devices: cfg.Devices,
 		DwellS: cfg.Dwell.Seconds(), Broker: string(cfg.Broker), BandwidthMBps: map[int]float64{}, Skipped: cfg.Skip}
+	if cfg.StreamsArchive != "" {
+		res.Twin = TwinStreams
+	}
 	defer func() { res.Finished = time.Now() }()
 	cg, err := joinCPUGroup(cfg.Name)
 	if err != nil {
@@ -336,6 +378,30 @@ func Measure(ctx context.Context, cfg Config) (*Results, error) {
 	return res, nil
 }
 
+// TwinStreams is Results.Twin for the Kafka Streams twin.
+const TwinStreams = "streams"
+
+// check refuses a configuration the benchmark cannot run honestly.
+func (c *Config) check() error {
+	if c.StreamsArchive == "" {
+		return nil
+	}
+	for _, m := range c.Methods {
+		if !slices.Contains(StreamsMethods, m) {
+			return fmt.Errorf("bench: method %s is not one for the Kafka Streams twin: want one of %v", m, StreamsMethods)
+		}
+	}
+	for _, x := range c.Cells {
+		if x.StateMiB != 0 || x.HighRate {
+			return fmt.Errorf("bench: the Kafka Streams twin's state is its store (set by Devices): its cells take no state size (got %d MiB) and no high rate", x.StateMiB)
+		}
+	}
+	if c.Broker != broker.Apache {
+		return fmt.Errorf("bench: the Kafka Streams twin runs on Apache Kafka (its changelog is compacted; %s does not compact): use broker %s", c.Broker, broker.Apache)
+	}
+	return nil
+}
+
 // Retry measures again every run of prev that is not OK (same cell, method and repeat, the
 // cells' rates as they were), replaces it in prev.Runs and keeps the failed one in
 // prev.Replaced. For runs lost to something outside the benchmark (a daemon replaced under it).
@@ -405,12 +471,16 @@ func (cfg *Config) start(ctx context.Context, state, link int, rate float64, twi
 	if err != nil {
 		return nil, fmt.Errorf("bench: remove the leftovers of lab %s: %w", cfg.Name, err)
 	}
-	return scenario.Start(ctx, scenario.Config{
+	sc := scenario.Config{
 		Lab: lab.Config{Name: cfg.Name, BaseDir: cfg.BaseDir, Hosts: []string{"cloud", "fog"},
 			Subnet: cfg.Subnet, Broker: cfg.Broker, UplinkMbit: link},
 		TwinBinary: cfg.TwinBinary, StateMiB: state, Rate: rate, Devices: cfg.Devices,
 		TwinArgs: twinArgs, Standby: standby,
-	})
+	}
+	if cfg.StreamsArchive != "" {
+		sc.TwinBinary, sc.TwinImageArchive, sc.StateMiB = "", cfg.StreamsArchive, 0
+	}
+	return scenario.Start(ctx, sc)
 }
 
 func measureOne(ctx context.Context, cfg Config, res *Results, cg *cpuGroup, cell Cell, method string, rep int) (run Run) {
@@ -421,8 +491,12 @@ func measureOne(ctx context.Context, cfg Config, res *Results, cg *cpuGroup, cel
 		}
 		return run
 	}
-	digest := rep < cfg.DigestRepeats && (method == scenario.MethodRestart || method == scenario.MethodStandby)
+	streams := cfg.StreamsArchive != ""
+	digest := !streams && rep < cfg.DigestRepeats && (method == scenario.MethodRestart || method == scenario.MethodStandby)
 	args := twinArgs()
+	if streams {
+		args = StreamsTwinArgs()
+	}
 	if digest {
 		args = append(args, "-digest")
 	}
@@ -440,6 +514,13 @@ func measureOne(ctx context.Context, cfg Config, res *Results, cg *cpuGroup, cel
 	if method == scenario.MethodStandby {
 		// The standby must hold the whole state (the bootstrap) before anything is measured.
 		if err := s.WaitStandby(ctx, int64(cell.StateMiB)<<20, 2000, 10*time.Minute); err != nil {
+			return fail(err)
+		}
+	}
+	if streams {
+		// Its restore listener counts only what comes after the start: wait for the twin's
+		// first status line with its tasks, then read the JVM before the move.
+		if err := waitStatus(ctx, src.LogPath(scenario.ContainerID), func(st scenario.TwinStatus) bool { return st.ActiveTasks > 0 }, 2*time.Minute); err != nil {
 			return fail(err)
 		}
 	}
@@ -467,6 +548,12 @@ func measureOne(ctx context.Context, cfg Config, res *Results, cg *cpuGroup, cel
 			CPUPerSec:       (containerCPU(standbyPath) - sbCPU0).Seconds() / el,
 			RSSBytes:        containerRSS(standbyPath),
 			ActiveRSSBytes:  containerRSS(src.CgroupsPath(lab.Namespace, scenario.ContainerID)),
+		}
+	}
+	if streams {
+		if st, err := scenario.LastStatus(src.LogPath(scenario.ContainerID)); err == nil {
+			run.JVM = &JVMStats{RSSBytes: st.RSSKiB << 10, HeapUsedMiB: st.HeapUsedMiB, Threads: st.Threads,
+				ActiveTasks: st.ActiveTasks, StandbyTasks: st.StandbyTasks}
 		}
 	}
 	var m scenario.Migration
@@ -514,6 +601,7 @@ func measureOne(ctx context.Context, cfg Config, res *Results, cg *cpuGroup, cel
 	run.MoverDowntimeMs, run.FrozenMs, run.TotalMs = mr.MoverDowntimeMs, mr.FrozenMs, mr.TotalMs
 	run.SnapshotPauseMs, run.CatchUpMs, run.Replayed, run.CutoverPauseMs = mr.SnapshotPauseMs, mr.CatchUpMs, mr.Replayed, mr.CutoverPauseMs
 	run.MovedBytes, run.SkippedBytes = mr.BytesSent, mr.SkippedBytes
+	run.RestoredRecords, run.RestoreMs = mr.RestoredRecords, mr.RestoreMs
 
 	// Counters over the move's window [start, resumed]; CPU beyond the baseline: the lower of
 	// the rates over the dwell before the move and the dwell after it (either can hold a
@@ -561,6 +649,34 @@ func measureOne(ctx context.Context, cfg Config, res *Results, cg *cpuGroup, cel
 // twin is fenced).
 func twinArgs() []string {
 	return []string{"-rebuild-from-changelog", "-transaction-timeout", "5m"}
+}
+
+// StreamsTwinArgs is the Kafka Streams twin's configuration, the same for every method: the
+// default commit interval (100 ms, exactly_once_v2's) and its store's changelog in 1 MiB
+// segments cleaned eagerly, as a Streams user who cares about restore time sets it (the broker's
+// default segment is 1 GiB, never compacted before it rolls: a restart would replay every
+// update since the start).
+func StreamsTwinArgs() []string {
+	return []string{"-changelog-segment-bytes", "1048576"}
+}
+
+// waitStatus waits until the last status line in the twin's log at path satisfies ok.
+func waitStatus(ctx context.Context, path string, ok func(scenario.TwinStatus) bool, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		st, _ := scenario.LastStatus(path)
+		if ok(st) {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("bench: the twin's status did not come ready in %v (last %+v); see %s", timeout, st, path)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 }
 
 // settle is how long a run waits after the twin's first output before it measures.
@@ -661,7 +777,11 @@ func (r *Results) Write(dir string) error {
 	if err := os.WriteFile(filepath.Join(dir, "bench.json"), b, 0o644); err != nil {
 		return err
 	}
-	for name, write := range map[string]func(io.Writer) error{"bench.md": r.WriteMarkdown, "bench.svg": r.WriteSVG} {
+	files := map[string]func(io.Writer) error{"bench.md": r.WriteMarkdown, "bench.svg": r.WriteSVG}
+	if r.Twin == TwinStreams {
+		delete(files, "bench.svg") // one state size: no curve to plot
+	}
+	for name, write := range files {
 		f, err := os.Create(filepath.Join(dir, name))
 		if err != nil {
 			return err

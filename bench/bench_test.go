@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ftwin-migrate/ftwin-migrate/broker"
 	"github.com/ftwin-migrate/ftwin-migrate/scenario"
 	"github.com/ftwin-migrate/ftwin-migrate/verify"
 )
@@ -177,5 +178,63 @@ func TestSkip(t *testing.T) {
 	var b bytes.Buffer
 	if err := res.WriteMarkdown(&b); err != nil || !strings.Contains(b.String(), "Not run, to fit the run's time budget (`--skip`): kafka-restart at 16 MiB.") {
 		t.Errorf("report of a run with skips (%v):\n%s", err, b.String())
+	}
+}
+
+// The Kafka Streams twin's report: its state column names the fleet, wire/state is not
+// divided by a state size it has not, and the JVM table carries the source JVM, CRIU's part
+// for the CRIU methods and the restoration for the Kafka-native ones.
+func TestReportStreams(t *testing.T) {
+	cell := Cell{Rate: 200}
+	res := &Results{Twin: TwinStreams, Devices: 64, Repeats: 2, BandwidthMBps: map[int]float64{0: 100}, Cells: []Cell{cell}}
+	jvm := &JVMStats{RSSBytes: 150 << 20, HeapUsedMiB: 40, Threads: 22, ActiveTasks: 3}
+	for i := range 2 {
+		res.Runs = append(res.Runs,
+			Run{Cell: cell, Method: scenario.MethodFtwin, StreamGapMs: 1500, FrozenMs: float64(300 + 100*i), MovedBytes: 130 << 20, WireBytes: 26 << 20, EventsIn: 10, EventsOut: 10, JVM: jvm},
+			Run{Cell: cell, Method: scenario.MethodRestart, StreamGapMs: 9000, RestoredRecords: int64(64 + i), RestoreMs: 120, Rebalances: 0, EventsIn: 10, EventsOut: 10, JVM: jvm},
+			Run{Cell: cell, Method: scenario.MethodStandby, StreamGapMs: 3000, RestoredRecords: 5, RestoreMs: 10, Rebalances: 2, EventsIn: 10, EventsOut: 10})
+	}
+	var b bytes.Buffer
+	if err := res.WriteMarkdown(&b); err != nil {
+		t.Fatal(err)
+	}
+	md := b.String()
+	for _, want := range []string{
+		"| Streams, 64 devices | unthrottled | 200 | ftwin-migrate |",
+		"| unthrottled | ftwin-migrate | 150 | 40 | 22 | 350 (300–400) | 130 | – | – | 0 | 2/2 |",
+		"| unthrottled | kafka-restart | 150 | 40 | 22 | – | – | 64 (64–65) | 120 | 0 | 2/2 |",
+		"| unthrottled | kafka-standby | – | – | – | – | – | 5 | 10 | 2 | 2/2 |",
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("table lacks %q:\n%s", want, md)
+		}
+	}
+	if strings.Contains(md, "Inf") || strings.Contains(md, "NaN") {
+		t.Errorf("table divides by a state size the Streams twin has not:\n%s", md)
+	}
+}
+
+// A Streams benchmark refuses what it cannot run honestly, naming what to change.
+func TestStreamsConfigRefused(t *testing.T) {
+	base := func() Config {
+		c := Config{StreamsArchive: "streams.tar", Broker: broker.Apache, Cells: []Cell{{Rate: 200}}}
+		c.defaults()
+		return c
+	}
+	if c := base(); c.check() != nil || !slices.Equal(c.Methods, StreamsMethods) {
+		t.Fatalf("default Streams config: methods %v, check %v", c.Methods, c.check())
+	}
+	for name, edit := range map[string]func(*Config){
+		"replay":    func(c *Config) { c.Methods = []string{scenario.MethodReplay} },
+		"state MiB": func(c *Config) { c.Cells = []Cell{{StateMiB: 16, Rate: 200}} },
+		"kfake":     func(c *Config) { c.Broker = broker.Embedded },
+	} {
+		c := base()
+		edit(&c)
+		if err := c.check(); err == nil {
+			t.Errorf("%s: accepted", name)
+		} else {
+			t.Logf("%s: %v", name, err)
+		}
 	}
 }

@@ -162,7 +162,7 @@ func (r *Results) WriteMarkdown(w io.Writer) error {
 		n := len(g.runs) + g.failed
 		okCol := fmt.Sprintf("%d/%d", len(g.runs), n)
 		if len(g.runs) == 0 {
-			fmt.Fprintf(w, "| %d MiB | %s | %s | %s | – | – | – | – | – | – | – | – | – | – | – | %s %s |\n", g.cell.StateMiB, linkName(g.cell.LinkMbit), rateName(g.cell), g.method, okCol, firstError(r, g))
+			fmt.Fprintf(w, "| %s | %s | %s | %s | – | – | – | – | – | – | – | – | – | – | – | %s %s |\n", r.stateName(g.cell), linkName(g.cell.LinkMbit), rateName(g.cell), g.method, okCol, firstError(r, g))
 			continue
 		}
 		gap := g.stat(func(x Run) float64 { return x.StreamGapMs })
@@ -196,8 +196,12 @@ func (r *Results) WriteMarkdown(w io.Writer) error {
 		if g.failed > 0 {
 			digests += " " + firstError(r, g)
 		}
-		fmt.Fprintf(w, "| %d MiB | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %.2f | %s | %s%s |\n",
-			g.cell.StateMiB, linkName(g.cell.LinkMbit), rateName(g.cell), g.method,
+		perState := "–"
+		if g.cell.StateMiB > 0 {
+			perState = fmt.Sprintf("%.2f", wire.med/float64(g.cell.StateMiB))
+		}
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s%s |\n",
+			r.stateName(g.cell), linkName(g.cell.LinkMbit), rateName(g.cell), g.method,
 			gap.fmtRange("%.0f"), ratio,
 			g.stat(func(x Run) float64 { return x.DowntimeMs }).fmtRange("%.0f"),
 			g.stat(func(x Run) float64 { return x.RunGapMs }).fmt("%.0f"),
@@ -205,18 +209,19 @@ func (r *Results) WriteMarkdown(w io.Writer) error {
 			g.stat(func(x Run) float64 { return x.ThroughputEPS }).fmt("%.0f"),
 			g.stat(func(x Run) float64 { return x.CPUSeconds }).fmtRange("%.2f"),
 			g.stat(func(x Run) float64 { return float64(x.MovedBytes) / mib }).fmt("%.1f"),
-			wire.fmt("%.1f"), wire.med/float64(g.cell.StateMiB),
+			wire.fmt("%.1f"), perState,
 			compression(g),
 			okCol, digests)
 	}
 	r.writeReplay(w, gs)
+	r.writeJVM(w, gs)
 	// The standby's cost while nothing moves.
 	var rows []string
 	for _, g := range gs {
 		if g.method != scenario.MethodStandby || len(g.runs) == 0 || g.runs[0].Standby == nil {
 			continue
 		}
-		rows = append(rows, fmt.Sprintf("| %d MiB | %s | %s | %s | %s | %s | %s |", g.cell.StateMiB, linkName(g.cell.LinkMbit), rateName(g.cell),
+		rows = append(rows, fmt.Sprintf("| %s | %s | %s | %s | %s | %s | %s |", r.stateName(g.cell), linkName(g.cell.LinkMbit), rateName(g.cell),
 			g.stat(func(x Run) float64 { return x.Standby.LinkBytesPerSec / 1e3 }).fmtRange("%.0f"),
 			g.stat(func(x Run) float64 { return x.Standby.CPUPerSec }).fmt("%.3f"),
 			g.stat(func(x Run) float64 { return float64(x.Standby.RSSBytes) / mib }).fmt("%.0f"),
@@ -233,6 +238,57 @@ func (r *Results) WriteMarkdown(w io.Writer) error {
 		}
 	}
 	return nil
+}
+
+// stateName is a cell's state column: its size, or for the Kafka Streams twin its fleet.
+func (r *Results) stateName(c Cell) string {
+	if r.Twin == TwinStreams {
+		return fmt.Sprintf("Streams, %d devices", r.Devices)
+	}
+	return fmt.Sprintf("%d MiB", c.StateMiB)
+}
+
+// writeJVM writes the Kafka Streams twin's table: the JVM the methods move or replace, and
+// what each one's target did to get the state back.
+func (r *Results) writeJVM(w io.Writer, gs []group) {
+	if r.Twin != TwinStreams {
+		return
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "Kafka Streams twin: the source JVM just before the move (resident set, live heap, threads), what CRIU froze and carried (ftwin-migrate: the image of the whole JVM; floor: the same on one host), and what the Kafka-native methods' targets restored from the changelog before processing (Streams' restore listener: records and time; a restart restores the whole store, a standby only the tail it had not replicated). Medians (min–max).")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "| link | method | JVM RSS MiB | heap MiB | threads | CRIU frozen ms | CRIU image MiB | restored records | restore ms | rebalances | ok |")
+	fmt.Fprintln(w, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+	for _, g := range gs {
+		if len(g.runs) == 0 {
+			continue
+		}
+		jvm := func(f func(*JVMStats) float64) stat {
+			var xs []float64
+			for _, x := range g.runs {
+				if x.JVM != nil {
+					xs = append(xs, f(x.JVM))
+				}
+			}
+			return statOf(xs)
+		}
+		frozen, image, restored, restore := "–", "–", "–", "–"
+		switch g.method {
+		case scenario.MethodFtwin, scenario.MethodFloor:
+			frozen = g.stat(func(x Run) float64 { return x.FrozenMs }).fmtRange("%.0f")
+			image = g.stat(func(x Run) float64 { return float64(x.MovedBytes) / mib }).fmt("%.0f")
+		case scenario.MethodRestart, scenario.MethodStandby:
+			restored = g.stat(func(x Run) float64 { return float64(x.RestoredRecords) }).fmtRange("%.0f")
+			restore = g.stat(func(x Run) float64 { return x.RestoreMs }).fmtRange("%.0f")
+		}
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %d/%d |\n", linkName(g.cell.LinkMbit), g.method,
+			jvm(func(j *JVMStats) float64 { return float64(j.RSSBytes) / mib }).fmt("%.0f"),
+			jvm(func(j *JVMStats) float64 { return float64(j.HeapUsedMiB) }).fmt("%.0f"),
+			jvm(func(j *JVMStats) float64 { return float64(j.Threads) }).fmt("%.0f"),
+			frozen, image, restored, restore,
+			g.stat(func(x Run) float64 { return float64(x.Rebalances) }).fmt("%.0f"),
+			len(g.runs), len(g.runs)+g.failed)
+	}
 }
 
 // compression is the median compression of the cell's runs, "–" where nothing was carried.

@@ -170,6 +170,11 @@ func (s *Scenario) MoveStandby(ctx context.Context) Migration {
 		if err := s.stopTwin(ctx, s.host(s.at)); err != nil {
 			return err
 		}
+		if s.cfg.TwinImageArchive != "" {
+			// The Streams standby takes over in the rebalance the source's leaving starts.
+			m.Downtime = time.Since(m.Start)
+			return nil
+		}
 		if err := s.signal(ctx, s.host(s.standbyAt), StandbyID, syscall.SIGUSR1); err != nil {
 			return fmt.Errorf("scenario: tell the standby to take over: %w", err)
 		}
@@ -183,7 +188,9 @@ func (s *Scenario) MoveStandby(ctx context.Context) Migration {
 }
 
 // WaitStandby waits until the standby twin has replicated at least bytes of changelog and
-// is less than maxLag records behind.
+// is less than maxLag records behind. The Kafka Streams twin's standby must hold a standby
+// task for every input partition, and no active one, with its stores' lag known and at most
+// maxLag (bytes does not apply: Streams reports records).
 func (s *Scenario) WaitStandby(ctx context.Context, bytes, maxLag int64, timeout time.Duration) error {
 	if s.standbyAt == "" {
 		return errors.New("scenario: no standby twin")
@@ -192,11 +199,16 @@ func (s *Scenario) WaitStandby(ctx context.Context, bytes, maxLag int64, timeout
 	deadline := time.Now().Add(timeout)
 	for {
 		st, _ := LastStatus(h.LogPath(StandbyID))
-		if st.ReplicatedBytes >= bytes && st.Lag <= maxLag {
+		if s.cfg.TwinImageArchive != "" {
+			if st.StandbyTasks >= int(s.cfg.Partitions) && st.ActiveTasks == 0 && st.Lag >= 0 && st.Lag <= maxLag {
+				return nil
+			}
+		} else if st.ReplicatedBytes >= bytes && st.Lag <= maxLag {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("scenario: the standby replicated %d of %d bytes (lag %d) in %v; see %s", st.ReplicatedBytes, bytes, st.Lag, timeout, h.LogPath(StandbyID))
+			return fmt.Errorf("scenario: the standby replicated %d of %d bytes (lag %d, %d standby and %d active tasks) in %v; see %s",
+				st.ReplicatedBytes, bytes, st.Lag, st.StandbyTasks, st.ActiveTasks, timeout, h.LogPath(StandbyID))
 		}
 		select {
 		case <-ctx.Done():

@@ -58,8 +58,11 @@ type Config struct {
 	// Devices is the number of sensors, the twin's fleet (each has an equal share of its
 	// state). Default 256.
 	Devices int
-	// Standby also starts a standby twin (twin -standby) on the second host, replicating the
-	// changelog, for MoveStandby. TwinArgs must hold -rebuild-from-changelog.
+	// Standby also starts a standby twin on the second host, for MoveStandby. The Go twin's
+	// (TwinBinary) runs with -standby and replicates the changelog; TwinArgs must hold
+	// -rebuild-from-changelog. The Kafka Streams twin's (TwinImageArchive) is a second member
+	// of the application with num.standby.replicas=1 whose task assignor keeps every active
+	// task on the first (StreamsStandbyArgs, StreamsActiveArgs).
 	Standby bool
 	// Partitions of the input topic. Default 3.
 	Partitions int32
@@ -139,6 +142,12 @@ type Migration struct {
 	// Digests are the source's state digest when it stopped and the target's after its
 	// rebuild or takeover (kafka methods, twin -digest), read from the twins' status lines.
 	SourceDigest, TargetDigest string
+	// RestoredRecords and Restore are, for the kafka methods of the Kafka Streams twin, what
+	// the target's stores restored from the changelog before it processed (the whole store for
+	// a restart, the tail a standby had not yet replicated) and how long that took, as Streams'
+	// restore listener saw it (the twin's status lines).
+	RestoredRecords int64
+	Restore         time.Duration
 	// CPU is the CPU time this process spent on the move (migrator and agents run in it).
 	CPU time.Duration
 	// SnapshotPause and CutoverPause are, for MethodReplay, the source's two pauses as the
@@ -202,12 +211,12 @@ func Start(ctx context.Context, cfg Config) (s *Scenario, err error) {
 		"-state-mib", fmt.Sprint(cfg.StateMiB), "-instance-id", "twin-1", "-devices", fmt.Sprint(cfg.Devices),
 	}, cfg.TwinArgs...), OwnAddress: cfg.OwnAddress}
 	if cfg.TwinImageArchive != "" {
-		if cfg.Standby {
-			return s, errors.New("scenario: a standby twin is the Go twin's (TwinBinary), not an image's")
-		}
 		twin = lab.Workload{ID: ContainerID, ImageArchive: cfg.TwinImageArchive, Args: append([]string{
 			"-brokers", strings.Join(s.Brokers, ","), "-group", Group, "-in", InputTopic, "-out", OutputTopic, "-instance-id", "twin-1",
 		}, cfg.TwinArgs...), OwnAddress: cfg.OwnAddress}
+		if cfg.Standby {
+			twin.Args = append(twin.Args, StreamsActiveArgs...)
+		}
 	}
 	if l.Plugin && len(cfg.AgentEdit) > 0 {
 		return s, errors.New("scenario: AgentEdit on a lab of the plugin daemon: its hosts' daemons receive (edit them with Lab.PluginEdit)")
@@ -236,6 +245,9 @@ func Start(ctx context.Context, cfg Config) (s *Scenario, err error) {
 	if cfg.Standby {
 		sb := twin
 		sb.ID, sb.Args = StandbyID, append(append([]string{}, twin.Args...), "-standby", "-hook-socket", "")
+		if cfg.TwinImageArchive != "" {
+			sb.Args = append(append([]string{}, twin.Args...), StreamsStandbyArgs...)
+		}
 		if err := l.Hosts[1].Run(ctx, sb); err != nil {
 			return s, err
 		}
@@ -472,6 +484,10 @@ type MigrationResult struct {
 	CutoverPauseMs  float64 `json:"cutover_pause_ms,omitempty"`
 	CatchUpMs       float64 `json:"catch_up_ms,omitempty"`
 	Replayed        int64   `json:"replayed,omitempty"`
+	// RestoredRecords and RestoreMs: the Kafka Streams twin's restoration from its changelog
+	// on the target (kafka methods; Migration.RestoredRecords, Restore).
+	RestoredRecords int64   `json:"restored_records,omitempty"`
+	RestoreMs       float64 `json:"restore_ms,omitempty"`
 	// BoundaryChecked: the broker's committed offsets and the restored copy's resume position
 	// both equal the boundary.
 	BoundaryChecked bool `json:"boundary_checked"`
@@ -516,7 +532,8 @@ func (s *Scenario) Finish(ctx context.Context) (Result, error) {
 			MoverDowntimeMs: ms(m.Downtime), TotalMs: ms(m.End.Sub(m.Start)), FrozenMs: ms(m.Frozen),
 			BytesSent: m.Bytes, WireBytes: m.WireBytes, SkippedBytes: m.Skipped, CompressedBytes: m.Compressed,
 			CPUSeconds: m.CPU.Seconds(), SourceDigest: m.SourceDigest, TargetDigest: m.TargetDigest,
-			SnapshotPauseMs: ms(m.SnapshotPause), CutoverPauseMs: ms(m.CutoverPause)}
+			SnapshotPauseMs: ms(m.SnapshotPause), CutoverPauseMs: ms(m.CutoverPause),
+			RestoredRecords: m.RestoredRecords, RestoreMs: ms(m.Restore)}
 		if m.Err != nil {
 			mr.Result, mr.Error = "rolled back", m.Err.Error()
 		}
@@ -559,6 +576,9 @@ func (s *Scenario) kafkaStats(m *Migration) {
 		m.Bytes = dst.RebuiltBytes
 	} else {
 		m.Bytes = dst.TakeoverBytes
+	}
+	if last, _ := LastStatus(target); s.cfg.TwinImageArchive != "" {
+		m.RestoredRecords, m.Restore = last.RestoredRecords, time.Duration(last.RestoreMs)*time.Millisecond
 	}
 }
 

@@ -22,6 +22,16 @@ type TwinStatus struct {
 	TakeoverMs      int64  `json:"takeover_ms"`
 	TakeoverBytes   int64  `json:"takeover_bytes"`
 	Digest          string `json:"state_digest"`
+	// The Kafka Streams twin's: its tasks, the records its stores restored from the changelog
+	// (active restoration: a restart's rebuild, a standby's tail at its takeover) and how long
+	// that took, and the JVM's resident set, threads and heap.
+	ActiveTasks     int   `json:"active_tasks"`
+	StandbyTasks    int   `json:"standby_tasks"`
+	RestoredRecords int64 `json:"restored_records"`
+	RestoreMs       int64 `json:"restore_ms"`
+	RSSKiB          int64 `json:"rss_kib"`
+	Threads         int   `json:"threads"`
+	HeapUsedMiB     int64 `json:"heap_used_mib"`
 }
 
 // Statuses reads the status lines of a twin's log (one JSON object a line, among log lines).

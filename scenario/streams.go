@@ -18,6 +18,17 @@ const (
 	StreamsAppDir    = "twins/streams/twin/target/app"
 )
 
+// The Kafka Streams twin's standby replica (Config.Standby), the way a Streams user runs one
+// for a planned handover: both members run with num.standby.replicas=1 and the twin's
+// PinnedTaskAssignor, which puts every active task on the member tagged active while it is in
+// the group and the standby tasks on the other. The active member leaves the group when it
+// stops (SIGTERM), so the standby takes its tasks over at once from its warm stores rather
+// than after session.timeout.ms. Flags given later override earlier ones.
+var (
+	StreamsActiveArgs  = []string{"-role", "active", "-standby-replicas", "1", "-leave-on-close", "true"}
+	StreamsStandbyArgs = []string{"-role", "standby", "-standby-replicas", "1", "-instance-id", "twin-standby", "-hook-socket", ""}
+)
+
 // FindStreamsApp returns the Kafka Streams twin's application directory: dir if given, else
 // StreamsAppDir under the working directory or above the executable's directory (bin/..).
 func FindStreamsApp(dir string) (string, error) {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/ftwin-migrate/ftwin-migrate/bench"
 	"github.com/ftwin-migrate/ftwin-migrate/broker"
+	"github.com/ftwin-migrate/ftwin-migrate/scenario"
 )
 
 func benchCommand() *cli.Command {
@@ -20,6 +21,8 @@ func benchCommand() *cli.Command {
 		Usage: "move the twin with every method side by side (ftwin-migrate stop-and-copy and replay, containerd, Kafka restart, warm standby, CRIU floor), repeated, and write the table and plot",
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "short", Usage: "the CI version: 16 MiB, unthrottled and 100 Mbit/s, every method once"},
+			&cli.BoolFlag{Name: "streams", Usage: "move the Kafka Streams twin (twins/streams, built by `make java`) instead of the Go twin, with " + fmt.Sprint(bench.StreamsMethods) + ", at every --link-mbit; its state is its store for --devices devices; Apache Kafka"},
+			&cli.StringFlag{Name: "streams-app", Usage: "with --streams: the Streams twin's application directory (default: " + scenario.StreamsAppDir + " here or beside bin/)"},
 			&cli.IntSliceFlag{Name: "state-mib", Value: cli.NewIntSlice(16, 128, 512), Usage: "twin state sizes"},
 			&cli.BoolFlag{Name: "with-1gib", Usage: "add a 1024 MiB state"},
 			&cli.IntSliceFlag{Name: "link-mbit", Value: cli.NewIntSlice(0, 100), Usage: "host link rates (0: unthrottled), for every state size"},
@@ -35,7 +38,7 @@ func benchCommand() *cli.Command {
 			&cli.DurationFlag{Name: "dwell", Value: 0, Usage: "time before and after each move (default 2s)"},
 			&cli.StringFlag{Name: "name", Value: "bench", Usage: "lab name (1-8 of [a-z0-9]); two benchmarks side by side need different ones"},
 			&cli.StringFlag{Name: "subnet", Value: "10.231.100.0/24", Usage: "the labs' IPv4 /24; two benchmarks side by side need different ones"},
-			&cli.StringFlag{Name: "broker", Value: "kfake", Usage: "the labs' Kafka: kfake or apache"},
+			&cli.StringFlag{Name: "broker", Value: "kfake", Usage: "the labs' Kafka: kfake or apache (the only one with --streams)"},
 			&cli.StringFlag{Name: "twin", Usage: "static twin binary (default: twin beside this executable)"},
 			&cli.StringFlag{Name: "out", Value: "results", Usage: "directory for bench.json, bench.md and bench.svg"},
 			&cli.StringFlag{Name: "render", Usage: "render bench.md and bench.svg again from this bench.json (no runs)"},
@@ -49,17 +52,25 @@ func benchCommand() *cli.Command {
 				}
 				return res.Write(c.String("out"))
 			}
-			twin, err := besideExecutable(c, "twin", "twin")
-			if err != nil {
-				return err
+			brokerName := c.String("broker")
+			if c.Bool("streams") && !c.IsSet("broker") {
+				brokerName = string(broker.Apache)
 			}
-			kind, err := broker.ParseKind(c.String("broker"))
+			kind, err := broker.ParseKind(brokerName)
 			if err != nil {
 				return err
 			}
 			cfg := bench.Config{Methods: c.StringSlice("method"), Repeats: c.Int("repeats"), Devices: c.Int("devices"),
 				Dwell: c.Duration("dwell"), Name: c.String("name"), Subnet: c.String("subnet"),
-				TwinBinary: twin, Broker: kind, Log: os.Stderr}
+				Broker: kind, Log: os.Stderr}
+			if c.Bool("streams") {
+				if cfg.StreamsArchive, err = streamsArchive(c); err != nil {
+					return err
+				}
+				defer os.RemoveAll(filepath.Dir(cfg.StreamsArchive))
+			} else if cfg.TwinBinary, err = besideExecutable(c, "twin", "twin"); err != nil {
+				return err
+			}
 			states, links, rate := c.IntSlice("state-mib"), c.IntSlice("link-mbit"), c.Float64("rate")
 			thin, high, extra := c.Int("thin-mbit"), c.Bool("high-rate"), c.Int("extra-state-mib")
 			if c.Bool("with-1gib") {
@@ -71,6 +82,9 @@ func benchCommand() *cli.Command {
 			heavy := c.Int("repeats-heavy")
 			if c.Bool("short") {
 				heavy = 1
+			}
+			if c.Bool("streams") {
+				states, thin, high = []int{0}, 0, false
 			}
 			for _, link := range links {
 				for _, s := range states {
@@ -94,6 +108,9 @@ func benchCommand() *cli.Command {
 				}
 			}
 			for _, m := range cfg.Methods {
+				if c.Bool("streams") && !slices.Contains(bench.StreamsMethods, m) {
+					return fmt.Errorf("--method %q: with --streams, want one of %v", m, bench.StreamsMethods)
+				}
 				if !slices.Contains(bench.AllMethods, m) {
 					return fmt.Errorf("--method %q: want one of %v", m, bench.AllMethods)
 				}
@@ -129,6 +146,25 @@ func benchCommand() *cli.Command {
 			return nil
 		},
 	}
+}
+
+// streamsArchive builds the Kafka Streams twin's image archive in a new temporary directory.
+func streamsArchive(c *cli.Context) (string, error) {
+	app, err := scenario.FindStreamsApp(c.String("streams-app"))
+	if err != nil {
+		return "", err
+	}
+	dir, err := os.MkdirTemp("", "ftwin-streams-image-")
+	if err != nil {
+		return "", err
+	}
+	out := filepath.Join(dir, "streams-twin.tar")
+	fmt.Fprintf(os.Stderr, "bench: building the Kafka Streams twin's image (a jlink'd JRE and %s) ...\n", app)
+	if err := scenario.BuildStreamsTwin(c.Context, app, out); err != nil {
+		os.RemoveAll(dir)
+		return "", err
+	}
+	return out, nil
 }
 
 // parseSkip reads --skip METHOD:STATE_MIB.

@@ -121,8 +121,15 @@ type session struct {
 	restored bool
 	imageDir string     // where the CRIU image sent to /criu-image was unpacked
 	imageSum string     // and its digest
-	mu       sync.Mutex // one request of a session at a time
+	// failedWork are the CRIU work directories of failed restores, kept for their logs until
+	// the session ends (abort saves each restore.log beside the agent's logs).
+	failedWork []string
+	mu         sync.Mutex // one request of a session at a time
 }
+
+// restoreTimeout bounds a restore, which runs to its end whatever its caller does (see
+// Agent.restore).
+const restoreTimeout = 10 * time.Minute
 
 // New returns an agent. Close it to stop its janitor.
 func New(cfg Config) (*Agent, error) {
@@ -693,9 +700,12 @@ func (a *Agent) restore(ctx context.Context, s *session, w http.ResponseWriter, 
 	}
 	restored := false
 	defer func() {
-		// A failed restore's CRIU log stays (its error names it); a successful one's goes.
+		// A failed restore's CRIU log stays until the session ends (its error names it and
+		// quotes its end); a successful one's goes now.
 		if restored {
 			_ = os.RemoveAll(work)
+		} else {
+			s.failedWork = append(s.failedWork, work)
 		}
 	}()
 	var netEdits []restore.Opt
@@ -734,7 +744,14 @@ func (a *Agent) restore(ctx context.Context, s *session, w http.ResponseWriter, 
 	if a.cfg.RestoreOpts != nil {
 		opts = append(opts, a.cfg.RestoreOpts(s.SessionRequest)...)
 	}
-	res, err := restore.Restore(ctx, a.cfg.Client, s.Container, s.ref, append(netEdits, opts...)...)
+	// The restore runs to its end even if the caller goes away or the session is aborted
+	// meanwhile: cut short, containerd may have started the copy while the cancelled client
+	// call can no longer remove it (seen: a migrator killed as its copy started left the copy
+	// running, unknown to the session). Done, it is the session's, and an abort (which waits
+	// for this request) removes it.
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), restoreTimeout)
+	defer cancel()
+	res, err := restore.Restore(rctx, a.cfg.Client, s.Container, s.ref, append(netEdits, opts...)...)
 	if err != nil {
 		status := http.StatusInternalServerError
 		if errors.Is(err, errPolicy) {
@@ -1032,7 +1049,7 @@ func (a *Agent) abort(ctx context.Context, id, why string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	ctx = namespaces.WithNamespace(context.WithoutCancel(ctx), s.Namespace)
-	if c, err := a.cfg.Client.LoadContainer(ctx, s.Container); err == nil && s.restored {
+	if c, err := a.cfg.Client.LoadContainer(ctx, s.Container); err == nil && (s.restored || a.strayCopy(ctx, c, s.peer)) {
 		if t, err := c.Task(ctx, nil); err == nil {
 			_, _ = t.Delete(ctx, containerd.WithProcessKill)
 		}
@@ -1044,7 +1061,20 @@ func (a *Agent) abort(ctx context.Context, id, why string) {
 	_ = a.cfg.Client.ImageService().Delete(ctx, s.ref)
 	_ = a.cfg.Client.LeasesService().Delete(ctx, leases.Lease{ID: s.lease}, leases.SynchronousDelete)
 	_ = os.RemoveAll(a.sessionDir(id))
+	for i, work := range s.failedWork {
+		_ = os.Rename(filepath.Join(work, "restore.log"), filepath.Join(a.cfg.WorkDir, "logs", fmt.Sprintf("restore-%s-%d.log", id, i)))
+		_ = os.RemoveAll(work)
+	}
 	a.cfg.Log.Info("session aborted", "session", id, "container", s.Container, "why", why)
+}
+
+// strayCopy reports whether c, found under the name a session restores while that session
+// never marked a restore done, is an uncommitted copy restored here for peer: what a restore
+// that failed without cleaning up after itself leaves. Only such a copy is the session's to
+// remove; the host's own containers and committed copies are not.
+func (a *Agent) strayCopy(ctx context.Context, c containerd.Container, peer string) bool {
+	labels, err := c.Labels(ctx)
+	return err == nil && labels[RestoredForLabel] == peer && labels[CommittedLabel] == ""
 }
 
 func (a *Agent) janitor() {

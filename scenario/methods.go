@@ -41,7 +41,9 @@ const (
 	MethodRestart = "kafka-restart"
 	// MethodStandby is the Kafka Streams standby-replica way: a standby twin on the target
 	// (Config.Standby) replicates the changelog all along; the move stops the source, and the
-	// standby reads the changelog's tail and takes over as the same static member.
+	// standby reads the changelog's tail and takes over as the same static member. The Kafka
+	// Streams twin's standby is Streams' own: a second member with a standby task for every
+	// partition, which takes the active tasks over in the rebalance the source's leaving starts.
 	MethodStandby = "kafka-standby"
 	// MethodFloor is CRIU's dump and restore of the same process on one host, through containerd,
 	// with no transfer.

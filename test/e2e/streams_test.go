@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ftwin-migrate/ftwin-migrate/bench"
 	"github.com/ftwin-migrate/ftwin-migrate/broker"
 	"github.com/ftwin-migrate/ftwin-migrate/kafkahooks"
 	"github.com/ftwin-migrate/ftwin-migrate/lab"
@@ -76,14 +77,22 @@ func jvmStatus(l *lab.Lab, host string) string {
 
 func startStreamsTwin(t *testing.T, subnet string, args []string) *scenario.Scenario {
 	t.Helper()
+	return startStreamsScenario(t, subnet, func(c *scenario.Config) { c.TwinArgs = args })
+}
+
+// startStreamsScenario starts the Kafka Streams twin on cloud (30 devices, 200 readings/s,
+// Apache Kafka) with edit's changes to the scenario's configuration.
+func startStreamsScenario(t *testing.T, subnet string, edit func(*scenario.Config)) *scenario.Scenario {
+	t.Helper()
 	requireLabTools(t)
 	if _, err := os.Stat(filepath.Join(broker.DefaultKafkaHome, "libs")); err != nil {
 		t.Fatalf("Apache Kafka is not assembled (%v): `make install`", err)
 	}
 	cfg := scenario.Config{
 		Lab:              lab.Config{Name: "s" + labName(t)[1:], BaseDir: t.TempDir(), Hosts: []string{"cloud", "fog"}, Subnet: subnet, Broker: broker.Apache},
-		TwinImageArchive: streamsTwin(t), Rate: 200, Devices: 30, TwinArgs: args,
+		TwinImageArchive: streamsTwin(t), Rate: 200, Devices: 30,
 	}
+	edit(&cfg)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	s, err := scenario.Start(ctx, cfg)
@@ -93,8 +102,10 @@ func startStreamsTwin(t *testing.T, subnet string, args []string) *scenario.Scen
 	t.Cleanup(func() {
 		if t.Failed() {
 			for _, h := range s.Lab.Hosts {
-				if b, err := os.ReadFile(h.LogPath(scenario.ContainerID)); err == nil {
-					t.Logf("log of the twin on %s (tail):\n%s", h.Name, tail(string(b), 6000))
+				for _, id := range []string{scenario.ContainerID, scenario.StandbyID} {
+					if b, err := os.ReadFile(h.LogPath(id)); err == nil {
+						t.Logf("log of %s on %s (tail):\n%s", id, h.Name, tail(string(b), 6000))
+					}
 				}
 			}
 		}
@@ -250,5 +261,66 @@ func TestStreamsTwinHeldCopyRollsBack(t *testing.T) {
 	assertExactlyOnce(t, res)
 	if res.Rebalances != 0 {
 		t.Errorf("the group rebalanced %d times", res.Rebalances)
+	}
+}
+
+// TestStreamsKafkaNativeBaselines: the benchmark's two Kafka-native ways for the Streams twin
+// are real: a restart on fog restores the store from the changelog, and a standby replica on
+// fog (a second member holding only standby tasks, PinnedTaskAssignor) takes every task over
+// when the source leaves. Both carry on exactly once, and with the state: every device's first
+// output after the move has the rolling mean of the readings before it (a store rebuilt
+// empty would output a mean of 0).
+func TestStreamsKafkaNativeBaselines(t *testing.T) {
+	for i, method := range []string{scenario.MethodRestart, scenario.MethodStandby} {
+		t.Run(method, func(t *testing.T) {
+			s := startStreamsScenario(t, []string{"10.240.33.0/24", "10.240.34.0/24"}[i], func(c *scenario.Config) {
+				c.TwinArgs = bench.StreamsTwinArgs()
+				c.Standby = method == scenario.MethodStandby
+			})
+			ctx := context.Background()
+			if method == scenario.MethodStandby {
+				if err := s.WaitStandby(ctx, 0, 2000, 3*time.Minute); err != nil {
+					t.Fatal(err)
+				}
+				st, _ := scenario.LastStatus(s.Lab.Hosts[1].LogPath(scenario.StandbyID))
+				t.Logf("standby before the move: %d standby tasks, %d active, lag %d", st.StandbyTasks, st.ActiveTasks, st.Lag)
+			}
+			time.Sleep(3 * time.Second)
+			var m scenario.Migration
+			if method == scenario.MethodRestart {
+				m = s.Restart(ctx, "fog")
+			} else {
+				m = s.MoveStandby(ctx)
+			}
+			if m.Err != nil {
+				t.Fatalf("%s: %v", method, m.Err)
+			}
+			if err := s.WaitProcessing(ctx, 2*time.Minute); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(2 * time.Second)
+			res := finish(t, s)
+			assertExactlyOnce(t, res)
+			mr := res.Migrations[0]
+			t.Logf("%s: stream gap %.0f ms, restored %d records in %.0f ms, rebalances %d", method, mr.StreamGapMs, mr.RestoredRecords, mr.RestoreMs, res.Rebalances)
+			if method == scenario.MethodRestart && mr.RestoredRecords == 0 {
+				t.Errorf("the restarted twin restored nothing from the changelog")
+			}
+			before, after := map[string]bool{}, map[string]bool{}
+			for _, e := range res.Events {
+				switch at := time.Unix(0, e.ProcessedNS); {
+				case at.Before(m.Start):
+					before[e.Device] = true
+				case !after[e.Device] && before[e.Device]:
+					after[e.Device] = true
+					if e.Mean == 0 {
+						t.Errorf("%s: device %s's first output after the move (seq %d) has mean 0: its state did not come back", method, e.Device, e.Seq)
+					}
+				}
+			}
+			if len(after) == 0 {
+				t.Fatalf("no device had outputs on both sides of the move")
+			}
+		})
 	}
 }

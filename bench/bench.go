@@ -358,8 +358,8 @@ func Measure(ctx context.Context, cfg Config) (*Results, error) {
 					continue
 				}
 				n++
-				fmt.Fprintf(cfg.Log, "bench: [%d/%d %s] %s, %d MiB, %s, %.0f events/s, repeat %d ...\n", n, total,
-					time.Since(res.Started).Round(time.Second), method, cell.StateMiB, linkName(cell.LinkMbit), cell.Rate, rep+1)
+				fmt.Fprintf(cfg.Log, "bench: [%d/%d %s] %s, %s, %s, %.0f events/s, repeat %d ...\n", n, total,
+					time.Since(res.Started).Round(time.Second), method, res.stateName(cell), linkName(cell.LinkMbit), cell.Rate, rep+1)
 				run := measureOne(ctx, cfg, res, cg, cell, method, rep)
 				fmt.Fprintf(cfg.Log, "bench:   stream gap %.0f ms, downtime %.0f ms, wire %.1f MiB (%.2fx), cpu %.2f s, lost %d, dup %d%s %s\n",
 					run.StreamGapMs, run.DowntimeMs, float64(run.WireBytes)/(1<<20), run.Compression, run.CPUSeconds,

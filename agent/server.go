@@ -119,8 +119,8 @@ type session struct {
 	lease    string
 	lastUsed atomic.Int64 // unix nanoseconds of the last request or heartbeat
 	restored bool
-	imageDir string     // where the CRIU image sent to /criu-image was unpacked
-	imageSum string     // and its digest
+	imageDir string // where the CRIU image sent to /criu-image was unpacked
+	imageSum string // and its digest
 	// failedWork are the CRIU work directories of failed restores, kept for their logs until
 	// the session ends (abort saves each restore.log beside the agent's logs).
 	failedWork []string

@@ -182,7 +182,7 @@ type Run struct {
 	RestoredRecords int64     `json:"restored_records,omitempty"`
 	RestoreMs       float64   `json:"restore_ms,omitempty"`
 	JVM             *JVMStats `json:"jvm,omitempty"`
-	Error   string       `json:"error,omitempty"`
+	Error           string    `json:"error,omitempty"`
 }
 
 // StandbyCost is what a warm standby costs while nothing moves, over the pre-move dwell.

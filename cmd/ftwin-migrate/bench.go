@@ -64,7 +64,8 @@ func benchCommand() *cli.Command {
 				Dwell: c.Duration("dwell"), Name: c.String("name"), Subnet: c.String("subnet"),
 				Broker: kind, Log: os.Stderr}
 			if c.Bool("streams") {
-				if cfg.StreamsArchive, err = streamsArchive(c); err != nil {
+				say := func(format string, a ...any) { fmt.Fprintf(os.Stderr, "bench: "+format+"\n", a...) }
+				if cfg.StreamsArchive, err = streamsArchive(c, say); err != nil {
 					return err
 				}
 				defer os.RemoveAll(filepath.Dir(cfg.StreamsArchive))
@@ -148,8 +149,10 @@ func benchCommand() *cli.Command {
 	}
 }
 
-// streamsArchive builds the Kafka Streams twin's image archive in a new temporary directory.
-func streamsArchive(c *cli.Context) (string, error) {
+// streamsArchive builds the Kafka Streams twin's image archive (from --streams-app, or where
+// scenario.FindStreamsApp looks) in a new temporary directory, the caller's to remove, and says
+// so through say.
+func streamsArchive(c *cli.Context, say func(format string, a ...any)) (string, error) {
 	app, err := scenario.FindStreamsApp(c.String("streams-app"))
 	if err != nil {
 		return "", err
@@ -159,7 +162,7 @@ func streamsArchive(c *cli.Context) (string, error) {
 		return "", err
 	}
 	out := filepath.Join(dir, "streams-twin.tar")
-	fmt.Fprintf(os.Stderr, "bench: building the Kafka Streams twin's image (a jlink'd JRE and %s) ...\n", app)
+	say("building the Kafka Streams twin's image (a jlink'd JRE and %s) ...", app)
 	if err := scenario.BuildStreamsTwin(c.Context, app, out); err != nil {
 		os.RemoveAll(dir)
 		return "", err

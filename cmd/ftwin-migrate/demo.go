@@ -67,23 +67,15 @@ func runDemo(c *cli.Context) error {
 	}
 	brokerKind := c.String("broker")
 	if c.String("twin") == "streams" {
-		app, err := scenario.FindStreamsApp(c.String("streams-app"))
-		if err != nil {
-			return err
-		}
 		if !c.IsSet("broker") {
 			brokerKind = "apache" // Kafka Streams' exactly-once wants a real broker
 		}
-		dir, err := os.MkdirTemp("", "ftwin-streams-image-")
+		archive, err := streamsArchive(c, say)
 		if err != nil {
 			return err
 		}
-		defer os.RemoveAll(dir)
-		say("building the Kafka Streams twin's image (a jlink'd JRE and %s) ...", app)
-		cfg.TwinImageArchive = filepath.Join(dir, "streams-twin.tar")
-		if err := scenario.BuildStreamsTwin(ctx, app, cfg.TwinImageArchive); err != nil {
-			return err
-		}
+		defer os.RemoveAll(filepath.Dir(archive))
+		cfg.TwinImageArchive = archive
 		if ms := c.Int("commit-interval-ms"); ms > 0 {
 			cfg.TwinArgs = []string{"-commit-interval-ms", strconv.Itoa(ms)}
 		}

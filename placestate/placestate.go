@@ -25,6 +25,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 
@@ -318,6 +319,16 @@ func (s *Store) write(ctx context.Context, recs []Record) (err error) {
 	if s.broken != nil {
 		return s.broken
 	}
+	// The producer id and epoch this transaction runs under: what takenOver compares the
+	// coordinator's with when the transaction's end fails.
+	pid, epoch, err := s.cl.ProducerID(ctx)
+	if err != nil {
+		if fenced(err) {
+			s.broken = fmt.Errorf("%w (%v)", ErrFenced, err)
+			return s.broken
+		}
+		return fmt.Errorf("placestate: initialise the producer id of %q: %w", s.cfg.txnID, err)
+	}
 	if err := s.cl.BeginTransaction(); err != nil {
 		return fmt.Errorf("placestate: begin a transaction: %w", err)
 	}
@@ -327,7 +338,7 @@ func (s *Store) write(ctx context.Context, recs []Record) (err error) {
 	}
 	eerr := s.cl.EndTransaction(context.WithoutCancel(ctx), commit)
 	switch {
-	case fenced(err) || fenced(eerr):
+	case fenced(err) || fenced(eerr) || (errors.Is(eerr, kerr.InvalidTxnState) && s.takenOver(ctx, pid, epoch)):
 		s.broken = fmt.Errorf("%w (%v)", ErrFenced, errors.Join(err, eerr))
 		return s.broken
 	case eerr != nil:
@@ -338,6 +349,29 @@ func (s *Store) write(ctx context.Context, recs []Record) (err error) {
 		return fmt.Errorf("placestate: write %s in a transaction (aborted): %w", s.cfg.topic, err)
 	}
 	return nil
+}
+
+// takenOver asks the transaction coordinator, after an EndTxn refused as INVALID_TXN_STATE
+// (the coordinator holds no open transaction of ours), whether the transactional id has moved
+// on past the producer id and epoch the transaction ran under: another store initialised it
+// (or the coordinator aborted the transaction and bumped the epoch), so this store is fenced
+// although the broker's answer did not say so. A store opened while this one's
+// EndTxn is in flight gets exactly that: the coordinator aborts the open transaction with an
+// epoch bump, and the late commit at the old epoch looks like a retry of that abort and is
+// refused as INVALID_TXN_STATE (kfake; Kafka 4 with transaction version 2 can answer the same).
+// Unknown (the coordinator could not be asked) counts as not taken over.
+func (s *Store) takenOver(ctx context.Context, pid int64, epoch int16) bool {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	ds, err := kadm.NewClient(s.cl).DescribeTransactions(ctx, s.cfg.txnID)
+	if err != nil {
+		return false
+	}
+	d, ok := ds[s.cfg.txnID]
+	if !ok || d.Err != nil {
+		return false
+	}
+	return d.ProducerID != pid || d.ProducerEpoch > epoch
 }
 
 func fenced(err error) bool {

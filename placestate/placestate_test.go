@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/ftwin-migrate/ftwin-migrate/placement"
 )
@@ -65,6 +66,48 @@ func TestStoreRoundTrip(t *testing.T) {
 	}
 	if len(st.Decisions) != 1 || st.Decisions[0].Values["host.cpu"] != 0.93 || st.Decisions[0].To != "cloud" {
 		t.Errorf("decisions %+v", st.Decisions)
+	}
+}
+
+// A second store opened while the first's transaction is ending (its EndTxn in flight) fences
+// it too: the coordinator aborted the first's transaction and bumped its epoch, so the first's
+// commit is refused as INVALID_TXN_STATE on Kafka 4 / kfake (the epoch looks like a retry of an
+// abort) rather than PRODUCER_FENCED. The store must still say ErrFenced: that is what a
+// controller stops on (CI caught this in TestPlacementControllerFencing).
+func TestStoreFencedDuringEndTxn(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	c, err := kfake.NewCluster(kfake.NumBrokers(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	brokers := c.ListenAddrs()
+	a, err := Open(ctx, brokers, WithTransactionalID("ctl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	var b *Store
+	var berr error
+	c.ControlKey(int16(kmsg.EndTxn), func(kmsg.Request) (kmsg.Response, error, bool) {
+		c.SleepControl(func() { b, berr = Open(ctx, brokers, WithTransactionalID("ctl")) })
+		return nil, nil, false // the coordinator now handles A's EndTxn, after B's InitProducerID
+	})
+	err = a.Write(ctx, MoveRecord(Move{Twin: "tw1", From: "fog1", To: "cloud", By: "a", Started: time.Now()}))
+	if berr != nil {
+		t.Fatal(berr)
+	}
+	defer b.Close()
+	if !errors.Is(err, ErrFenced) || !errors.Is(a.Broken(), ErrFenced) {
+		t.Fatalf("A's write, ended after B opened: %v (broken: %v), want ErrFenced", err, a.Broken())
+	}
+	st, err := b.Load(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Moves) != 0 {
+		t.Fatalf("moves %+v: A's aborted write is visible", st.Moves)
 	}
 }
 

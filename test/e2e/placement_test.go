@@ -58,12 +58,13 @@ rules:
 // about 3 (shed at 0.85).
 const testHostCores = 0.5
 
-func startFleet(t *testing.T, subnet string, twins []placestate.Twin) *fleet.Running {
+// startFleet brings up cloud, fog1 and fog2 with twins on kind's broker (FTWIN_PLACEMENT_BROKER
+// overrides it for every placement test).
+func startFleet(t *testing.T, subnet string, kind broker.Kind, twins []placestate.Twin) *fleet.Running {
 	t.Helper()
 	requireLabTools(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	kind := broker.Embedded
 	if k := os.Getenv("FTWIN_PLACEMENT_BROKER"); k != "" { // apache: the same tests on a real Kafka
 		var err error
 		if kind, err = broker.ParseKind(k); err != nil {
@@ -137,7 +138,7 @@ func TestPlacementDrainHost(t *testing.T) {
 		tw.Host = "fog1"
 		twins = append(twins, tw)
 	}
-	r := startFleet(t, "10.240.10.0/24", twins)
+	r := startFleet(t, "10.240.10.0/24", broker.Embedded, twins)
 	time.Sleep(2 * time.Second)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
@@ -317,7 +318,7 @@ func waitPlaced(t *testing.T, r *fleet.Running, ids []string, host string, timeo
 // processes every event exactly once.
 func TestPlacementControllerLoad(t *testing.T) {
 	twins := []placestate.Twin{fleet.Spec("tw0", "fog1"), fleet.Spec("tw1", "fog1"), fleet.Spec("tw2", "fog1"), fleet.Spec("tw3", "fog2")}
-	r := startFleet(t, "10.240.11.0/24", twins)
+	r := startFleet(t, "10.240.11.0/24", broker.Embedded, twins)
 	if ok, what := fleet.PSIPerCgroup(); !ok {
 		t.Logf("pressure: %s", what)
 	}
@@ -357,11 +358,12 @@ func TestPlacementControllerLoad(t *testing.T) {
 // fences it (the first stops; its migrations end) and takes over: it finds the first's
 // migrations in flight and leaves them; then it is stopped mid-work and a third carries on
 // from the state in Kafka. No twin is ever migrated twice for one leg, and every twin is
-// exactly once.
+// exactly once. It runs on Apache Kafka: one active controller rests on Kafka's own fencing,
+// which kfake only imitates (placestate's unit tests fence on kfake).
 func TestPlacementControllerFencing(t *testing.T) {
 	twins := []placestate.Twin{fleet.Spec("tw0", "fog1"), fleet.Spec("tw1", "fog1"), fleet.Spec("tw2", "fog1"), fleet.Spec("tw3", "fog1")}
 	ids := []string{"tw0", "tw1", "tw2", "tw3"}
-	r := startFleet(t, "10.240.12.0/24", twins)
+	r := startFleet(t, "10.240.12.0/24", broker.Apache, twins)
 	var log moveLog
 	firstDecision := make(chan struct{})
 	var once sync.Once
@@ -438,7 +440,7 @@ func countOn(where map[string]string, host string) int {
 func TestPlacementControllerKilled(t *testing.T) {
 	twins := []placestate.Twin{fleet.Spec("tw0", "fog1"), fleet.Spec("tw1", "fog1"), fleet.Spec("tw2", "fog1")}
 	ids := []string{"tw0", "tw1", "tw2"}
-	r := startFleet(t, "10.240.13.0/24", twins)
+	r := startFleet(t, "10.240.13.0/24", broker.Embedded, twins)
 	cliBin := testbin.Build(t, "github.com/ftwin-migrate/ftwin-migrate/cmd/ftwin-migrate")
 	pol := filepath.Join(t.TempDir(), "policy.yaml")
 	if err := os.WriteFile(pol, []byte(placementPolicy), 0o644); err != nil {
@@ -514,7 +516,7 @@ func TestPlacementControllerKilled(t *testing.T) {
 // twins under load off fog2 and prints its summary; `uncordon` lifts the cordon.
 func TestPlacementDrainCommand(t *testing.T) {
 	twins := []placestate.Twin{fleet.Spec("tw0", "fog2"), fleet.Spec("tw1", "fog2")}
-	r := startFleet(t, "10.240.14.0/24", twins)
+	r := startFleet(t, "10.240.14.0/24", broker.Embedded, twins)
 	cliBin := testbin.Build(t, "github.com/ftwin-migrate/ftwin-migrate/cmd/ftwin-migrate")
 	pol := filepath.Join(t.TempDir(), "policy.yaml")
 	if err := os.WriteFile(pol, []byte(placementPolicy), 0o644); err != nil {

@@ -65,14 +65,18 @@ type LoopConfig struct {
 	// group, topics, instance id, transactional id or isolation level.
 	Opts []kgo.Opt
 	// Handle processes one batch: read b.Records, produce outputs with b.Produce. An error
-	// aborts the batch (its transaction) and stops the loop.
+	// aborts the batch (its transaction) and stops the loop. An output the broker refuses
+	// stops it too, unless the loop is transactional and the refusal is not a fence: then the
+	// batch is aborted and delivered again (OnAborted).
 	Handle func(ctx context.Context, b *Batch) error
 	// BeforeConsume runs once at start, after the transactional producer is initialised (any
 	// previous instance with the same TransactionalID is fenced and its open transaction
 	// aborted) and before the group is joined: rebuild state here. Optional.
 	BeforeConsume func(ctx context.Context, cl *kgo.Client) error
-	// OnAborted is called (in the loop goroutine) after a batch was aborted by a rebalance and
-	// its records will be delivered again. Optional.
+	// OnAborted is called (in the loop goroutine) after a batch was aborted — by a rebalance,
+	// or because the broker refused one of its outputs for a reason other than a fence (at
+	// most 5 batches in a row; then Run returns the error) — and its records will be delivered
+	// again. Optional.
 	OnAborted func()
 	// Digest returns a digest of the application's state (hex, any length), called in the
 	// loop goroutine between batches: at every prepare (Boundary.Digest) and at the end of an
@@ -137,7 +141,8 @@ type LoopStats struct {
 	Processed int64
 	// Commits counts committed batches (transactions when transactional).
 	Commits int64
-	// Aborts counts batches aborted by a rebalance; their records are delivered again.
+	// Aborts counts batches aborted by a rebalance, or because the broker refused an output
+	// for a reason other than a fence; their records are delivered again.
 	Aborts int64
 	// Reinits counts client re-initialisations (resume, abort).
 	Reinits int64
@@ -177,6 +182,7 @@ type Loop struct {
 	ready chan Offsets              // offsets fetched after the current client joined
 
 	processed, commits, aborts, reinits, replayed atomic.Int64
+	produceAborts                                 int // batches in a row aborted for refused outputs (loop goroutine)
 }
 
 type ctlReq struct {
@@ -516,6 +522,18 @@ func (l *Loop) process(ctx context.Context, recs []*kgo.Record) error {
 	switch {
 	case herr != nil:
 		return fmt.Errorf("kafkahooks: handle a batch: %w", herr)
+	case perr != nil && err == nil && !committed && abortableProduceErr(perr) && l.produceAborts < maxProduceAborts:
+		// The broker refused an output for a reason that is not a fence (kfake answered an
+		// OUT_OF_ORDER_SEQUENCE_NUMBER right after a commit; Kafka's Java client treats such
+		// errors as abortable too) and the abort went through: the session rewound to the
+		// committed offsets, so the batch is delivered again, as after a rebalance.
+		l.produceAborts++
+		l.aborts.Add(1)
+		if l.cfg.OnAborted != nil {
+			l.cfg.OnAborted()
+		}
+		l.logf("kafkahooks: an output was refused (%v); the transaction was aborted and its %d records will be delivered again", perr, len(recs))
+		return nil
 	case perr != nil:
 		// Fenced producers usually end here: the broker refused the outputs.
 		return fmt.Errorf("kafkahooks: produce outputs: %w", perr)
@@ -531,9 +549,29 @@ func (l *Loop) process(ctx context.Context, recs []*kgo.Record) error {
 		l.logf("kafkahooks: transaction aborted by a rebalance; its %d records will be delivered again", len(recs))
 		return nil
 	}
+	l.produceAborts = 0
 	l.processed.Add(int64(len(recs)))
 	l.commits.Add(1)
 	return nil
+}
+
+// maxProduceAborts bounds how many batches in a row may be aborted for refused outputs before
+// the loop gives up: an error that keeps coming back is not transient.
+const maxProduceAborts = 5
+
+// abortableProduceErr says whether a refused output leaves the transactional producer usable
+// once its transaction is aborted: anything but a fence (another producer took the
+// transactional id, or another member the instance id) or an authorisation failure.
+func abortableProduceErr(err error) bool {
+	for _, fatal := range []error{kerr.ProducerFenced, kerr.InvalidProducerEpoch, kerr.InvalidProducerIDMapping,
+		kerr.TransactionalIDAuthorizationFailed, kerr.TopicAuthorizationFailed, kerr.ClusterAuthorizationFailed,
+		kerr.FencedInstanceID, kerr.InvalidTxnState} {
+		if errors.Is(err, fatal) {
+			return false
+		}
+	}
+	var ke *kerr.Error
+	return errors.As(err, &ke) // a broker's answer, not a client-side failure (context, closed client)
 }
 
 // handleCtl runs a prepare, resume or abort in the loop goroutine, between batches.

@@ -72,10 +72,13 @@ type Bridge struct {
 	HostNetNS string
 	// NetNSPrefix names the containers' namespaces: /run/netns/PREFIX + id. Default "ftwin-".
 	NetNSPrefix string
-	// DaemonPid, when set, returns a process in the mount namespace containerd runs in, when
-	// that is one of its own made before the containers' namespaces were (the lab's daemons):
-	// each namespace's mount is made there too, for runc to find. Nil: containerd shares the
-	// caller's mount namespace (a real host).
+	// DaemonPid, when set, returns a process in a second mount namespace where each namespace
+	// Attach makes must be mounted too. For a caller beside a containerd that runs in a mount
+	// namespace of its own made before the containers' namespaces were (the lab's daemons),
+	// it is containerd's, for runc to find them; for a caller that is such a containerd (the
+	// plugin on a lab's daemon, plugin.NetworkConfig.MountInInitNS), it is init's, for the
+	// host's tools. Nil: containerd and the host's tools share the caller's mount namespace
+	// (a real host).
 	DaemonPid func() (int, error)
 }
 
@@ -132,9 +135,11 @@ func (b Bridge) Attach(ctx context.Context, id string, n Address, up bool) (nsPa
 		if err != nil {
 			return "", fmt.Errorf("netmove: network of container %s: %w", id, err)
 		}
-		// containerd's mount namespace was made before this network namespace existed: its
-		// mount at /run/netns/NS is not there. Mount it there too (a mount point unlinked in
-		// one mount namespace is detached in all, so `ip netns delete` still removes it).
+		// `ip netns add` mounted the namespace at /run/netns/NS in the caller's mount
+		// namespace only: the other one (containerd's, or init's when containerd is the
+		// caller) shares no mount propagation with it. Mount it there too (a mount point
+		// unlinked in one mount namespace is detached in all, so `ip netns delete` still
+		// removes it).
 		if err := run(ctx, "nsenter", "--net="+path, "--mount="+filepath.Join("/proc", strconv.Itoa(pid), "ns", "mnt"),
 			"--", "mount", "--bind", "/proc/self/ns/net", path); err != nil {
 			return "", fmt.Errorf("netmove: network of container %s: %w", id, err)

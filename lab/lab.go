@@ -189,11 +189,6 @@ func Up(ctx context.Context, cfg Config) (l *Lab, err error) {
 			return nil, fmt.Errorf("lab: %s not found (run `make install`): %w", tool, err)
 		}
 	}
-	if cfg.Plugin {
-		if err := checkInitMountNS(); err != nil {
-			return nil, err
-		}
-	}
 	if cfg.DaemonEnv == nil {
 		if cfg.DaemonEnv, err = doctor.CRIUFaultEnv(); err != nil {
 			return nil, fmt.Errorf("lab: probe hardware breakpoints for CRIU: %w", err)

@@ -11,14 +11,14 @@ import (
 
 // TestPluginConfigNetwork: a plugin lab's hosts move own-address containers on the host's
 // bridge, with the namespaces named as Host.Network names them (so the lab's tools find the
-// plugin's), mounted in init's mount namespace too; the section survives its TOML form and
-// the plugin's strict decoding.
+// plugin's), in the daemon's own network namespace; the section survives its TOML form and the
+// plugin's strict decoding.
 func TestPluginConfigNetwork(t *testing.T) {
 	h := &Host{Name: "fog", IP: "10.231.5.12", Dir: filepath.Join(t.TempDir(), "lab", "hosts", "fog"), lab: "lab"}
 	pc := h.PluginConfig("/pki")
 	n := h.Network()
-	if pc.Network.Bridge != n.Name || pc.Network.NetNSPrefix != n.NetNSPrefix || pc.Network.HostNetNS != "" || !pc.Network.MountInInitNS {
-		t.Fatalf("network section %+v; want bridge %s, prefix %s, containerd's network namespace, mounted in init's", pc.Network, n.Name, n.NetNSPrefix)
+	if pc.Network.Bridge != n.Name || pc.Network.NetNSPrefix != n.NetNSPrefix || pc.Network.HostNetNS != "" {
+		t.Fatalf("network section %+v; want bridge %s, prefix %s, containerd's network namespace", pc.Network, n.Name, n.NetNSPrefix)
 	}
 	text, err := pc.SectionTOML()
 	if err != nil {

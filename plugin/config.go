@@ -34,7 +34,6 @@ import (
 //	    bridge = "br0"                  # containers' own addresses move on this bridge; empty: no addresses move
 //	    host_netns = ""                 # the bridge's network namespace under /run/netns (default: containerd's)
 //	    netns_prefix = "ftwin-"         # containers' namespaces are /run/netns/PREFIX+ID
-//	    mount_in_init_ns = false        # also mount them in init's mount namespace (containerd in one of its own)
 //
 // The zero values are the defaults; Validate refuses what cannot work, naming the key.
 type Config struct {
@@ -76,14 +75,6 @@ type NetworkConfig struct {
 	// NetNSPrefix names the containers' network namespaces: /run/netns/PREFIX+ID, ID the
 	// container's id. Default "ftwin-", as `ftwin-migrate net attach` names them.
 	NetNSPrefix string `toml:"netns_prefix"`
-	// MountInInitNS mounts each network namespace the plugin makes (a container moved in) at
-	// /run/netns/NAME in init's (process 1's) mount namespace too, besides containerd's own:
-	// for a containerd that runs in a mount namespace of its own (the lab's daemons, under
-	// `unshare --mount --propagation private`), whose mounts the rest of the host — ip
-	// netns, ss, the lab's tools — would not see. Removing a namespace removes both mounts. A
-	// no-op when containerd runs in init's mount namespace. Default false: containerd shares
-	// the host's mount namespace (a real host).
-	MountInInitNS bool `toml:"mount_in_init_ns"`
 }
 
 // ReceiveConfig is the receive role: the options of `ftwin-migrate receive`.
@@ -200,7 +191,7 @@ func (n NetworkConfig) validate() []error {
 		for _, k := range []struct {
 			key string
 			set bool
-		}{{"host_netns", n.HostNetNS != ""}, {"netns_prefix", n.NetNSPrefix != ""}, {"mount_in_init_ns", n.MountInInitNS}} {
+		}{{"host_netns", n.HostNetNS != ""}, {"netns_prefix", n.NetNSPrefix != ""}} {
 			if k.set {
 				bad(k.key, "set without network.bridge, where it does nothing: name the bridge containers' links join, or leave %s out", k.key)
 			}
@@ -216,14 +207,8 @@ func (n NetworkConfig) validate() []error {
 	if n.NetNSPrefix != "" && (!validNetNSName(n.NetNSPrefix) || len(n.NetNSPrefix) > maxNetNSPrefix) {
 		bad("netns_prefix", "%q: want at most %d bytes with no '/' or white space (a namespace's name is PREFIX+ID, a file name of /run/netns)", n.NetNSPrefix, maxNetNSPrefix)
 	}
-	tools := []string{"ip"}
-	if n.MountInInitNS {
-		tools = append(tools, "nsenter", "mount")
-	}
-	for _, tool := range tools {
-		if _, err := exec.LookPath(tool); err != nil {
-			bad("bridge", "moving addresses runs %s, which is not on containerd's PATH (%v): install iproute2 and util-linux", tool, err)
-		}
+	if _, err := exec.LookPath("ip"); err != nil {
+		bad("bridge", "moving addresses runs ip(8), which is not on containerd's PATH (%v): install iproute2", err)
 	}
 	return errs
 }
@@ -241,28 +226,14 @@ func validNetNSName(s string) bool {
 	return s != "" && s != "." && s != ".." && !strings.ContainsAny(s, "/ \t\n\r\v\f\x00")
 }
 
-// bridge is the netmove side the section describes (Bridge set). Whether containerd runs in
-// init's mount namespace is read here, once per migration or receive role.
+// bridge is the netmove side the section describes (Bridge set). DaemonPid stays nil: the
+// plugin is containerd, so the namespaces it makes are mounted in containerd's mount namespace,
+// where runc looks, and it reads them there. That holds in the lab too, whose daemons run in
+// mount namespaces of their own: the lab's tools, beside the daemon, read a host's namespaces
+// through the daemon's mount namespace (lab.Host.Network sets DaemonPid), where all of them
+// are mounted, whoever made them.
 func (n NetworkConfig) bridge() netmove.Bridge {
-	b := netmove.Bridge{Name: n.Bridge, HostNetNS: n.HostNetNS, NetNSPrefix: n.NetNSPrefix}
-	if n.MountInInitNS {
-		// netmove mounts each namespace it makes in DaemonPid's mount namespace too. The
-		// plugin is containerd: its own mounts are where runc looks already, and init's are
-		// where the host's tools look. In init's own mount namespace there is nothing to add
-		// (a second mount on the same file would stop `ip netns delete` removing it).
-		self, err1 := os.Readlink("/proc/self/ns/mnt")
-		initNS, err2 := os.Readlink("/proc/1/ns/mnt")
-		switch {
-		case err1 != nil || err2 != nil:
-			err := errors.Join(err1, err2)
-			b.DaemonPid = func() (int, error) {
-				return 0, fmt.Errorf("network.mount_in_init_ns: compare containerd's mount namespace with init's: %w", err)
-			}
-		case self != initNS:
-			b.DaemonPid = func() (int, error) { return 1, nil }
-		}
-	}
-	return b
+	return netmove.Bridge{Name: n.Bridge, HostNetNS: n.HostNetNS, NetNSPrefix: n.NetNSPrefix}
 }
 
 // policy is the agent policy the receive section describes.
@@ -310,7 +281,7 @@ func DecodeStrict(section any) (Config, error) {
 			for _, e := range serr.Errors {
 				keys = append(keys, strings.Join(e.Key(), "."))
 			}
-			return c, fmt.Errorf("plugin %s: bad configuration: unknown key(s) %s (known: host, pki, work_dir, receive.listen, receive.session_timeout, receive.heartbeat_timeout, receive.cgroup_parent, receive.log_dir, receive.namespaces, receive.allow_host_namespaces, receive.allow_bind_mounts, receive.allow_capabilities, receive.allow_devices, network.bridge, network.host_netns, network.netns_prefix, network.mount_in_init_ns)", URI, strings.Join(keys, ", "))
+			return c, fmt.Errorf("plugin %s: bad configuration: unknown key(s) %s (known: host, pki, work_dir, receive.listen, receive.session_timeout, receive.heartbeat_timeout, receive.cgroup_parent, receive.log_dir, receive.namespaces, receive.allow_host_namespaces, receive.allow_bind_mounts, receive.allow_capabilities, receive.allow_devices, network.bridge, network.host_netns, network.netns_prefix)", URI, strings.Join(keys, ", "))
 		}
 		var derr *toml.DecodeError
 		if errors.As(err, &derr) && len(derr.Key()) > 0 {

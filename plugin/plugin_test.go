@@ -55,7 +55,7 @@ func loadServerConfig(t *testing.T, text string) *srvconfig.Config {
 // configuration that disables the plugin pass.
 func TestCheckServerConfig(t *testing.T) {
 	dir := testPKI(t)
-	fakeTools(t, "ip", "nsenter", "mount")
+	fakeTools(t, "ip")
 	head := fmt.Sprintf("[plugins.%q]\n  host = \"node1\"\n  pki = %q\n", URI, dir)
 	recv := fmt.Sprintf("[plugins.%q.receive]\n", URI)
 	netw := fmt.Sprintf("[plugins.%q.network]\n", URI)
@@ -79,7 +79,7 @@ func TestCheckServerConfig(t *testing.T) {
 		{"relative work dir", head + "  work_dir = \"state\"\n", []string{"work_dir", "absolute"}},
 		{"relative cgroup", head + recv + "  cgroup_parent = \"ftwin\"\n", []string{"receive.cgroup_parent"}},
 		{"no certificate", fmt.Sprintf("[plugins.%q]\n  host = \"node3\"\n  pki = %q\n", URI, dir), []string{"pki", "node3", "certs init"}},
-		{"network", head + netw + "  bridge = \"br0\"\n  host_netns = \"ftl-lab-cloud\"\n  netns_prefix = \"ftl-lab-cloud.\"\n  mount_in_init_ns = true\n", nil},
+		{"network", head + netw + "  bridge = \"br0\"\n  host_netns = \"ftl-lab-cloud\"\n  netns_prefix = \"ftl-lab-cloud.\"\n", nil},
 		{"network, bridge only", head + netw + "  bridge = \"ftbr-shared.10\"\n", nil},
 		{"network off", head + netw + "  bridge = \"\"\n", nil},
 		{"unknown network key", head + netw + "  brige = \"br0\"\n", []string{"unknown key", "network.brige", "network.bridge"}},
@@ -93,8 +93,6 @@ func TestCheckServerConfig(t *testing.T) {
 		{"netns prefix too long", head + netw + "  bridge = \"br0\"\n  netns_prefix = \"" + strings.Repeat("p", 180) + "\"\n", []string{"network.netns_prefix", "at most 179 bytes"}},
 		{"host netns without bridge", head + netw + "  host_netns = \"hostns\"\n", []string{"network.host_netns", "without network.bridge"}},
 		{"netns prefix without bridge", head + netw + "  netns_prefix = \"x-\"\n", []string{"network.netns_prefix", "without network.bridge"}},
-		{"mount in init without bridge", head + netw + "  mount_in_init_ns = true\n", []string{"network.mount_in_init_ns", "without network.bridge"}},
-		{"mount in init wrong type", head + netw + "  bridge = \"br0\"\n  mount_in_init_ns = \"yes\"\n", []string{"network.mount_in_init_ns"}},
 		{"no pki", fmt.Sprintf("[plugins.%q]\n  host = \"node1\"\n  pki = \"/nonexistent\"\n", URI), []string{"pki", "/nonexistent"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -129,9 +127,8 @@ func fakeTools(t *testing.T, tools ...string) {
 	t.Setenv("PATH", dir)
 }
 
-// TestNetworkTools: moving addresses needs ip(8) on containerd's PATH, and mounting in init's
-// mount namespace nsenter(1) and mount(8); without them the network section is refused,
-// naming the tool.
+// TestNetworkTools: moving addresses needs ip(8) on containerd's PATH; without it the
+// network section is refused, naming the tool.
 func TestNetworkTools(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
@@ -139,11 +136,9 @@ func TestNetworkTools(t *testing.T) {
 		n     NetworkConfig
 		wants []string // empty: accepted
 	}{
-		{"no ip", nil, NetworkConfig{Bridge: "br0"}, []string{"network.bridge", "runs ip", "PATH"}},
+		{"no ip", nil, NetworkConfig{Bridge: "br0"}, []string{"network.bridge", "runs ip(8)", "PATH"}},
 		{"ip", []string{"ip"}, NetworkConfig{Bridge: "br0"}, nil},
 		{"off: nothing needed", nil, NetworkConfig{}, nil},
-		{"no nsenter", []string{"ip", "mount"}, NetworkConfig{Bridge: "br0", MountInInitNS: true}, []string{"network.bridge", "runs nsenter"}},
-		{"all", []string{"ip", "mount", "nsenter"}, NetworkConfig{Bridge: "br0", MountInInitNS: true}, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			fakeTools(t, tc.have...)
@@ -165,8 +160,8 @@ func TestNetworkTools(t *testing.T) {
 
 // TestNetworkBridge: the network section becomes netmove's Bridge on both sides — the
 // pipeline's Options.Network and the receive role's agent Config.Network — or none when no
-// bridge is named; mount_in_init_ns mounts in init's mount namespace (process 1's) only when
-// containerd's is another.
+// bridge is named; the plugin, being containerd, mounts and reads namespaces in its own mount
+// namespace (no DaemonPid).
 func TestNetworkBridge(t *testing.T) {
 	c := Config{Host: "node1", PKI: testPKI(t), WorkDir: "/w"}
 	if a := AgentConfig(c, nil); a.Network != nil {
@@ -197,28 +192,6 @@ func TestNetworkBridge(t *testing.T) {
 	}
 	if b := (NetworkConfig{Bridge: "br0"}).bridge(); b.NetNS("twin") != "ftwin-twin" {
 		t.Errorf("default prefix: %s", b.NetNS("twin"))
-	}
-
-	c.Network.MountInInitNS = true
-	b = AgentConfig(c, nil).Network.(netmove.Bridge)
-	self, err1 := os.Readlink("/proc/self/ns/mnt")
-	initNS, err2 := os.Readlink("/proc/1/ns/mnt")
-	switch {
-	case err1 != nil || err2 != nil: // not root: init's is not ours to read
-		if b.DaemonPid == nil {
-			t.Fatal("mount_in_init_ns with init's mount namespace unreadable: no DaemonPid, want one that says so")
-		}
-		if _, err := b.DaemonPid(); err == nil || !strings.Contains(err.Error(), "network.mount_in_init_ns") {
-			t.Errorf("DaemonPid: %v, want an error naming network.mount_in_init_ns", err)
-		}
-	case self == initNS:
-		if b.DaemonPid != nil {
-			t.Error("mount_in_init_ns in init's own mount namespace: want no second mount (DaemonPid nil)")
-		}
-	default:
-		if pid, err := b.DaemonPid(); b.DaemonPid == nil || pid != 1 || err != nil {
-			t.Errorf("mount_in_init_ns outside init's mount namespace: DaemonPid %d, %v; want process 1", pid, err)
-		}
 	}
 }
 

@@ -312,17 +312,17 @@ func TestPluginTwin(t *testing.T) {
 }
 
 // TestPluginOwnAddress: on a lab whose hosts run containerd-ftwin with the network section
-// Host.PluginConfig fills (the hosts' bridge br0, the lab's namespace names, mounted in init's
-// mount namespace too), a container with an address of its own keeps one established TCP
-// connection across cloud→fog→cloud driven through the source's containerd socket alone —
-// cloud→fog with the generated gRPC stub, fog→cloud with plugin.Migrate: the plugin takes the
-// address off the source's network, the target's plugin recreates it with the same MAC and
-// announces it, the probe reaches the container at its own address from the target, and the
-// peer receives every line once and in order on its one connection. The lab's own tools,
-// which run in init's mount namespace while the daemons run in mount namespaces of their own,
-// see every namespace wherever it was made: the one `lab run --own-address` made from this
-// process, and the ones the plugins made (ContainerConnections), the source's is gone after
-// each commit, and the lab comes down with nothing left.
+// Host.PluginConfig fills (the hosts' bridge br0, the lab's namespace names), a container with
+// an address of its own keeps one established TCP connection across cloud→fog→cloud driven
+// through the source's containerd socket alone — cloud→fog with the generated gRPC stub,
+// fog→cloud with plugin.Migrate: the source's plugin takes the address off its network, the
+// target's recreates it with the same MAC and announces it, the probe reaches the container
+// at its own address from the target, and the peer receives every line once and in order on
+// its one connection. The lab's own tools, which run beside the daemons' mount namespaces,
+// work on every namespace wherever it was made: the one `lab run --own-address` made from this
+// process, and the ones the plugins made (ContainerConnections reads them through the
+// daemon's mount namespace); the source's is gone after each commit, and the lab comes down
+// with nothing left.
 func TestPluginOwnAddress(t *testing.T) {
 	requireLabTools(t)
 	daemon := testbin.Build(t, pluginDaemonPkg)

@@ -172,8 +172,9 @@ func (s *Service) options(ns string, req *api.MigrateRequest) (migrate.Options, 
 	if s.cfg.Network.Bridge != "" { // containers' own addresses move with them (Config.Network)
 		o.Network = s.cfg.Network.bridge()
 	}
-	// Else the pipeline's default: established for a container whose address moves with it
-	// (network.bridge set, and the container has a namespace of its own there), close otherwise.
+	// A tcp in the request overrides the pipeline's default: established for a container
+	// whose address moves with it (network.bridge set, and the container has its namespace
+	// there), close otherwise.
 	if req.GetTcp() != "" {
 		if o.TCP, err = restore.ParseTCPMode(req.GetTcp()); err != nil {
 			return o, invalid("tcp: %v", err)

@@ -444,6 +444,7 @@ func TestPluginConfigRefused(t *testing.T) {
 			[]string{"receive.allow_host_namespaces", `"mount"`}},
 		{"bad listen", section("  [plugins.\"" + plugin.URI + "\".receive]\n    listen = \"7443\"\n"), []string{"receive.listen", "host:port"}},
 		{"bad duration", section("  [plugins.\"" + plugin.URI + "\".receive]\n    session_timeout = \"two minutes\"\n"), []string{"session_timeout", "not a duration"}},
+		{"bad bridge", section("  [plugins.\"" + plugin.URI + "\".network]\n    bridge = \"br/0\"\n"), []string{"network.bridge", "interface name"}},
 		{"no certificate", "\n[plugins.\"" + plugin.URI + "\"]\n  host = \"node2\"\n  pki = \"" + pkiDir + "\"\n", []string{"pki", "node2", "certs init"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

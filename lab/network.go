@@ -92,8 +92,10 @@ func releaseAddress(labDir string, n netmove.Address) {
 // Network is the host's side of container addresses that move: the bridge br0 in its network
 // namespace, the containers' namespaces named ftl-LAB-HOST.ID (lab and host names have no '.',
 // so no host's own namespace is ever taken for one, and teardown finds them with the host's),
-// and the host's containerd in a mount namespace of its own. It serves migrate.Options.Network
-// on the source and agent.Config.Network on the target.
+// and the host's containerd in a mount namespace of its own, where every container namespace
+// of the host is mounted (those made here are mounted there too; a plugin daemon's receive
+// role makes its own there) and through which they are read (see PluginConfig). It serves
+// migrate.Options.Network on the source and agent.Config.Network on the target.
 func (h *Host) Network() netmove.Bridge {
 	return netmove.Bridge{
 		Name: hostBridge, HostNetNS: h.NetNS, NetNSPrefix: fmt.Sprintf("ftl-%s-%s.", h.lab, h.Name),

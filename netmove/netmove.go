@@ -74,8 +74,13 @@ type Bridge struct {
 	NetNSPrefix string
 	// DaemonPid, when set, returns a process in the mount namespace containerd runs in, when
 	// that is one of its own made before the containers' namespaces were (the lab's daemons):
-	// each namespace's mount is made there too, for runc to find. Nil: containerd shares the
-	// caller's mount namespace (a real host).
+	// each namespace Attach makes is mounted there too, for runc to find, and the containers'
+	// namespaces are read through it (/proc/PID/root/run/netns/NAME: Read, Connections, the
+	// announcement), since containerd's mount namespace is the one every container namespace
+	// of the host is mounted in — those the caller made, and those containerd itself made
+	// (the plugin's receive role, whose mounts are in its own mount namespace only). Nil:
+	// containerd shares the caller's mount namespace (a real host; and the plugin, which is
+	// containerd).
 	DaemonPid func() (int, error)
 }
 
@@ -90,6 +95,37 @@ func (b Bridge) NetNS(id string) string {
 
 // NetNSPath is its path, for the container's spec.
 func (b Bridge) NetNSPath(id string) string { return filepath.Join("/run/netns", b.NetNS(id)) }
+
+// readPath is the path the caller opens container id's namespace by: NetNSPath in its own
+// mount namespace, or in containerd's (DaemonPid) through the daemon's root directory, which
+// resolves in the daemon's mount namespace.
+func (b Bridge) readPath(id string) (string, error) {
+	if b.DaemonPid == nil {
+		return b.NetNSPath(id), nil
+	}
+	pid, err := b.DaemonPid()
+	if err != nil {
+		return "", fmt.Errorf("netmove: network namespace of container %s: %w", id, err)
+	}
+	return filepath.Join("/proc", strconv.Itoa(pid), "root", b.NetNSPath(id)), nil
+}
+
+// inNetNS returns the command that runs args in container id's network namespace, opened as
+// readPath says: `ip netns exec NS` (or `ip -n NS` for ip itself) in the caller's mount
+// namespace, nsenter(1) on the daemon's path otherwise.
+func (b Bridge) inNetNS(ctx context.Context, id string, args ...string) (*exec.Cmd, error) {
+	if b.DaemonPid == nil {
+		if args[0] == "ip" {
+			return exec.CommandContext(ctx, "ip", append([]string{"-n", b.NetNS(id)}, args[1:]...)...), nil
+		}
+		return exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", b.NetNS(id)}, args...)...), nil
+	}
+	p, err := b.readPath(id)
+	if err != nil {
+		return nil, err
+	}
+	return exec.CommandContext(ctx, "nsenter", append([]string{"--net=" + p, "--"}, args...)...), nil
+}
 
 // veth is the bridge-side end of container id's link: interface names hold 15 bytes, so a hash
 // of the namespace's name.
@@ -189,7 +225,11 @@ func (b Bridge) SetLinkUp(ctx context.Context, id string, up bool) error {
 	if err != nil {
 		return err
 	}
-	if err := announce(b.NetNSPath(id), "eth0", n); err != nil {
+	nsPath, err := b.readPath(id)
+	if err != nil {
+		return err
+	}
+	if err := announce(nsPath, "eth0", n); err != nil {
 		return fmt.Errorf("netmove: announce container %s's address %s: %w", id, n.Prefix.Addr(), err)
 	}
 	return nil
@@ -204,7 +244,11 @@ func (b Bridge) Attached(id string) bool {
 // Read reads container id's address and MAC from its network namespace.
 func (b Bridge) Read(id string) (Address, error) {
 	var n Address
-	out, err := exec.Command("ip", "-n", b.NetNS(id), "-j", "addr", "show", "dev", "eth0").Output()
+	cmd, err := b.inNetNS(context.Background(), id, "ip", "-j", "addr", "show", "dev", "eth0")
+	if err != nil {
+		return n, err
+	}
+	out, err := cmd.Output()
 	if err != nil {
 		return n, fmt.Errorf("netmove: address of container %s: %w", id, err)
 	}
@@ -250,7 +294,11 @@ func (b Bridge) Detach(ctx context.Context, id string) error {
 // Connections lists container id's established TCP connections as "LOCAL PEER" pairs (ss(8)
 // in its namespace): how to tell a connection carried across a move from a new one.
 func (b Bridge) Connections(ctx context.Context, id string) ([]string, error) {
-	out, err := exec.CommandContext(ctx, "ip", "netns", "exec", b.NetNS(id), "ss", "-Htn", "state", "established").Output()
+	cmd, err := b.inNetNS(ctx, id, "ss", "-Htn", "state", "established")
+	if err != nil {
+		return nil, err
+	}
+	out, err := cmd.Output()
 	if err != nil {
 		return nil, fmt.Errorf("netmove: connections of container %s: %w", id, err)
 	}

@@ -3,6 +3,7 @@ package netmove
 import (
 	"bytes"
 	"context"
+	"errors"
 	"net/netip"
 	"strings"
 	"testing"
@@ -56,5 +57,41 @@ func TestBridgeNames(t *testing.T) {
 	}
 	if _, err := (Bridge{}).Attach(context.Background(), "app", Address{}, false); err == nil || !strings.Contains(err.Error(), "no bridge") {
 		t.Errorf("a Bridge without a name attached: %v", err)
+	}
+}
+
+// TestReadThroughDaemon: beside a containerd in a mount namespace of its own (DaemonPid), the
+// containers' namespaces are read through the daemon's root, where every one of the host's
+// is mounted (those containerd's plugin made too); otherwise by name in the caller's.
+func TestReadThroughDaemon(t *testing.T) {
+	ctx := context.Background()
+	own := Bridge{Name: "br0", NetNSPrefix: "ftl-lab-fog."}
+	if p, err := own.readPath("app"); err != nil || p != "/run/netns/ftl-lab-fog.app" {
+		t.Errorf("own mount namespace: %s, %v", p, err)
+	}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"ip", "-j", "addr"}, "ip -n ftl-lab-fog.app -j addr"},
+		{[]string{"ss", "-Htn"}, "ip netns exec ftl-lab-fog.app ss -Htn"},
+	} {
+		cmd, err := own.inNetNS(ctx, "app", tc.args...)
+		if err != nil || strings.Join(cmd.Args, " ") != tc.want {
+			t.Errorf("own mount namespace: %v, %v; want %s", cmd.Args, err, tc.want)
+		}
+	}
+	beside := own
+	beside.DaemonPid = func() (int, error) { return 4242, nil }
+	if p, err := beside.readPath("app"); err != nil || p != "/proc/4242/root/run/netns/ftl-lab-fog.app" {
+		t.Errorf("beside a daemon: %s, %v", p, err)
+	}
+	cmd, err := beside.inNetNS(ctx, "app", "ss", "-Htn")
+	if want := "nsenter --net=/proc/4242/root/run/netns/ftl-lab-fog.app -- ss -Htn"; err != nil || strings.Join(cmd.Args, " ") != want {
+		t.Errorf("beside a daemon: %v, %v; want %s", cmd.Args, err, want)
+	}
+	beside.DaemonPid = func() (int, error) { return 0, errors.New("no daemon") }
+	if _, err := beside.Read("app"); err == nil || !strings.Contains(err.Error(), "no daemon") {
+		t.Errorf("Read without the daemon: %v", err)
 	}
 }

@@ -73,8 +73,8 @@ func Dial(address string) (*grpc.ClientConn, error) {
 // Request is the request that asks the plugin for the migration o describes, as Migrate in
 // process would run it; peer is the target's name in the PKI (empty: the host of o.Target).
 // What only a process of its own can carry is left out: the TLS configuration (the plugin has
-// its own, from its PKI), a Hook, a Network (the plugin moves no container addresses: a
-// container of its own address on the lab network cannot move through it), agent client
+// its own, from its PKI), a Hook, a Network (the plugin moves containers' own addresses as its
+// configuration's network section says, on both sides: see Config.Network), agent client
 // options, progress callbacks, Kafka client options and the work directory.
 func Request(o migrate.Options, peer string) *api.MigrateRequest {
 	r := &api.MigrateRequest{

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path"
 	"path/filepath"
 	"strings"
@@ -16,6 +17,7 @@ import (
 	"github.com/pelletier/go-toml/v2"
 
 	"github.com/ftwin-migrate/ftwin-migrate/agent"
+	"github.com/ftwin-migrate/ftwin-migrate/netmove"
 	"github.com/ftwin-migrate/ftwin-migrate/pki"
 )
 
@@ -28,6 +30,10 @@ import (
 //	  [plugins."io.containerd.grpc.v1.ftwin-migrate".receive]
 //	    listen = "10.0.0.2:7443"        # serve the receive endpoint here (mTLS); empty: do not receive
 //	    allow_host_namespaces = ["network"]
+//	  [plugins."io.containerd.grpc.v1.ftwin-migrate".network]
+//	    bridge = "br0"                  # containers' own addresses move on this bridge; empty: no addresses move
+//	    host_netns = ""                 # the bridge's network namespace under /run/netns (default: containerd's)
+//	    netns_prefix = "ftwin-"         # containers' namespaces are /run/netns/PREFIX+ID
 //
 // The zero values are the defaults; Validate refuses what cannot work, naming the key.
 type Config struct {
@@ -42,6 +48,33 @@ type Config struct {
 	// Receive configures the receive role: the agent's endpoint, served over mutual TLS to
 	// the other nodes. Off when Listen is empty.
 	Receive ReceiveConfig `toml:"receive"`
+	// Network moves containers' addresses of their own with them (package netmove): off when
+	// Network.Bridge is empty.
+	Network NetworkConfig `toml:"network"`
+}
+
+// NetworkConfig is how containers that have an address of their own on a network the nodes
+// share move (package netmove; the flag --bridge of `ftwin-migrate migrate` and `receive`): a
+// container whose network namespace is PREFIX+ID under /run/netns, with eth0 and a veth to the
+// bridge, moves with its address and MAC, and its established TCP connections carry on. The
+// same keys serve both sides: migrating out (migrate.Options.Network: the address is taken off
+// this node's network before the dump, put back on a rollback, its namespace removed at the
+// commit) and the receive role (agent.Config.Network: the namespace is recreated here before
+// the restore, its link brought up and announced with gratuitous ARPs after it). The bridge's
+// existence is checked when a container is moved in, not at load: the error then names it.
+type NetworkConfig struct {
+	// Bridge is the Linux bridge the containers' links join: one on the network the nodes
+	// share (its uplink a port of it), the same name on every node. Empty (the default): the
+	// plugin moves no addresses: containers are taken to be on their node's network, a
+	// container with an address of its own cannot move through it, and the receive role
+	// refuses one whose source moved its address.
+	Bridge string `toml:"bridge"`
+	// HostNetNS is the name under /run/netns of the network namespace the bridge is in.
+	// Default: containerd's own network namespace (a real host's).
+	HostNetNS string `toml:"host_netns"`
+	// NetNSPrefix names the containers' network namespaces: /run/netns/PREFIX+ID, ID the
+	// container's id. Default "ftwin-", as `ftwin-migrate net attach` names them.
+	NetNSPrefix string `toml:"netns_prefix"`
 }
 
 // ReceiveConfig is the receive role: the options of `ftwin-migrate receive`.
@@ -141,10 +174,66 @@ func (c Config) Validate() error {
 			bad("receive.namespaces", "%q: %v", ns, err)
 		}
 	}
+	errs = append(errs, c.Network.validate()...)
 	if len(errs) == 0 {
 		return nil
 	}
 	return fmt.Errorf("plugin %s: bad configuration: %w", URI, errors.Join(errs...))
+}
+
+// validate refuses a network section that cannot work, naming the key.
+func (n NetworkConfig) validate() []error {
+	var errs []error
+	bad := func(key, format string, a ...any) {
+		errs = append(errs, fmt.Errorf("network.%s: %s", key, fmt.Sprintf(format, a...)))
+	}
+	if n.Bridge == "" {
+		for _, k := range []struct {
+			key string
+			set bool
+		}{{"host_netns", n.HostNetNS != ""}, {"netns_prefix", n.NetNSPrefix != ""}} {
+			if k.set {
+				bad(k.key, "set without network.bridge, where it does nothing: name the bridge containers' links join, or leave %s out", k.key)
+			}
+		}
+		return errs
+	}
+	if !validIfName(n.Bridge) {
+		bad("bridge", "%q: want a Linux interface name (1 to 15 bytes, no '/', ':' or white space)", n.Bridge)
+	}
+	if n.HostNetNS != "" && !validNetNSName(n.HostNetNS) {
+		bad("host_netns", "%q: want the name of a network namespace under /run/netns (no '/' or white space), or none for containerd's own", n.HostNetNS)
+	}
+	if n.NetNSPrefix != "" && (!validNetNSName(n.NetNSPrefix) || len(n.NetNSPrefix) > maxNetNSPrefix) {
+		bad("netns_prefix", "%q: want at most %d bytes with no '/' or white space (a namespace's name is PREFIX+ID, a file name of /run/netns)", n.NetNSPrefix, maxNetNSPrefix)
+	}
+	if _, err := exec.LookPath("ip"); err != nil {
+		bad("bridge", "moving addresses runs ip(8), which is not on containerd's PATH (%v): install iproute2", err)
+	}
+	return errs
+}
+
+// maxNetNSPrefix leaves room for the longest container id (76 bytes) in a 255-byte file name.
+const maxNetNSPrefix = 255 - 76
+
+// validIfName is the kernel's rule for an interface name (dev_valid_name).
+func validIfName(s string) bool {
+	return len(s) > 0 && len(s) < 16 && s != "." && s != ".." && !strings.ContainsAny(s, "/: \t\n\r\v\f")
+}
+
+// validNetNSName is a name ip-netns(8) takes, without white space.
+func validNetNSName(s string) bool {
+	return s != "" && s != "." && s != ".." && !strings.ContainsAny(s, "/ \t\n\r\v\f\x00")
+}
+
+// bridge is the netmove side the section describes (Bridge set). DaemonPid stays nil: the
+// plugin is containerd, so the namespaces it makes are mounted in containerd's mount namespace,
+// where runc looks, and it reads them there. That holds in the lab too, whose daemons run in
+// mount namespaces of their own: the lab's tools, beside the daemon, read a host's namespaces
+// through the daemon's mount namespace (lab.Host.Network sets DaemonPid), where all of them
+// are mounted, whoever made them.
+func (n NetworkConfig) bridge() netmove.Bridge {
+	return netmove.Bridge{Name: n.Bridge, HostNetNS: n.HostNetNS, NetNSPrefix: n.NetNSPrefix}
 }
 
 // policy is the agent policy the receive section describes.
@@ -192,7 +281,7 @@ func DecodeStrict(section any) (Config, error) {
 			for _, e := range serr.Errors {
 				keys = append(keys, strings.Join(e.Key(), "."))
 			}
-			return c, fmt.Errorf("plugin %s: bad configuration: unknown key(s) %s (known: host, pki, work_dir, receive.listen, receive.session_timeout, receive.heartbeat_timeout, receive.cgroup_parent, receive.log_dir, receive.namespaces, receive.allow_host_namespaces, receive.allow_bind_mounts, receive.allow_capabilities, receive.allow_devices)", URI, strings.Join(keys, ", "))
+			return c, fmt.Errorf("plugin %s: bad configuration: unknown key(s) %s (known: host, pki, work_dir, receive.listen, receive.session_timeout, receive.heartbeat_timeout, receive.cgroup_parent, receive.log_dir, receive.namespaces, receive.allow_host_namespaces, receive.allow_bind_mounts, receive.allow_capabilities, receive.allow_devices, network.bridge, network.host_netns, network.netns_prefix)", URI, strings.Join(keys, ", "))
 		}
 		var derr *toml.DecodeError
 		if errors.As(err, &derr) && len(derr.Key()) > 0 {

@@ -97,6 +97,9 @@ func AgentConfig(cfg Config, client *containerd.Client) agent.Config {
 		Namespaces: r.Namespaces, Policy: policy,
 		Log: slog.New(slog.NewTextHandler(os.Stderr, nil)).With("plugin", URI),
 	}
+	if cfg.Network.Bridge != "" { // give containers moved in the address they had (Config.Network)
+		a.Network = cfg.Network.bridge()
+	}
 	if r.CgroupParent != "" {
 		a.RestoreOpts = func(req agent.SessionRequest) []restore.Opt {
 			return []restore.Opt{restore.WithCgroupsPath(path.Join(r.CgroupParent, req.Namespace, req.Container))}

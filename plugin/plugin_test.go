@@ -22,6 +22,7 @@ import (
 	"github.com/ftwin-migrate/ftwin-migrate/agent"
 	api "github.com/ftwin-migrate/ftwin-migrate/api/services/migrate/v1"
 	"github.com/ftwin-migrate/ftwin-migrate/migrate"
+	"github.com/ftwin-migrate/ftwin-migrate/netmove"
 	"github.com/ftwin-migrate/ftwin-migrate/pki"
 	"github.com/ftwin-migrate/ftwin-migrate/restore"
 )
@@ -54,8 +55,10 @@ func loadServerConfig(t *testing.T, text string) *srvconfig.Config {
 // configuration that disables the plugin pass.
 func TestCheckServerConfig(t *testing.T) {
 	dir := testPKI(t)
+	fakeTools(t, "ip")
 	head := fmt.Sprintf("[plugins.%q]\n  host = \"node1\"\n  pki = %q\n", URI, dir)
 	recv := fmt.Sprintf("[plugins.%q.receive]\n", URI)
+	netw := fmt.Sprintf("[plugins.%q.network]\n", URI)
 	for _, tc := range []struct {
 		name, text string
 		want       []string // empty: accepted
@@ -76,6 +79,20 @@ func TestCheckServerConfig(t *testing.T) {
 		{"relative work dir", head + "  work_dir = \"state\"\n", []string{"work_dir", "absolute"}},
 		{"relative cgroup", head + recv + "  cgroup_parent = \"ftwin\"\n", []string{"receive.cgroup_parent"}},
 		{"no certificate", fmt.Sprintf("[plugins.%q]\n  host = \"node3\"\n  pki = %q\n", URI, dir), []string{"pki", "node3", "certs init"}},
+		{"network", head + netw + "  bridge = \"br0\"\n  host_netns = \"ftl-lab-cloud\"\n  netns_prefix = \"ftl-lab-cloud.\"\n", nil},
+		{"network, bridge only", head + netw + "  bridge = \"ftbr-shared.10\"\n", nil},
+		{"network off", head + netw + "  bridge = \"\"\n", nil},
+		{"unknown network key", head + netw + "  brige = \"br0\"\n", []string{"unknown key", "network.brige", "network.bridge"}},
+		{"bridge name too long", head + netw + "  bridge = \"bridge-of-sixteen\"\n", []string{"network.bridge", "interface name", "15 bytes"}},
+		{"bridge name with a slash", head + netw + "  bridge = \"br/0\"\n", []string{"network.bridge", "interface name"}},
+		{"bridge name with a space", head + netw + "  bridge = \"br 0\"\n", []string{"network.bridge", "interface name"}},
+		{"bridge wrong type", head + netw + "  bridge = 0\n", []string{"network.bridge"}},
+		{"host netns path", head + netw + "  bridge = \"br0\"\n  host_netns = \"/run/netns/host\"\n", []string{"network.host_netns", "under /run/netns"}},
+		{"host netns dot", head + netw + "  bridge = \"br0\"\n  host_netns = \"..\"\n", []string{"network.host_netns"}},
+		{"netns prefix slash", head + netw + "  bridge = \"br0\"\n  netns_prefix = \"lab/\"\n", []string{"network.netns_prefix", "no '/'"}},
+		{"netns prefix too long", head + netw + "  bridge = \"br0\"\n  netns_prefix = \"" + strings.Repeat("p", 180) + "\"\n", []string{"network.netns_prefix", "at most 179 bytes"}},
+		{"host netns without bridge", head + netw + "  host_netns = \"hostns\"\n", []string{"network.host_netns", "without network.bridge"}},
+		{"netns prefix without bridge", head + netw + "  netns_prefix = \"x-\"\n", []string{"network.netns_prefix", "without network.bridge"}},
 		{"no pki", fmt.Sprintf("[plugins.%q]\n  host = \"node1\"\n  pki = \"/nonexistent\"\n", URI), []string{"pki", "/nonexistent"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -95,6 +112,86 @@ func TestCheckServerConfig(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// fakeTools puts executables named tools, and nothing else, on PATH for the test.
+func fakeTools(t *testing.T, tools ...string) {
+	t.Helper()
+	dir := t.TempDir()
+	for _, tool := range tools {
+		if err := os.WriteFile(filepath.Join(dir, tool), []byte("#!/bin/sh\nexit 0\n"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Setenv("PATH", dir)
+}
+
+// TestNetworkTools: moving addresses needs ip(8) on containerd's PATH; without it the
+// network section is refused, naming the tool.
+func TestNetworkTools(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		have  []string
+		n     NetworkConfig
+		wants []string // empty: accepted
+	}{
+		{"no ip", nil, NetworkConfig{Bridge: "br0"}, []string{"network.bridge", "runs ip(8)", "PATH"}},
+		{"ip", []string{"ip"}, NetworkConfig{Bridge: "br0"}, nil},
+		{"off: nothing needed", nil, NetworkConfig{}, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fakeTools(t, tc.have...)
+			err := errors.Join(tc.n.validate()...)
+			if len(tc.wants) == 0 {
+				if err != nil {
+					t.Fatalf("refused: %v", err)
+				}
+				return
+			}
+			for _, w := range tc.wants {
+				if err == nil || !strings.Contains(err.Error(), w) {
+					t.Errorf("error %v does not say %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+// TestNetworkBridge: the network section becomes netmove's Bridge on both sides — the
+// pipeline's Options.Network and the receive role's agent Config.Network — or none when no
+// bridge is named; the plugin, being containerd, mounts and reads namespaces in its own mount
+// namespace (no DaemonPid).
+func TestNetworkBridge(t *testing.T) {
+	c := Config{Host: "node1", PKI: testPKI(t), WorkDir: "/w"}
+	if a := AgentConfig(c, nil); a.Network != nil {
+		t.Errorf("no network section, yet the receive role moves addresses: %#v", a.Network)
+	}
+	s := &Service{cfg: c}
+	req := &api.MigrateRequest{ContainerId: "twin", Target: "10.0.0.2:7443"}
+	if o, err := s.options("ftwin", req); err != nil || o.Network != nil {
+		t.Errorf("no network section: options %v, network %#v: want none", err, o.Network)
+	}
+
+	c.Network = NetworkConfig{Bridge: "br0", HostNetNS: "hostns", NetNSPrefix: "ftl-lab-fog."}
+	a := AgentConfig(c, nil)
+	b, ok := a.Network.(netmove.Bridge)
+	if !ok || b.Name != "br0" || b.HostNetNS != "hostns" || b.NetNSPath("twin") != "/run/netns/ftl-lab-fog.twin" || b.DaemonPid != nil {
+		t.Errorf("receive role's network: %#v", a.Network)
+	}
+	s.cfg = c
+	o, err := s.options("ftwin", req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, ok := o.Network.(netmove.Bridge); !ok || b.Name != "br0" || b.NetNS("twin") != "ftl-lab-fog.twin" || b.DaemonPid != nil {
+		t.Errorf("migration's network: %#v", o.Network)
+	}
+	if o.TCP != "" {
+		t.Errorf("tcp %q: want the pipeline's default (established for a container with an address of its own)", o.TCP)
+	}
+	if b := (NetworkConfig{Bridge: "br0"}).bridge(); b.NetNS("twin") != "ftwin-twin" {
+		t.Errorf("default prefix: %s", b.NetNS("twin"))
 	}
 }
 

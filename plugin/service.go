@@ -169,7 +169,13 @@ func (s *Service) options(ns string, req *api.MigrateRequest) (migrate.Options, 
 	if err != nil || host == "" || port == "" {
 		return o, invalid("target %q: want the target's receive endpoint, host:port", o.Target)
 	}
-	if req.GetTcp() != "" { // else the pipeline's default: close (the plugin moves no container addresses)
+	if s.cfg.Network.Bridge != "" { // containers' own addresses move with them (Config.Network)
+		o.Network = s.cfg.Network.bridge()
+	}
+	// A tcp in the request overrides the pipeline's default: established for a container
+	// whose address moves with it (network.bridge set, and the container has its namespace
+	// there), close otherwise.
+	if req.GetTcp() != "" {
 		if o.TCP, err = restore.ParseTCPMode(req.GetTcp()); err != nil {
 			return o, invalid("tcp: %v", err)
 		}

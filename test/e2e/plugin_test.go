@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"os/exec"
 	"slices"
 	"strings"
@@ -16,6 +17,7 @@ import (
 	"time"
 
 	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -25,6 +27,7 @@ import (
 
 	api "github.com/ftwin-migrate/ftwin-migrate/api/services/migrate/v1"
 	"github.com/ftwin-migrate/ftwin-migrate/ctrd"
+	"github.com/ftwin-migrate/ftwin-migrate/internal/counter/state"
 	"github.com/ftwin-migrate/ftwin-migrate/internal/testbin"
 	"github.com/ftwin-migrate/ftwin-migrate/lab"
 	"github.com/ftwin-migrate/ftwin-migrate/migrate"
@@ -308,6 +311,117 @@ func TestPluginTwin(t *testing.T) {
 	}
 }
 
+// TestPluginOwnAddress: on a lab whose hosts run containerd-ftwin with the network section
+// Host.PluginConfig fills (the hosts' bridge br0, the lab's namespace names), a container with
+// an address of its own keeps one established TCP connection across cloud→fog→cloud driven
+// through the source's containerd socket alone — cloud→fog with the generated gRPC stub,
+// fog→cloud with plugin.Migrate: the source's plugin takes the address off its network, the
+// target's recreates it with the same MAC and announces it, the probe reaches the container
+// at its own address from the target, and the peer receives every line once and in order on
+// its one connection. The lab's own tools, which run beside the daemons' mount namespaces,
+// work on every namespace wherever it was made: the one `lab run --own-address` made from this
+// process, and the ones the plugins made (ContainerConnections reads them through the
+// daemon's mount namespace); the source's is gone after each commit, and the lab comes down
+// with nothing left.
+func TestPluginOwnAddress(t *testing.T) {
+	requireLabTools(t)
+	daemon := testbin.Build(t, pluginDaemonPkg)
+	bin := buildCounter(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	base, name := t.TempDir(), pluginLabName()
+	l, err := lab.Up(ctx, lab.Config{Name: name, BaseDir: base, Hosts: []string{"cloud", "fog"}, Subnet: "10.240.35.0/24",
+		Plugin: true, Daemon: daemon})
+	if err != nil {
+		t.Fatalf("lab up: %v", err)
+	}
+	downed := false
+	t.Cleanup(func() {
+		if !downed {
+			_ = l.Down(context.Background())
+		}
+	})
+	cloud, fog := l.Hosts[0], l.Hosts[1]
+	srv := newLineServer(t, l.BridgeIP+":0")
+
+	const id = "talker"
+	if err := cloud.Run(ctx, lab.Workload{ID: id, Binary: bin, OwnAddress: true,
+		Args: []string{"-mem-mib", "8", "-interval", "50ms", "-listen", ":8080", "-connect", srv.ln.Addr().String()}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fog.ImportImage(ctx, lab.Workload{Binary: bin}); err != nil {
+		t.Fatal(err)
+	}
+	const addr = "10.240.35.100" // the lowest container address of the lab
+	first := srv.waitFrom(t, addr, func(s state.State) bool { return s.Tick >= 5 })
+	if !strings.HasPrefix(first.PeerLocal, addr+":") {
+		t.Fatalf("the container talks from %q, want its own address %s", first.PeerLocal, addr)
+	}
+	// The connection as ss(8) shows it in the container's namespace: "LOCAL PEER".
+	conn := first.PeerLocal + " " + srv.ln.Addr().String()
+	seenOn := func(h *lab.Host) {
+		t.Helper()
+		conns, err := h.ContainerConnections(ctx, id)
+		if err != nil || !slices.Contains(conns, conn) {
+			t.Errorf("the lab's tools see connections %v (%v) of %s on %s, want %q", conns, err, id, h.Name, conn)
+		}
+	}
+	seenOn(cloud)
+
+	for i, hop := range []struct{ from, to *lab.Host }{{cloud, fog}, {fog, cloud}} {
+		before := lastState(t, hop.from, id)
+		req := &api.MigrateRequest{ContainerId: id, Target: hop.to.AgentAddr(), Probe: "http://" + addr + ":8080/healthz",
+			PhaseTimeout: durationpb.New(2 * time.Minute)}
+		var rep *migrate.Report
+		if i == 0 {
+			m := migrateOverSocket(ctx, t, hop.from.Address(), req)
+			if err := m.status.Err(); err != nil {
+				t.Fatalf("migrate %s→%s through the plugin: %v (report %+v)", hop.from.Name, hop.to.Name, err, m.rep)
+			}
+			rep = m.rep
+		} else {
+			cc, err := plugin.Dial(hop.from.Address())
+			if err != nil {
+				t.Fatal(err)
+			}
+			rep, err = plugin.Migrate(namespaces.WithNamespace(ctx, lab.Namespace), cc, req, nil)
+			cc.Close()
+			if err != nil {
+				t.Fatalf("migrate %s→%s with plugin.Migrate: %v (report %+v)", hop.from.Name, hop.to.Name, err, rep)
+			}
+		}
+		if rep.Result != migrate.Committed || rep.TCP != "established" || rep.Address == nil || rep.Address.IP != addr+"/24" ||
+			rep.Target == nil || rep.Target.Host != hop.to.Name {
+			t.Errorf("migration %s→%s: result %q, tcp %q, address %+v, target %+v: want committed to %s, its own address %s/24 moved, established",
+				hop.from.Name, hop.to.Name, rep.Result, rep.TCP, rep.Address, rep.Target, hop.to.Name, addr)
+		}
+		after := srv.waitFrom(t, addr, func(s state.State) bool { return s.Tick >= before.Tick+20 })
+		t.Logf("%s→%s through the plugin: downtime %v, total %v; connection %s carries on", hop.from.Name, hop.to.Name, rep.Downtime, rep.Total, after.PeerLocal)
+		if after.StartNS != first.StartNS || after.Reconnects != 0 || after.PeerLocal != first.PeerLocal || !after.MemOK {
+			t.Errorf("after the migration to %s the workload sends %+v; want the same process (start %d) on the same connection (%s), no reconnect",
+				hop.to.Name, after, first.StartNS, first.PeerLocal)
+		}
+		if _, err := os.Stat("/run/netns/" + hop.from.ContainerNetNS(id)); !os.IsNotExist(err) {
+			t.Errorf("the source's network namespace of %s is still there after the commit (%v)", id, err)
+		}
+		if ids := containers(t, hop.from); len(ids) != 0 {
+			t.Errorf("%s still holds %v after the commit", hop.from.Name, ids)
+		}
+		seenOn(hop.to)
+	}
+
+	firstTick, lastTick := srv.oneConnectionInOrder(t)
+	t.Logf("the peer received ticks %d–%d on one connection", firstTick, lastTick)
+
+	if err := l.Down(ctx); err != nil {
+		t.Fatalf("lab down: %v", err)
+	}
+	downed = true
+	if left := lab.Find(base, name); !left.Empty() {
+		t.Fatalf("lab down left %s", left)
+	}
+}
+
 // TestPluginConfigRefused: containerd-ftwin reads the plugin's section of config.toml and
 // refuses to start on a bad one, saying which key and why; a good one starts and the plugin
 // answers on the daemon's socket.
@@ -330,6 +444,7 @@ func TestPluginConfigRefused(t *testing.T) {
 			[]string{"receive.allow_host_namespaces", `"mount"`}},
 		{"bad listen", section("  [plugins.\"" + plugin.URI + "\".receive]\n    listen = \"7443\"\n"), []string{"receive.listen", "host:port"}},
 		{"bad duration", section("  [plugins.\"" + plugin.URI + "\".receive]\n    session_timeout = \"two minutes\"\n"), []string{"session_timeout", "not a duration"}},
+		{"bad bridge", section("  [plugins.\"" + plugin.URI + "\".network]\n    bridge = \"br/0\"\n"), []string{"network.bridge", "interface name"}},
 		{"no certificate", "\n[plugins.\"" + plugin.URI + "\"]\n  host = \"node2\"\n  pki = \"" + pkiDir + "\"\n", []string{"pki", "node2", "certs init"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -338,7 +338,7 @@ func (s *Store) write(ctx context.Context, recs []Record) (err error) {
 	}
 	eerr := s.cl.EndTransaction(context.WithoutCancel(ctx), commit)
 	switch {
-	case fenced(err) || fenced(eerr) || (errors.Is(eerr, kerr.InvalidTxnState) && s.takenOver(ctx, pid, epoch)):
+	case fenced(err) || fenced(eerr) || (eerr != nil && s.takenOver(ctx, pid, epoch, errors.Is(eerr, kerr.InvalidTxnState))):
 		s.broken = fmt.Errorf("%w (%v)", ErrFenced, errors.Join(err, eerr))
 		return s.broken
 	case eerr != nil:
@@ -351,16 +351,22 @@ func (s *Store) write(ctx context.Context, recs []Record) (err error) {
 	return nil
 }
 
-// takenOver asks the transaction coordinator, after an EndTxn refused as INVALID_TXN_STATE
-// (the coordinator holds no open transaction of ours), whether the transactional id has moved
-// on past the producer id and epoch the transaction ran under: another store initialised it
-// (or the coordinator aborted the transaction and bumped the epoch), so this store is fenced
-// although the broker's answer did not say so. A store opened while this one's
-// EndTxn is in flight gets exactly that: the coordinator aborts the open transaction with an
-// epoch bump, and the late commit at the old epoch looks like a retry of that abort and is
-// refused as INVALID_TXN_STATE (kfake; Kafka 4 with transaction version 2 can answer the same).
-// Unknown (the coordinator could not be asked) counts as not taken over.
-func (s *Store) takenOver(ctx context.Context, pid int64, epoch int16) bool {
+// takenOver asks the transaction coordinator, after a transaction's end failed, whether the
+// transactional id has moved on past the producer id and epoch the transaction ran under:
+// another store initialised it (or the coordinator aborted the transaction and bumped the
+// epoch), so this store is fenced although the broker's answer did not say so. A store opened
+// while this one's EndTxn is in flight gets exactly that: the coordinator aborts the open
+// transaction with an epoch bump, and the late commit at the old epoch is refused as
+// INVALID_TXN_STATE (kfake: it looks like a retry of that abort) or UNKNOWN_SERVER_ERROR
+// (Apache Kafka 4.4, seen in this project's e2e fencing test). refused says the coordinator
+// answered INVALID_TXN_STATE, i.e. holds no open transaction of ours: then any later epoch is
+// another's. Otherwise our own commit may have gone through before the error (transaction
+// version 2 bumps the epoch once at every end, leaving CompleteCommit), so it takes another
+// producer id, an epoch beyond that one, or a later epoch in any other state. Unknown (the
+// coordinator could not be asked) counts as not taken over: the store is then merely unusable.
+// (kfake's states are only Ongoing and Empty: there a commit of ours that went through and then
+// failed to answer would read as taken over, which costs nothing: the store stops either way.)
+func (s *Store) takenOver(ctx context.Context, pid int64, epoch int16, refused bool) bool {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
 	ds, err := kadm.NewClient(s.cl).DescribeTransactions(ctx, s.cfg.txnID)
@@ -368,10 +374,16 @@ func (s *Store) takenOver(ctx context.Context, pid int64, epoch int16) bool {
 		return false
 	}
 	d, ok := ds[s.cfg.txnID]
-	if !ok || d.Err != nil {
+	switch {
+	case !ok || d.Err != nil:
 		return false
+	case d.ProducerID != pid:
+		return true
+	case refused:
+		return d.ProducerEpoch > epoch
+	default:
+		return d.ProducerEpoch > epoch+1 || (d.ProducerEpoch > epoch && d.State != "CompleteCommit")
 	}
-	return d.ProducerID != pid || d.ProducerEpoch > epoch
 }
 
 func fenced(err error) bool {

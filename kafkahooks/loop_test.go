@@ -24,19 +24,9 @@ func TestLoopAtLeastOnce(t *testing.T) { testLoop(t, "") }
 func TestLoopTransactional(t *testing.T) { testLoop(t, "txn-1") }
 
 func testLoop(t *testing.T, txnID string) {
-	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(2, "in", "out"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	brokers := c.ListenAddrs()
+	_, brokers, prod := inOutCluster(t, 2)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	prod, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.DefaultProduceTopic("in"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer prod.Close()
 	adm := kadm.NewClient(prod)
 	n := 0
 	produce := func(k int) {
@@ -159,25 +149,25 @@ func testLoop(t *testing.T, txnID string) {
 // records it holds, once no more arrive for a while.
 func countOutputs(ctx context.Context, t *testing.T, brokers []string, topic string) int {
 	t.Helper()
-	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ConsumeTopics(topic),
-		kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.FetchMaxWait(100*time.Millisecond))
+	return len(readValues(ctx, t, brokers, topic))
+}
+
+// inOutCluster starts a one-broker kfake with topics "in" and "out" of partitions partitions
+// each and a client producing to "in"; both close when the test ends.
+func inOutCluster(t *testing.T, partitions int) (*kfake.Cluster, []string, *kgo.Client) {
+	t.Helper()
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(int32(partitions), "in", "out"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer cl.Close()
-	n := 0
-	for {
-		pctx, cancel := context.WithTimeout(ctx, time.Second)
-		fs := cl.PollFetches(pctx)
-		cancel()
-		if pctx.Err() != nil && fs.NumRecords() == 0 {
-			return n
-		}
-		if err := fs.Err0(); err != nil && !errors.Is(err, context.DeadlineExceeded) {
-			t.Fatal(err)
-		}
-		n += fs.NumRecords()
+	t.Cleanup(c.Close)
+	brokers := c.ListenAddrs()
+	prod, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.DefaultProduceTopic("in"))
+	if err != nil {
+		t.Fatal(err)
 	}
+	t.Cleanup(prod.Close)
+	return c, brokers, prod
 }
 
 // TestLoopProduceRefused: a transactional loop whose output the broker refuses for a reason
@@ -191,19 +181,9 @@ func TestLoopProduceRefused(t *testing.T) {
 		wantErr bool
 	}{{"once", 1, false}, {"always", 1000, true}} {
 		t.Run(tc.name, func(t *testing.T) {
-			c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "in", "out"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
-			brokers := c.ListenAddrs()
+			c, brokers, prod := inOutCluster(t, 1)
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()
-			prod, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.DefaultProduceTopic("in"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer prod.Close()
 			var refused atomic.Int64
 			c.ControlKey(int16(kmsg.Produce), func(kreq kmsg.Request) (kmsg.Response, error, bool) {
 				req := kreq.(*kmsg.ProduceRequest)

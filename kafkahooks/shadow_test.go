@@ -99,19 +99,9 @@ func restoredCopy(t *testing.T, cfg LoopConfig, src *Loop, b Boundary, dials *at
 // and without touching the group, the digests agree at the cutover, the takeover fences the
 // source, and every input reaches the output exactly once.
 func TestReplayMigration(t *testing.T) {
-	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(2, "in", "out"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	brokers := c.ListenAddrs()
+	_, brokers, prod := inOutCluster(t, 2)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	prod, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.DefaultProduceTopic("in"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer prod.Close()
 	adm := kadm.NewClient(prod)
 	n := 0
 	produce := func(k int) {
